@@ -1,0 +1,202 @@
+"""Every path of a run, defined once; atomic writes; JSONL with errors that name file and line;
+stage markers.
+
+    iterations/<run>/config.yaml      resolved RunConfig of the latest invocation
+    iterations/<run>/manifest.json    versions, git sha, command line, machine
+    iterations/<run>/run.log          the log of every invocation
+    iterations/<run>/iter_K/
+        prompts.jsonl                 kept prompts (stage 1)
+        prompts_rejected.jsonl        rejected prompts with the reason
+        candidates.jsonl              N responses per prompt (stage 2)
+        judgements.jsonl              K judge samples per candidate, raw text + parsed score (stage 3)
+        pairs.jsonl, pairs/           preference pairs, JSONL and `datasets` on disk (stage 4)
+        model/                        M_K, a transformers folder (stage 5)
+        dpo_log.jsonl                 trainer logs (loss, reward margins, accuracies)
+        metrics.json                  per-stage numbers, wall time and peak memory
+        .stages/<stage>.json          marker: written only after a stage's outputs are complete
+
+A marker holds the fingerprint of the stage's config and inputs; re-running with a different
+fingerprint is refused unless forced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class DataError(ValueError):
+    """A data file that cannot be read: the message names file, line and field."""
+
+
+@dataclass(frozen=True)
+class IterPaths:
+    """The files of one iteration (`iter_K/`)."""
+
+    root: Path
+
+    @property
+    def prompts(self) -> Path:
+        return self.root / "prompts.jsonl"
+
+    @property
+    def prompts_rejected(self) -> Path:
+        return self.root / "prompts_rejected.jsonl"
+
+    @property
+    def candidates(self) -> Path:
+        return self.root / "candidates.jsonl"
+
+    @property
+    def judgements(self) -> Path:
+        return self.root / "judgements.jsonl"
+
+    @property
+    def pairs(self) -> Path:
+        return self.root / "pairs.jsonl"
+
+    @property
+    def pairs_dataset(self) -> Path:
+        return self.root / "pairs"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def dpo_log(self) -> Path:
+        return self.root / "dpo_log.jsonl"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def stages(self) -> Path:
+        return self.root / ".stages"
+
+    def marker(self, stage: str) -> Path:
+        return self.stages / f"{stage}.json"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The files of one run (`iterations/<run>/`)."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "run.log"
+
+    def iteration(self, k: int) -> IterPaths:
+        return IterPaths(self.root / f"iter_{k}")
+
+    def iterations(self) -> list[int]:
+        """Numbers of the iteration folders present, sorted."""
+        if not self.root.exists():
+            return []
+        return sorted(int(p.name[5:]) for p in self.root.glob("iter_*") if p.name[5:].isdigit())
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; on success rename it over `path` (file or folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            old = path.parent / f".{path.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows atomically; returns the number written."""
+    n = 0
+    with atomic_path(path) as tmp, tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON: {e.msg} (line {e.lineno})") from None
+
+
+def read_jsonl(path: Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Read a JSONL file; a bad line raises DataError naming file, line and field. Blank lines are skipped."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    rows = []
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            for key in required:
+                if key not in row:
+                    raise DataError(f"{path}:{lineno}: missing field '{key}'")
+            rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- stage markers
+
+
+def read_marker(paths: IterPaths, stage: str) -> dict[str, Any] | None:
+    marker = paths.marker(stage)
+    return read_json(marker) if marker.exists() else None
+
+
+def write_marker(paths: IterPaths, stage: str, fingerprint: str, **info: Any) -> None:
+    write_json(paths.marker(stage), {"stage": stage, "fingerprint": fingerprint, **info})
+
+
+def clear_marker(paths: IterPaths, stage: str) -> None:
+    paths.marker(stage).unlink(missing_ok=True)

