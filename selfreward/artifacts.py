@@ -31,6 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def project_file(path: str | Path) -> Path:
+    """A config path: as given if it exists (relative to the working directory), else under the project root."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    return PROJECT_ROOT / p
+
 
 class DataError(ValueError):
     """A data file that cannot be read: the message names file, line and field."""

@@ -85,6 +85,8 @@ class PromptGenConfig:
     """Reject a prompt whose ROUGE-L F1 with any pool or kept prompt is at least this."""
     min_chars: int = 15
     max_chars: int = 600
+    drop_truncated: bool = True
+    """Drop generations cut at max_tokens (turn off only for tiny random test models)."""
     use_previous_iterations: bool = True
     """Add the prompts kept by earlier iterations of the run to the few-shot pool."""
 

@@ -190,7 +190,7 @@ class HFGenerator(Generator):
         out: list[list[float] | None] = [None] * len(prompts)
         for idx, batch in self._batches(prompts):
             with torch.inference_mode():
-                logits = self.model(**self._pad(batch)).logits[:, -1, :].float()
+                logits = self.model(**self._pad(batch), logits_to_keep=1).logits[:, -1, :].float()
             probs = torch.softmax(logits[:, token_ids], dim=-1).tolist()
             for i, p in zip(idx, probs, strict=True):
                 out[i] = p
@@ -240,7 +240,9 @@ class VLLMGenerator(Generator):
             logprobs_mode="processed_logprobs",
         )
         if on_gpu:
-            kwargs.update(tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization)
+            kwargs.update(
+                tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization
+            )
         self.llm = LLM(**kwargs)
 
     def _params(self, spec: SamplingSpec, i: int) -> Any:
@@ -261,7 +263,11 @@ class VLLMGenerator(Generator):
         outputs = self.llm.generate(requests, params, use_tqdm=len(prompts) > 1)
         return [
             [
-                Completion(text=o.text, num_tokens=len(o.token_ids), finish_reason="length" if o.finish_reason == "length" else "stop")
+                Completion(
+                    text=o.text,
+                    num_tokens=len(o.token_ids),
+                    finish_reason="length" if o.finish_reason == "length" else "stop",
+                )
                 for o in out.outputs
             ]
             for out in outputs

@@ -1,0 +1,101 @@
+"""The rows that stages write and read, one JSON object per line. Every row carries its ids
+(`prompt_id`, `candidate_id`) so joins between files are explicit."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Prompt:
+    """A kept prompt (`prompts.jsonl`)."""
+
+    prompt_id: str
+    """`i{iteration}-p{index}`: unique within a run."""
+    text: str
+    source: str
+    """Where it came from: `self-instruct` (written by the model)."""
+
+
+@dataclass
+class RejectedPrompt:
+    """A generated prompt that the filters dropped (`prompts_rejected.jsonl`)."""
+
+    text: str
+    reason: str
+    """empty, too_short, too_long, truncated, template_fragment, not_text, duplicate, near_duplicate."""
+    detail: str = ""
+    """For near duplicates: the most similar prompt and the ROUGE-L score."""
+
+
+@dataclass
+class Candidate:
+    """One sampled response to a prompt (`candidates.jsonl`)."""
+
+    candidate_id: str
+    """`{prompt_id}-c{index}`."""
+    prompt_id: str
+    text: str
+    num_tokens: int
+    finish_reason: str
+    """`stop` or `length` (cut at max_tokens)."""
+
+
+@dataclass
+class JudgeSample:
+    """One judgement of one candidate."""
+
+    text: str
+    """The judge's raw output (in probabilities mode: the justification)."""
+    score: float | None
+    """0-5; None when the output could not be parsed (never turned into a score)."""
+    error: str | None = None
+    """Why parsing failed: no_score_line, not_an_integer, out_of_range."""
+    probs: list[float] | None = None
+    """Probabilities mode: P(score = 0..5) after the prefilled `Score: `."""
+
+
+@dataclass
+class Judgement:
+    """All K judge samples of one candidate and their mean (`judgements.jsonl`)."""
+
+    candidate_id: str
+    prompt_id: str
+    score: float | None
+    """Mean of the parsed sample scores; None when no sample parsed."""
+    num_parsed: int
+    samples: list[JudgeSample] = field(default_factory=list)
+
+
+@dataclass
+class PreferencePair:
+    """A DPO pair in TRL's conversational preference format plus metadata (`pairs.jsonl`)."""
+
+    prompt: list[dict[str, str]]
+    """[{"role": "user", "content": ...}]"""
+    chosen: list[dict[str, str]]
+    """[{"role": "assistant", "content": ...}]"""
+    rejected: list[dict[str, str]]
+    prompt_id: str
+    chosen_id: str
+    rejected_id: str
+    chosen_score: float
+    rejected_score: float
+    margin: float
+    chosen_tokens: int
+    rejected_tokens: int
+
+
+def to_row(record: Any) -> dict[str, Any]:
+    return dataclasses.asdict(record)
+
+
+def required_fields(cls: type) -> list[str]:
+    """Fields without defaults: what a row of this record must have."""
+    return [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
