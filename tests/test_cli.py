@@ -1,0 +1,34 @@
+"""The command line: help, config errors as one line, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "selfreward", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_help_lists_subcommands() -> None:
+    out = cli("--help")
+    assert out.returncode == 0
+    for command in ("iterate", "config", "convert-model"):
+        assert command in out.stdout
+
+
+def test_bad_key_is_a_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dpo:\n  betta: 0.2\n")
+    out = cli("config", "--config", str(bad))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "dpo.betta" in lines[0] and "bad.yaml" in lines[0]
+
+
+def test_config_prints_resolved_yaml() -> None:
+    out = cli("config", "--config", "configs/tiny.yaml", "judge.samples=4")
+    assert out.returncode == 0 and "samples: 4" in out.stdout

@@ -1,0 +1,89 @@
+"""Both engines on the tiny model with the same sampling parameters give the same kind of records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from selfreward.config import EngineConfig
+from selfreward.generation import HFGenerator, SamplingSpec, VLLMGenerator
+
+from .conftest import CACHE, requires_vllm
+
+CHATS = [
+    [{"role": "user", "content": "Say something about the sea."}],
+    [{"role": "user", "content": "A much longer request, so that the prompts in a batch have different lengths."}],
+    [{"role": "user", "content": "Third."}],
+]
+
+
+def check_records(gen, n: int = 3, max_tokens: int = 12) -> None:
+    out = gen.chat(CHATS, SamplingSpec(n=n, temperature=0.9, top_p=0.95, max_tokens=max_tokens, seed=1))
+    assert len(out) == len(CHATS)
+    for group in out:
+        assert len(group) == n
+        for c in group:
+            assert isinstance(c.text, str)
+            assert 1 <= c.num_tokens <= max_tokens
+            assert c.finish_reason in {"stop", "length"}
+            assert c.finish_reason == "stop" or c.num_tokens == max_tokens
+    assert gen.generated_tokens == sum(c.num_tokens for g in out for c in g)
+
+
+def check_stop(gen) -> None:
+    # with a stop string made of characters the model emits often, the text must never contain it
+    out = gen.chat(CHATS, SamplingSpec(n=4, temperature=1.0, top_p=1.0, max_tokens=24, stop=["e"], seed=2))
+    assert all("e" not in c.text for g in out for c in g)
+
+
+def digit_ids(gen) -> list[int]:
+    return [gen.encode(str(d))[0] for d in range(6)]
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model: Path):
+    gen = HFGenerator(str(tiny_model), EngineConfig(backend="transformers", dtype="float32", batch_size=2))
+    yield gen
+    gen.close()
+
+
+def test_transformers_engine_records(hf) -> None:
+    check_records(hf)
+    check_stop(hf)
+
+
+def test_transformers_engine_is_seeded(hf) -> None:
+    spec = SamplingSpec(n=2, temperature=1.0, max_tokens=8, seed=5)
+    assert hf.chat(CHATS, spec) == hf.chat(CHATS, spec)
+
+
+def test_transformers_batching_does_not_change_greedy_output(tiny_model: Path, hf) -> None:
+    one = HFGenerator(str(tiny_model), EngineConfig(backend="transformers", dtype="float32", batch_size=1))
+    spec = SamplingSpec(n=1, temperature=0.0, max_tokens=8)
+    assert [g[0].text for g in one.chat(CHATS, spec)] == [g[0].text for g in hf.chat(CHATS, spec)]
+
+
+def test_token_probs_are_a_distribution(hf) -> None:
+    prompts = [hf.render_chat(c, prefill="Score: ") for c in CHATS]
+    probs = hf.token_probs(prompts, digit_ids(hf))
+    assert len(probs) == 3
+    for p in probs:
+        assert len(p) == 6 and sum(p) == pytest.approx(1.0, abs=1e-5) and min(p) >= 0
+
+
+@requires_vllm
+def test_vllm_engine_matches_transformers(tiny_model: Path, hf) -> None:
+    gen = VLLMGenerator(
+        str(tiny_model), EngineConfig(backend="vllm", dtype="float32", kv_cache_gib=1, max_model_len=512), CACHE
+    )
+    try:
+        check_records(gen)
+        check_stop(gen)
+        prompts = [hf.render_chat(c, prefill="Score: ") for c in CHATS]
+        ids = digit_ids(hf)
+        # same model, same prompts: the two engines agree on the digit distribution
+        for a, b in zip(gen.token_probs(prompts, ids), hf.token_probs(prompts, ids), strict=True):
+            assert a == pytest.approx(b, abs=2e-3)
+    finally:
+        gen.close()

@@ -1,0 +1,128 @@
+"""End to end: two iterations of the real pipeline on the tiny config, then resume behaviour."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from selfreward.artifacts import RunPaths, read_jsonl
+from selfreward.config import load_config
+from selfreward.pipeline import STAGES, StageChanged, iterate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_config(tmp_path: Path, tiny_model: Path, *overrides: str):
+    return load_config(
+        ROOT / "configs" / "tiny.yaml", [f"model={tiny_model}", f"output_dir={tmp_path}", "run_name=e2e", *overrides]
+    )
+
+
+def weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_model: Path) -> RunPaths:
+    tmp = tmp_path_factory.mktemp("runs")
+    return iterate(tiny_config(tmp, tiny_model), 2)
+
+
+def test_artifact_tree(run: RunPaths) -> None:
+    assert run.config.exists() and run.manifest.exists() and run.log.exists()
+    manifest = json.loads(run.manifest.read_text())
+    assert {"torch", "transformers", "trl"} <= set(manifest["versions"])
+    for k in (1, 2):
+        it = run.iteration(k)
+        for path in (it.prompts, it.prompts_rejected, it.candidates, it.judgements, it.pairs, it.dpo_log, it.metrics):
+            assert path.exists(), path
+        assert (it.model / "model.safetensors").exists()
+        assert all(it.marker(s).exists() for s in STAGES)
+
+
+def test_rows_join_by_id(run: RunPaths) -> None:
+    it = run.iteration(1)
+    prompts = {r["prompt_id"] for r in read_jsonl(it.prompts)}
+    candidates = read_jsonl(it.candidates)
+    judgements = read_jsonl(it.judgements)
+    assert len(prompts) == 6 and len(candidates) == 6 * 3
+    assert {c["prompt_id"] for c in candidates} == prompts
+    assert [j["candidate_id"] for j in judgements] == [c["candidate_id"] for c in candidates]
+    assert all(len(j["samples"]) == 2 and "text" in j["samples"][0] for j in judgements)
+
+
+def test_metrics_describe_every_stage(run: RunPaths) -> None:
+    m = json.loads(run.iteration(1).metrics.read_text())
+    assert set(m["stages"]) == set(STAGES)
+    for stage in m["stages"].values():
+        assert stage["wall_s"] >= 0 and stage["peak_rss_gib"] > 0
+    assert m["stages"]["prompts"]["prompts_kept"] == 6
+    assert m["stages"]["candidates"]["candidates"] == 18
+    assert sum(m["stages"]["judgements"]["score_histogram"]) == 18
+    assert m["stages"]["pairs"]["pairs"] == len(read_jsonl(run.iteration(1).pairs))
+    assert m["engine"]["engine"] == "transformers" and m["engine"]["generated_tokens"] > 0
+
+
+def test_pairs_are_trl_preference_data(run: RunPaths) -> None:
+    import datasets
+    from transformers import AutoTokenizer
+    from trl.data_utils import is_conversational, maybe_apply_chat_template
+
+    it = run.iteration(1)
+    on_disk = datasets.load_from_disk(str(it.pairs_dataset))
+    as_json = datasets.load_dataset("json", data_files=str(it.pairs), split="train")
+    assert len(on_disk) == len(as_json) > 0
+    row = on_disk[0]
+    assert is_conversational(row)
+    assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+    assert row["chosen_score"] > row["rejected_score"]
+    tok = AutoTokenizer.from_pretrained(it.model)
+    rendered = maybe_apply_chat_template({k: row[k] for k in ("prompt", "chosen", "rejected")}, tok)
+    assert rendered["prompt"].endswith("<|im_start|>assistant\n")
+
+
+def test_model_weights_differ_between_iterations(run: RunPaths, tiny_model: Path) -> None:
+    m0, m1, m2 = weights(tiny_model), weights(run.iteration(1).model), weights(run.iteration(2).model)
+    assert m0.keys() == m1.keys() == m2.keys()
+    assert any(not (m0[k] == m1[k]).all() for k in m0)
+    assert any(not (m1[k] == m2[k]).all() for k in m1)
+
+
+def test_rerun_does_nothing_and_missing_marker_redoes_only_that_stage(run: RunPaths, tiny_model: Path, caplog) -> None:
+    cfg = tiny_config(run.root.parent, tiny_model)
+    it = run.iteration(2)
+    before = {p: p.stat().st_mtime_ns for p in it.root.rglob("*") if p.is_file()}
+    with caplog.at_level(logging.INFO, logger="selfreward.pipeline"):
+        iterate(cfg, 2)
+    assert "running" not in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in it.root.rglob("*") if p.is_file()} == before
+
+    caplog.clear()
+    it.marker("dpo").unlink()
+    with caplog.at_level(logging.INFO, logger="selfreward.pipeline"):
+        iterate(cfg, 2)
+    ran = [line for line in caplog.text.splitlines() if line.endswith(": running")]
+    assert len(ran) == 1 and "iter_2/dpo" in ran[0]
+    assert it.pairs.stat().st_mtime_ns == before[it.pairs]
+    assert it.marker("dpo").exists()
+
+
+def test_changed_config_is_refused_unless_forced(run: RunPaths, tiny_model: Path) -> None:
+    changed = tiny_config(run.root.parent, tiny_model, "judge.samples=3")
+    with pytest.raises(StageChanged, match="iter_1/judgements"):
+        iterate(changed, 2)
+    assert read_jsonl(run.iteration(1).judgements)[0]["samples"].__len__() == 2  # nothing was overwritten
+
+
+def test_too_few_pairs_skips_dpo(tmp_path: Path, tiny_model: Path) -> None:
+    run = iterate(tiny_config(tmp_path, tiny_model, "dpo.min_pairs=1000"), 1)
+    m = json.loads(run.iteration(1).metrics.read_text())
+    assert m["stages"]["dpo"]["skipped"] is True and "min_pairs" in m["stages"]["dpo"]["reason"]
+    assert weights(run.iteration(1).model).keys() == weights(tiny_model).keys()
+    a, b = weights(run.iteration(1).model), weights(tiny_model)
+    assert all((a[k] == b[k]).all() for k in a)
