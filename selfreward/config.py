@@ -33,7 +33,7 @@ class EngineConfig:
     """How text is generated: one engine serves prompt generation, candidates and judging."""
 
     backend: Literal["auto", "vllm", "transformers"] = "auto"
-    """`auto` uses vLLM where it imports and starts, else transformers (the choice is logged)."""
+    """`auto`: vLLM on a GPU where it imports and starts, else transformers (the choice is logged)."""
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     """Weights dtype for generation (bf16 measured fastest on this CPU for both engines)."""
     max_model_len: int = 2048
@@ -98,7 +98,7 @@ class ResponsesConfig:
     n: int = 4
     temperature: float = 0.7
     top_p: float = 0.9
-    max_tokens: int = 256
+    max_tokens: int = 192
 
 
 @dataclass
@@ -115,7 +115,7 @@ class JudgeConfig:
     """K judgements per candidate, averaged."""
     temperature: float = 0.7
     top_p: float = 0.9
-    max_tokens: int = 160
+    max_tokens: int = 96
     """Longest judgement (justification + score line) in tokens."""
 
 
