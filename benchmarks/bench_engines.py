@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,47 +50,73 @@ def bench(make, prompts: list[list[dict]], spec: SamplingSpec) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--n", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--engines", default="vllm,transformers")
-    args = parser.parse_args()
-
+def run_one(args: argparse.Namespace) -> None:
     cfg = RunConfig()
     model = resolve_model(cfg.model, cfg.cache_dir)
     pool = load_seed_pool(cfg.seed_data.instructions)[: args.prompts]
     prompts = [[{"role": "user", "content": q}] for q in pool]
     spec = SamplingSpec(n=args.n, temperature=0.7, top_p=0.9, max_tokens=args.max_tokens, seed=0)
     engine_cfg = EngineConfig(dtype="bfloat16")
+    if args.one == "vllm":
+        result = bench(lambda: VLLMGenerator(model, engine_cfg, Path(cfg.cache_dir)), prompts, spec)
+    else:
+        result = bench(lambda: HFGenerator(model, engine_cfg), prompts, spec)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--engines", default="vllm,transformers")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per engine before it is recorded as stalled")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one engine, print its JSON result
+    args = parser.parse_args()
+    if args.one:
+        run_one(args)
+        return
+
     results = {}
     for name in args.engines.split(","):
-        if name == "vllm":
-            results[name] = bench(lambda: VLLMGenerator(model, engine_cfg, Path(cfg.cache_dir)), prompts, spec)
-        else:
-            results[name] = bench(lambda: HFGenerator(model, engine_cfg), prompts, spec)
+        # each engine in its own process, one after the other, with a time limit: a stalled
+        # engine is recorded as such instead of hanging the benchmark
+        cmd = [sys.executable, __file__, "--one", name, "--prompts", str(args.prompts), "--n", str(args.n)]
+        cmd += ["--max-tokens", str(args.max_tokens)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=args.timeout)
+            lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+            results[name] = json.loads(lines[-1][7:]) if lines else {"error": err.strip()[-500:]}
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: vLLM's engine process too
+            proc.communicate()
+            results[name] = {"error": f"stalled: no result within {args.timeout} s"}
         print(name, results[name], flush=True)
     report = {
-        "workload": {"prompts": len(prompts), "n": args.n, "max_tokens": args.max_tokens, "dtype": "bfloat16"},
+        "workload": {"prompts": args.prompts, "n": args.n, "max_tokens": args.max_tokens, "dtype": "bfloat16"},
         "results": results,
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
             "cpus": psutil.cpu_count(),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "ld_preload": __import__("os").environ.get("LD_PRELOAD", ""),
+            "ld_preload": os.environ.get("LD_PRELOAD", ""),
         },
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if "vllm" in results and "transformers" in results:
+    ok = {k: r for k, r in results.items() if "tokens_per_s" in r}
+    if "vllm" in ok and "transformers" in ok:
         report["ratio_vllm_over_transformers"] = round(
             results["vllm"]["tokens_per_s"] / results["transformers"]["tokens_per_s"], 2
         )
     write_json(OUT, report)
     print(f"\n{'engine':<14}{'start-up s':>12}{'tokens':>10}{'tok/s':>10}")
     for name, r in results.items():
-        print(f"{name:<14}{r['startup_s']:>12}{r['generated_tokens']:>10}{r['tokens_per_s']:>10}")
+        if "error" in r:
+            print(f"{name:<14}{r['error']}")
+        else:
+            print(f"{name:<14}{r['startup_s']:>12}{r['generated_tokens']:>10}{r['tokens_per_s']:>10}")
     if "ratio_vllm_over_transformers" in report:
         print(f"vLLM / transformers: {report['ratio_vllm_over_transformers']}x")
     print(f"written to {OUT}")
