@@ -155,7 +155,10 @@ class HFGenerator(Generator):
         expanded = [p for p in prompts for _ in range(spec.n)]
         results: list[Completion | None] = [None] * len(expanded)
         eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}
-        for idx, batch in self._batches(expanded):
+        from tqdm.auto import tqdm
+
+        batches = self._batches(expanded)
+        for idx, batch in tqdm(batches, desc="generating (batches)", disable=len(batches) <= 1):
             inputs = self._pad(batch)
             kwargs: dict[str, Any] = dict(
                 max_new_tokens=spec.max_tokens,
@@ -188,7 +191,10 @@ class HFGenerator(Generator):
         import torch
 
         out: list[list[float] | None] = [None] * len(prompts)
-        for idx, batch in self._batches(prompts):
+        from tqdm.auto import tqdm
+
+        batches = self._batches(prompts)
+        for idx, batch in tqdm(batches, desc="scoring (batches)", disable=len(batches) <= 1):
             with torch.inference_mode():
                 logits = self.model(**self._pad(batch), logits_to_keep=1).logits[:, -1, :].float()
             probs = torch.softmax(logits[:, token_ids], dim=-1).tolist()
