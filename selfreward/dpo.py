@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from selfreward.artifacts import IterPaths, atomic_path, write_jsonl
-from selfreward.config import DPOStageConfig
+from selfreward.config import DPOStageConfig, fast_bf16
 from selfreward.models import copy_model
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def run(cfg: DPOStageConfig, policy: str, reference: str | None, it: IterPaths, 
             gradient_accumulation_steps=cfg.grad_accum,
             max_length=cfg.max_length,
             precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-            bf16=cfg.bf16,
+            bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and fast_bf16()),
             use_cpu=not on_gpu,
             gradient_checkpointing=cfg.gradient_checkpointing,
             logging_steps=cfg.logging_steps,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selfreward.config import EngineConfig
+from selfreward.config import EngineConfig, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class HFGenerator(Generator):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        dtype = getattr(torch, cfg.dtype)
+        dtype = getattr(torch, resolve_dtype(cfg.dtype))
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
         self.model.eval()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -235,7 +235,7 @@ class VLLMGenerator(Generator):
 
         kwargs: dict[str, Any] = dict(
             model=model_path,
-            dtype=cfg.dtype,
+            dtype=resolve_dtype(cfg.dtype),
             max_model_len=cfg.max_model_len,
             enable_prefix_caching=True,
             enforce_eager=cfg.enforce_eager,

@@ -30,7 +30,7 @@ def test_dpo_changes_every_parameter_and_logs(tmp_path: Path, tiny_model: Path) 
 
     it = IterPaths(tmp_path)
     make_pairs(it, 4)
-    cfg = DPOStageConfig(batch_size=2, grad_accum=1, learning_rate=1e-2, bf16=False, min_pairs=2, max_length=64)
+    cfg = DPOStageConfig(batch_size=2, grad_accum=1, learning_rate=1e-2, precision="fp32", min_pairs=2, max_length=64)
     metrics = run(cfg, str(tiny_model), None, it)
     assert metrics["skipped"] is False and metrics["steps"] == 2
     before, after = load_file(tiny_model / "model.safetensors"), load_file(it.model / "model.safetensors")
@@ -49,7 +49,7 @@ def test_dpo_with_lora_merges_adapter(tmp_path: Path, tiny_model: Path) -> None:
     it = IterPaths(tmp_path)
     make_pairs(it, 2)
     cfg = DPOStageConfig(
-        batch_size=2, grad_accum=1, learning_rate=1e-2, bf16=False, min_pairs=2, lora=True, max_length=64
+        batch_size=2, grad_accum=1, learning_rate=1e-2, precision="fp32", min_pairs=2, lora=True, max_length=64
     )
     run(cfg, str(tiny_model), None, it)
     after = load_file(it.model / "model.safetensors")
