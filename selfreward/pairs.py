@@ -123,8 +123,9 @@ def run(cfg: PairsConfig, it: IterPaths, tokenizer, max_length: int) -> dict:
     judgements = read_jsonl(it.judgements, required_fields(Judgement))
     pairs, dropped = make_pairs(prompts, candidates, judgements, cfg, truncation_check(tokenizer, max_length))
     rows = [to_row(p) for p in pairs]
+    dataset = datasets.Dataset.from_list(rows) if rows else _empty_dataset()
     with atomic_path(it.pairs_dataset) as tmp:
-        datasets.Dataset.from_list(rows).save_to_disk(str(tmp)) if rows else _empty_dataset().save_to_disk(str(tmp))
+        dataset.save_to_disk(str(tmp))
     write_jsonl(it.pairs, rows)
     n = len(pairs)
     return {
