@@ -16,7 +16,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_subcommands() -> None:
     out = cli("--help")
     assert out.returncode == 0
-    for command in ("iterate", "config", "convert-model"):
+    for command in ("iterate", "config", "convert-model", "inspect", "report"):
         assert command in out.stdout
 
 
