@@ -173,12 +173,13 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path}: invalid JSON: {e.msg} (line {e.lineno})") from None
 
 
-def read_jsonl(path: Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Read a JSONL file; a bad line raises DataError naming file, line and field. Blank lines are skipped."""
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a bad line raises DataError naming file and line."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    rows = []
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a JSONL file")
     with path.open() as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -189,10 +190,17 @@ def read_jsonl(path: Path, required: Iterable[str] = ()) -> list[dict[str, Any]]
                 raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for key in required:
-                if key not in row:
-                    raise DataError(f"{path}:{lineno}: missing field '{key}'")
-            rows.append(row)
+            yield lineno, row
+
+
+def read_jsonl(path: Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Read a JSONL file; a bad line raises DataError naming file, line and field. Blank lines are skipped."""
+    rows = []
+    for lineno, row in iter_jsonl(path):
+        for key in required:
+            if key not in row:
+                raise DataError(f"{path}:{lineno}: missing field '{key}'")
+        rows.append(row)
     return rows
 
 

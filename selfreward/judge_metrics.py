@@ -70,7 +70,7 @@ from typing import Any
 
 import numpy as np
 
-from selfreward.artifacts import DataError
+from selfreward.artifacts import DataError, iter_jsonl
 from selfreward.judge import MAX_SCORE
 
 ASSISTANT_TURN = "\n\nAssistant:"
@@ -109,25 +109,13 @@ def load_labels(path_or_name: str) -> list[LabelledItem]:
 
 def read_label_file(path: Path) -> list[LabelledItem]:
     """Read a JSONL label file; the first non-blank line decides the format, every line is checked."""
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, expected a JSONL file")
     items: list[LabelledItem] = []
     fmt: str | None = None
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            if fmt is None:
-                fmt = detect_format(row, where)
-            items.append(parse_row(row, fmt, where))
+    for lineno, row in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if fmt is None:
+            fmt = detect_format(row, where)
+        items.append(parse_row(row, fmt, where))
     if not items:
         raise DataError(f"{path}: no rows")
     return items
