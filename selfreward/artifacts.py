@@ -14,6 +14,10 @@ stage markers.
         dpo_log.jsonl                 trainer logs (loss, reward margins, accuracies)
         metrics.json                  per-stage numbers, wall time and peak memory
         .stages/<stage>.json          marker: written only after a stage's outputs are complete
+    iterations/<run>/iter_0/          seed SFT (config `seed_sft`): M0 -> M1 on IFT + EFT seed data
+        sft_data.jsonl                the chat examples trained on (stage sft_data)
+        model/, sft_log.jsonl         M1 and its trainer logs (stage sft); metrics.json, .stages/ as above
+    iterations/<run>/eft.jsonl        default output of `selfreward eft build`
 
 A marker holds the fingerprint of the stage's config and inputs; re-running with a different
 fingerprint is refused unless forced.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -85,6 +90,14 @@ class IterPaths:
         return self.root / "dpo_log.jsonl"
 
     @property
+    def sft_data(self) -> Path:
+        return self.root / "sft_data.jsonl"
+
+    @property
+    def sft_log(self) -> Path:
+        return self.root / "sft_log.jsonl"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
 
@@ -111,17 +124,48 @@ class RunPaths:
         return self.root / "manifest.json"
 
     @property
+    def judge_eval(self) -> Path:
+        """One row per (model, labels file): agreement with human labels (`selfreward judge-eval`)."""
+        return self.root / "judge_eval.json"
+
+    @property
+    def judge_eval_dir(self) -> Path:
+        """Per model and labels file: every item's judge scores (<model>__<labels>.jsonl)."""
+        return self.root / "judge_eval"
+
+    @property
+    def compare(self) -> Path:
+        """One row per head-to-head comparison (`selfreward compare`)."""
+        return self.root / "compare.json"
+
+    @property
+    def compare_dir(self) -> Path:
+        """Answers per model (answers/<label>.jsonl) and per comparison verdicts (<a>_vs_<b>.jsonl)."""
+        return self.root / "compare"
+
+    @property
     def log(self) -> Path:
         return self.root / "run.log"
 
+    @property
+    def eft_data(self) -> Path:
+        return self.root / "eft.jsonl"
+
     def iteration(self, k: int) -> IterPaths:
+        """iter_K/; K = 0 is the seed SFT, K >= 1 the loop's iterations."""
         return IterPaths(self.root / f"iter_{k}")
 
     def iterations(self) -> list[int]:
-        """Numbers of the iteration folders present, sorted."""
+        """Numbers of the loop's iteration folders present (K >= 1; iter_0 is the seed SFT), sorted."""
         if not self.root.exists():
             return []
-        return sorted(int(p.name[5:]) for p in self.root.glob("iter_*") if p.name[5:].isdigit())
+        found = (int(p.name[5:]) for p in self.root.glob("iter_*") if p.name[5:].isdigit())
+        return sorted(k for k in found if k >= 1)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a label or model name: `/tmp/runs/model` -> `tmp-runs-model`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
 
 
 # --------------------------------------------------------------------------- atomic writes

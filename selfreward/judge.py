@@ -38,7 +38,7 @@ _SCORE_LINE = re.compile(
     r"^[ \t>*_#-]*score[ \t*_]*[:：][ \t*_]*(-?\d+(?:\.\d+)?)[ \t*_]*(?:/[ \t]*5|out of 5)?",
     re.IGNORECASE | re.MULTILINE,
 )
-_TAG = re.compile(r"<\s*(/?)\s*(request|response)\s*>", re.IGNORECASE)
+_TAG = re.compile(r"<\s*(/?)\s*(request|response(?:[ _-]?[ab])?)\s*>", re.IGNORECASE)
 _SCORE_WORD = re.compile(r"(score)(\s*)[:：]", re.IGNORECASE)
 
 
@@ -80,12 +80,17 @@ def render_judge_prompt(template: str, instruction: str, response: str) -> str:
 
 def digit_token_ids(gen: Generator, prefill: str = SCORE_PREFILL) -> list[int]:
     """Token ids of the digits 0-5 as the tokenizer writes them right after `prefill`."""
+    return choice_token_ids(gen, prefill, [str(d) for d in range(MAX_SCORE + 1)])
+
+
+def choice_token_ids(gen: Generator, prefill: str, choices: list[str]) -> list[int]:
+    """Token id of each choice as the tokenizer writes it right after `prefill` (one token each)."""
     base = gen.encode(prefill)
     ids = []
-    for d in range(MAX_SCORE + 1):
-        full = gen.encode(prefill + str(d))
+    for choice in choices:
+        full = gen.encode(prefill + choice)
         if full[: len(base)] != base or len(full) != len(base) + 1:
-            raise ValueError(f"the tokenizer does not write '{prefill}{d}' as the prefill plus one digit token")
+            raise ValueError(f"the tokenizer does not write {prefill + choice!r} as the prefill plus one token")
         ids.append(full[-1])
     return ids
 

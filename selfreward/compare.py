@@ -1,0 +1,234 @@
+"""Head-to-head: two models answer the same held-out prompts and a judge model compares each pair of
+answers in both positions (`selfreward compare`).
+
+Reads  the held-out prompts (`compare.prompts`: JSONL with `text`; the default
+       prompts/eval/heldout.jsonl is ours and shares no prompt with the seed data), the models, the judge
+Writes iterations/<run>/compare/answers/<label>.jsonl   each model's answers (made once, reused while the
+                                                        model, prompts and settings are unchanged)
+       iterations/<run>/compare/<a>_vs_<b>.jsonl        per prompt: both answers, P(A better) in each
+                                                        position, the verdict
+       iterations/<run>/compare.json                    one row per comparison (replaced when re-run)
+
+Verdict. The judge reads `prompts/compare.txt` with the two answers as A and B; its reply is prefilled
+with `Better answer:` and the next-token probabilities of ` A` and ` B`, renormalised over the two, give
+P(A better): one forward pass, no sampling, and nothing an answer says is parsed as a verdict. Every pair
+is judged twice, the model under test first as A, then as B. Win: preferred in both positions; loss: the
+other answer is preferred in both; tie: the preference follows the position (position bias).
+`position_consistency` is the fraction of pairs whose verdict does not flip with the position.
+
+    win_rate = (wins + ties / 2) / pairs
+
+Length-controlled view: the same win rate over the pairs whose answers have similar length,
+|len_a - len_b| <= length_tolerance * max(len_a, len_b) in characters (default 20%). Self-rewarding is
+known to lengthen answers, and a judge that likes length would reward length alone. We chose this
+matched subset over a logistic length adjustment because it needs no fitted model and is easy to check by
+hand; `n_length_matched` says how many pairs it rests on (few pairs, wide uncertainty).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from selfreward.artifacts import (
+    DataError,
+    RunPaths,
+    project_file,
+    read_json,
+    read_jsonl,
+    slug,
+    write_json,
+    write_jsonl,
+)
+from selfreward.config import RunConfig, fingerprint
+from selfreward.generation import Generator, SamplingSpec, open_generator
+from selfreward.judge import choice_token_ids, sanitize
+from selfreward.models import resolve_model
+
+log = logging.getLogger(__name__)
+
+VERDICT_PREFILL = "Better answer:"
+Verdict = Literal["win", "tie", "loss"]
+
+
+# --------------------------------------------------------------------------- models of a run
+
+
+def run_models(cfg: RunConfig, run: RunPaths) -> list[tuple[str, str]]:
+    """(label, model folder) of every finished model of a run: `M0` (the configured model), then
+    `iter_0` (the seed SFT model, when present) and `iter_K` for each iteration K that wrote its model."""
+    models = [("M0", resolve_model(cfg.model, cfg.cache_dir))]
+    for k in run.iterations():
+        path = run.iteration(k).model
+        if (path / "config.json").exists():
+            models.append((f"iter_{k}", str(path)))
+    return models
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def load_template(path: str) -> str:
+    template = project_file(path).read_text()
+    for field in ("{instruction}", "{response_a}", "{response_b}"):
+        if field not in template:
+            raise ValueError(f"{path}: the comparison template must contain {field}")
+    return template
+
+
+def render_compare_prompt(template: str, instruction: str, a: str, b: str) -> str:
+    return (
+        template.replace("{instruction}", sanitize(instruction))
+        .replace("{response_a}", sanitize(a))
+        .replace("{response_b}", sanitize(b))
+    )
+
+
+def verdict(p_first: float, p_second: float) -> Verdict:
+    """The verdict for the model under test, from P(A better) when its answer was A (`p_first`)
+    and when it was B (`p_second`). 0.7, 0.2 -> win; 0.3, 0.8 -> loss; 0.7, 0.6 -> tie (follows A)."""
+    first = p_first > 0.5
+    second = p_second < 0.5
+    if first and second:
+        return "win"
+    if not first and not second and p_first != 0.5 and p_second != 0.5:
+        return "loss"
+    return "tie"
+
+
+def length_matched(len_a: int, len_b: int, tolerance: float) -> bool:
+    """|len_a - len_b| <= tolerance * max(len_a, len_b): 100 vs 85 at 0.2 -> True, 100 vs 70 -> False."""
+    return abs(len_a - len_b) <= tolerance * max(len_a, len_b)
+
+
+def summarize(verdicts: list[Verdict], lengths: list[tuple[int, int]], tolerance: float) -> dict:
+    """Win / tie / loss counts, win rate, and the same over length-matched pairs (module docstring)."""
+    wins, ties, losses = (verdicts.count(v) for v in ("win", "tie", "loss"))
+    n = len(verdicts)
+    matched = [v for v, (la, lb) in zip(verdicts, lengths, strict=True) if length_matched(la, lb, tolerance)]
+    return {
+        "pairs": n,
+        "win": wins,
+        "tie": ties,
+        "loss": losses,
+        "win_rate": (wins + ties / 2) / n if n else None,
+        "position_consistency": (wins + losses) / n if n else None,
+        "n_length_matched": len(matched),
+        "length_matched_win_rate": (matched.count("win") + matched.count("tie") / 2) / len(matched)
+        if matched
+        else None,
+        "mean_chars_a": sum(la for la, _ in lengths) / n if n else None,
+        "mean_chars_b": sum(lb for _, lb in lengths) / n if n else None,
+    }
+
+
+# --------------------------------------------------------------------------- engine parts
+
+
+def preferences(gen: Generator, template: str, triples: list[tuple[str, str, str]]) -> list[float]:
+    """P(A better) for each (instruction, answer A, answer B), read from the judge's next token."""
+    ids = choice_token_ids(gen, VERDICT_PREFILL, [" A", " B"])
+    prompts = [
+        gen.render_chat([{"role": "user", "content": render_compare_prompt(template, q, a, b)}], VERDICT_PREFILL)
+        for q, a, b in triples
+    ]
+    return [p[0] / (p[0] + p[1]) if p[0] + p[1] > 0 else 0.5 for p in gen.token_probs(prompts, ids)]
+
+
+def both_orders(gen: Generator, template: str, items: list[tuple[str, str, str]]) -> list[tuple[float, float]]:
+    """(P(A better) with the first answer as A, the same with it as B) for (instruction, x, y) items."""
+    swapped = [(q, y, x) for q, x, y in items]
+    probs = preferences(gen, template, items + swapped)
+    return list(zip(probs[: len(items)], probs[len(items) :], strict=True))
+
+
+@dataclass
+class HeadToHead:
+    a: str
+    b: str
+    judge: str
+
+
+def load_prompts(path: str) -> list[dict]:
+    rows = read_jsonl(project_file(path), ["text"])
+    for i, row in enumerate(rows):
+        row.setdefault("id", f"p{i}")
+    return rows
+
+
+def answers(cfg: RunConfig, label: str, model: str, prompts: list[dict], out_dir: Path) -> list[str]:
+    """The model's answers to `prompts` (cached in out_dir/answers/<label>.jsonl)."""
+    path = out_dir / "answers" / f"{slug(label)}.jsonl"
+    meta = out_dir / "answers" / f"{slug(label)}.json"
+    key = fingerprint(model, _model_stamp(model), [p["text"] for p in prompts], cfg.compare, cfg.seed)
+    if path.exists() and meta.exists() and read_json(meta).get("fingerprint") == key:
+        return [r["text"] for r in read_jsonl(path, ["text"])]
+    with open_generator(cfg.engine, model, Path(cfg.cache_dir), seed=cfg.seed) as gen:
+        spec = SamplingSpec(n=1, temperature=cfg.compare.temperature, max_tokens=cfg.compare.max_tokens, seed=cfg.seed)
+        outs = gen.chat([[{"role": "user", "content": p["text"]}] for p in prompts], spec)
+    texts = [o[0].text for o in outs]
+    write_jsonl(path, ({"prompt_id": p["id"], "text": t} for p, t in zip(prompts, texts, strict=True)))
+    write_json(meta, {"model": model, "fingerprint": key})
+    return texts
+
+
+def _model_stamp(model: str) -> list[float]:
+    """Modification times of a local model's weights, so a retrained folder is not mistaken for the old one."""
+    return sorted(p.stat().st_mtime for p in Path(model).glob("*.safetensors")) if Path(model).is_dir() else []
+
+
+def head_to_head(cfg: RunConfig, out_dir: Path, a: tuple[str, str], b: tuple[str, str], judge: str) -> dict:
+    """Model a (label, path) against model b on the held-out prompts, judged by `judge` in both positions."""
+    start = time.perf_counter()
+    prompts = load_prompts(cfg.compare.prompts)
+    if not prompts:
+        raise DataError(f"{cfg.compare.prompts}: no prompts")
+    answers_a = answers(cfg, a[0], a[1], prompts, out_dir)
+    answers_b = answers(cfg, b[0], b[1], prompts, out_dir)
+    template = load_template(cfg.compare.template)
+    items = [(p["text"], x, y) for p, x, y in zip(prompts, answers_a, answers_b, strict=True)]
+    with open_generator(cfg.engine, judge, Path(cfg.cache_dir), seed=cfg.seed) as gen:
+        probs = both_orders(gen, template, items)
+    verdicts = [verdict(p1, p2) for p1, p2 in probs]
+    lengths = [(len(x), len(y)) for _, x, y in items]
+    write_jsonl(
+        out_dir / f"{slug(a[0])}_vs_{slug(b[0])}.jsonl",
+        (
+            {
+                "prompt_id": p["id"],
+                "prompt": p["text"],
+                "answer_a": x,
+                "answer_b": y,
+                "p_a_first": p1,
+                "p_a_second": p2,
+                "verdict": v,
+            }
+            for p, (_, x, y), (p1, p2), v in zip(prompts, items, probs, verdicts, strict=True)
+        ),
+    )
+    row = {"a": a[0], "b": b[0], "judge": judge, **summarize(verdicts, lengths, cfg.compare.length_tolerance)}
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def save_rows(path: Path, rows: list[dict], key: tuple[str, ...]) -> list[dict]:
+    """Merge rows into the result file `path` (`{"rows": [...]}`), replacing rows with the same key."""
+    old = read_json(path).get("rows", []) if path.exists() else []
+    new_keys = {tuple(r[k] for k in key) for r in rows}
+    merged = [r for r in old if tuple(r.get(k) for k in key) not in new_keys] + rows
+    write_json(path, {"rows": merged})
+    return merged
+
+
+def compare_run(cfg: RunConfig, run: RunPaths, judge: str | None = None) -> list[dict]:
+    """M_t vs M0 for every finished model of the run; the judge is M_t unless `judge` names one."""
+    models = run_models(cfg, run)
+    base, rows = models[0], []
+    for label, path in models[1:]:
+        log.info("compare: %s vs %s", label, base[0])
+        rows.append(head_to_head(cfg, run.compare_dir, (label, path), base, judge or path))
+        save_rows(run.compare, rows[-1:], ("a", "b", "judge"))
+    return rows

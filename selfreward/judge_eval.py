@@ -1,0 +1,156 @@
+"""How well a model judges, against human labels (`selfreward judge-eval`).
+
+Reads  a human-label file (`judge_metrics.load_labels`: pairwise, ranked or hh-rlhf JSONL, or a hub
+       dataset name when online) and the models to evaluate: one model the config can name, or every
+       finished model of a run (M0, iter_0, iter_1, ...)
+Writes iterations/<run>/judge_eval.json             one row per (model, labels file), replaced on re-run:
+                                                   pairwise accuracy with its bootstrap 95% interval, judge
+                                                   ties, parse-failure rate, score distribution, ranking
+                                                   metrics for ranked data, engine and seconds
+       iterations/<run>/judge_eval/<model>__<labels>.jsonl   per item: human ranks, the judge's mean
+                                                   score per response and each sample's score or error
+
+Every response is judged alone with the loop's judge (`judge.judge_texts`: the same prompt, K samples,
+the same parser or digit probabilities as `judge.mode` says), and the mean scores are compared with the
+human ranks by `judge_metrics` (definitions there). With `--pairwise` the model also compares the two
+responses of each human-ranked pair directly, in both orders (`compare.both_orders`, the head-to-head
+judge): a verdict that holds in both orders counts 1 or 0, one that flips with the order counts 1/2, and
+`position_consistency` is the share that did not flip.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from selfreward import compare, judge_metrics
+from selfreward.artifacts import RunPaths, slug, write_jsonl
+from selfreward.config import RunConfig
+from selfreward.generation import open_generator
+from selfreward.judge import judge_texts
+from selfreward.judge_metrics import LabelledItem
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(
+    cfg: RunConfig,
+    label: str,
+    model: str,
+    labels: str,
+    items: list[LabelledItem],
+    run: RunPaths,
+    pairwise: bool = False,
+) -> dict:
+    """Judge every response of `items` with `model`; returns the row written to judge_eval.json."""
+    start = time.perf_counter()
+    flat = [(item.prompt, r) for item in items for r in item.responses]
+    triples, human = _ranked_pairs(items) if pairwise else ([], [])
+    with open_generator(cfg.engine, model, Path(cfg.cache_dir), seed=cfg.seed) as gen:
+        judgements = judge_texts(gen, cfg.judge, flat, seed=cfg.seed)
+        pair_probs = compare.both_orders(gen, compare.load_template(cfg.compare.template), triples) if triples else []
+        engine = gen.engine_name
+    per_item, i = [], 0
+    for item in items:
+        per_item.append(judgements[i : i + len(item.responses)])
+        i += len(item.responses)
+    scores = [[j.score for j in group] for group in per_item]
+    ranks = [item.human_ranks for item in items]
+    samples = [s.score for j in judgements for s in j.samples]
+    row: dict = {
+        "model": label,
+        "labels": labels,
+        "path": model,
+        "items": len(items),
+        "responses": len(flat),
+        "judge_mode": cfg.judge.mode,
+        "samples": cfg.judge.samples,
+        **judge_metrics.pairwise_accuracy(scores, ranks, seed=cfg.seed),
+        "parse_failure_rate": judge_metrics.parse_failure_rate(samples),
+        "score_distribution": judge_metrics.score_distribution(j.score for j in judgements),
+        "mean_score": _mean([j.score for j in judgements if j.score is not None]),
+    }
+    if any(len(item.responses) > 2 for item in items):
+        row.update({f"rank_{k}": v for k, v in judge_metrics.ranking_metrics(scores, ranks).items()})
+    if pairwise:
+        row.update(pairwise_agreement(pair_probs, human))
+    row["engine"] = engine
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    write_jsonl(
+        run.judge_eval_dir / f"{slug(label)}__{slug(Path(labels).stem)}.jsonl",
+        (
+            {
+                "prompt": item.prompt,
+                "human_ranks": item.human_ranks,
+                "scores": [j.score for j in group],
+                "samples": [[{"score": s.score, "error": s.error} for s in j.samples] for j in group],
+            }
+            for item, group in zip(items, per_item, strict=True)
+        ),
+    )
+    return row
+
+
+def _ranked_pairs(items: list[LabelledItem]) -> tuple[list[tuple[str, str, str]], list[int]]:
+    """Every pair of responses the humans did not tie, as (prompt, x, y) in file order, and +1 where
+    the humans prefer x, -1 where they prefer y."""
+    triples, human = [], []
+    for item in items:
+        for j in range(len(item.responses)):
+            for k in range(j + 1, len(item.responses)):
+                if item.human_ranks[j] == item.human_ranks[k]:
+                    continue
+                triples.append((item.prompt, item.responses[j], item.responses[k]))
+                human.append(1 if item.human_ranks[j] < item.human_ranks[k] else -1)
+    return triples, human
+
+
+def pairwise_agreement(probs: list[tuple[float, float]], human: list[int]) -> dict:
+    """Direct comparison vs humans. For each pair (x, y): the verdict for x from P(A better) with x as A
+    and with x as B (`compare.verdict`); agreement 1 when it matches the humans in both orders, 0 when it
+    contradicts them in both, 1/2 when it flips with the order.
+
+    Example: verdicts win, tie, loss with humans preferring x, x, y -> (1 + 0.5 + 1) / 3 = 0.833;
+    position_consistency = 2 / 3."""
+    verdicts = [compare.verdict(p1, p2) for p1, p2 in probs]
+    points = [0.5 if v == "tie" else float((v == "win") == (h > 0)) for v, h in zip(verdicts, human, strict=True)]
+    n = len(points)
+    return {
+        "direct_pairs": n,
+        "direct_accuracy": sum(points) / n if n else None,
+        "position_consistency": sum(v != "tie" for v in verdicts) / n if n else None,
+    }
+
+
+def models_to_evaluate(cfg: RunConfig, model: str | None, run: RunPaths | None) -> list[tuple[str, str]]:
+    from selfreward.models import resolve_model
+
+    if model is not None:
+        return [(model, resolve_model(model, cfg.cache_dir))]
+    assert run is not None
+    return compare.run_models(cfg, run)
+
+
+def judge_eval(
+    cfg: RunConfig,
+    labels: str,
+    models: list[tuple[str, str]],
+    run: RunPaths,
+    pairwise: bool = False,
+    limit: int | None = None,
+) -> list[dict]:
+    """Evaluate each (label, model) on the labels file (its first `limit` items when given); rows are
+    merged into run/judge_eval.json as each model finishes."""
+    items = judge_metrics.load_labels(labels)[:limit]
+    log.info("judge-eval: %d items (%d responses) from %s", len(items), sum(len(i.responses) for i in items), labels)
+    rows = []
+    for label, path in models:
+        log.info("judge-eval: %s (%s)", label, path)
+        rows.append(evaluate(cfg, label, path, labels, items, run, pairwise))
+        compare.save_rows(run.judge_eval, rows[-1:], ("model", "labels"))
+    return rows
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
