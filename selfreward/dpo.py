@@ -1,7 +1,7 @@
 """Stage 5: TRL's DPOTrainer turns M_t and the iteration's pairs into M_{t+1}.
 
-Reads  iter_K/pairs/ (datasets on disk), the model folder of M_t (and of M_0 when
-       `dpo.reference: initial`)
+Reads  iter_K/pairs/ (datasets on disk), the model folder of M_t (and, when `dpo.reference: initial`,
+       of the run's first model: M1 of the seed SFT, or M0 with `seed_sft: false`)
 Writes iter_K/model/ (M_{t+1}, fp32 safetensors + tokenizer), iter_K/dpo_log.jsonl (every
        trainer log: loss, rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies)
 

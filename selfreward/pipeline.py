@@ -1,13 +1,16 @@
 """The self-rewarding loop (Yuan et al. 2024, Fig. 1): M_t writes prompts, answers them, judges
 its answers, and the best/worst answers train M_{t+1} with DPO.
 
-`run_iteration` is the figure; `iterate` runs iterations 1..N of a run. Every stage writes its
-outputs, then a marker; a re-run skips finished stages, redoes a stage whose marker is missing
-(and everything after it), and refuses a finished stage whose config changed unless forced.
+`run_iteration` is the figure; `iterate` runs iterations 1..N of a run, first (config `seed_sft`, on by
+default) `run_seed_sft`: iter_0 fine-tunes the configured model M0 on the seed IFT + EFT data into M1,
+the paper's starting point, and iteration 1 starts from M1. Every stage writes its outputs, then a
+marker; a re-run skips finished stages, redoes a stage whose marker is missing (and everything after
+it), and refuses a finished stage whose config changed unless forced.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import platform
 import subprocess
@@ -21,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from selfreward import dpo, judge, pairs, prompt_gen, responses
+from selfreward import dpo, judge, pairs, prompt_gen, responses, sft
 from selfreward.artifacts import (
     IterPaths,
     RunPaths,
@@ -41,12 +44,14 @@ from selfreward.models import resolve_model
 log = logging.getLogger(__name__)
 
 STAGES = ("prompts", "candidates", "judgements", "pairs", "dpo")
+SEED_STAGES = ("sft_data", "sft")
 
 
 def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) -> None:
     """M_{k-1} -> M_k: the five stages of one iteration, each reading and writing files in iter_k/."""
     it = run.iteration(k)
     model = model_of_iteration(cfg, run, k - 1)
+    stages.metrics["start_model"] = model
     reference = reference_for(cfg, run, k)
     pool = prompt_pool(cfg, run, k)
     seed = cfg.seed * 1000 + k
@@ -64,6 +69,21 @@ def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) ->
     stages.run("dpo", (cfg.dpo, reference), lambda: dpo.run(cfg.dpo, model, reference, it, seed))
 
 
+def run_seed_sft(cfg: RunConfig, run: RunPaths, stages: StageRunner) -> None:
+    """M0 -> M1 (iter_0/): the seed IFT + EFT examples, then SFT on them."""
+    it = run.iteration(0)
+    base = base_model(cfg)
+    stages.metrics["start_model"] = base
+    data_inputs = (
+        cfg.seed_data,
+        cfg.judge.template,
+        {k: getattr(cfg.sft, k) for k in ("ift", "eft", "eft_data", "max_examples")},
+        file_digests([cfg.seed_data.instructions, cfg.seed_data.ranked, cfg.judge.template, cfg.sft.eft_data]),
+    )
+    stages.run("sft_data", data_inputs, lambda: sft.write_data(cfg.seed_data, cfg.judge, cfg.sft, it, cfg.seed))
+    stages.run("sft", cfg.sft, lambda: sft.run(cfg.sft, base, it, cfg.seed))
+
+
 def iterate(cfg: RunConfig, iterations: int, force: bool = False, argv: list[str] | None = None) -> RunPaths:
     """Run (or resume) iterations 1..`iterations` of the run `cfg.run_dir`."""
     run = RunPaths(cfg.run_dir)
@@ -73,6 +93,12 @@ def iterate(cfg: RunConfig, iterations: int, force: bool = False, argv: list[str
     write_json(run.manifest, manifest(argv or sys.argv))
     start = time.perf_counter()
     upstream_ran, chain = False, fingerprint(cfg.model, cfg.seed)
+    if cfg.seed_sft:
+        stages = StageRunner(run.iteration(0), force, upstream_ran, chain, 0, SEED_STAGES)
+        log.info("seed SFT: %s", run.iteration(0).root)
+        run_seed_sft(cfg, run, stages)
+        stages.finish()
+        upstream_ran, chain = stages.ran, stages.chain
     for k in range(1, iterations + 1):
         stages = StageRunner(run.iteration(k), force, upstream_ran, chain, k)
         log.info("iteration %d/%d: %s", k, iterations, run.iteration(k).root)
@@ -86,15 +112,22 @@ def iterate(cfg: RunConfig, iterations: int, force: bool = False, argv: list[str
 # --------------------------------------------------------------------------- models and inputs
 
 
+def base_model(cfg: RunConfig) -> str:
+    """M0: the configured model as a local folder."""
+    return resolve_model(cfg.model, cfg.cache_dir)
+
+
 def model_of_iteration(cfg: RunConfig, run: RunPaths, k: int) -> str:
-    """M_k: the configured model for k = 0, else the model folder written by iteration k."""
-    if k == 0:
-        return resolve_model(cfg.model, cfg.cache_dir)
+    """The model iteration k + 1 starts from: the model folder written by iteration k. For k = 0 that is
+    M1 of the seed SFT (iter_0/model) when `seed_sft` is on, else the configured model M0."""
+    if k == 0 and not cfg.seed_sft:
+        return base_model(cfg)
     return str(run.iteration(k).model)
 
 
 def reference_for(cfg: RunConfig, run: RunPaths, k: int) -> str | None:
-    """The DPO reference of iteration k: None means M_{k-1} itself (the paper)."""
+    """The DPO reference of iteration k: None means M_{k-1} itself (the paper). `dpo.reference: initial`
+    means the run's first model, `model_of_iteration(cfg, run, 0)`: M1 with `seed_sft`, else M0."""
     if cfg.dpo.reference == "initial" and k > 1:
         return model_of_iteration(cfg, run, 0)
     return None
@@ -107,6 +140,11 @@ def prompt_pool(cfg: RunConfig, run: RunPaths, k: int) -> list[str]:
         for j in range(1, k):
             pool += [row["text"] for row in read_jsonl(run.iteration(j).prompts, ["text"])]
     return pool
+
+
+def file_digests(paths: list[str]) -> list[str | None]:
+    """sha256 of each file's bytes (None for an empty path): a stage's fingerprint follows its input files."""
+    return [hashlib.sha256(project_file(p).read_bytes()).hexdigest() if p else None for p in paths]
 
 
 def tokenizer(model: str) -> Any:
@@ -157,8 +195,10 @@ class StageChanged(RuntimeError):
 class StageRunner:
     """Skips finished stages, runs the rest, records wall time and peak memory in metrics.json."""
 
-    def __init__(self, it: IterPaths, force: bool, upstream_ran: bool, chain: str, k: int) -> None:
-        self.it, self.force, self.ran, self.chain = it, force, upstream_ran, chain
+    def __init__(
+        self, it: IterPaths, force: bool, upstream_ran: bool, chain: str, k: int, names: tuple[str, ...] = STAGES
+    ) -> None:
+        self.it, self.force, self.ran, self.chain, self.names = it, force, upstream_ran, chain, names
         old = read_json(it.metrics) if it.metrics.exists() else {}
         self.metrics: dict[str, Any] = {"iteration": k, "stages": old.get("stages", {}), "engine": old.get("engine")}
 
@@ -174,7 +214,7 @@ class StageRunner:
                     f"{self.it.root}/{name} was made with a different config or inputs; "
                     "re-run with --force to redo it and every stage after it, or choose another run_name"
                 )
-        for later in STAGES[STAGES.index(name) :]:
+        for later in self.names[self.names.index(name) :]:
             clear_marker(self.it, later)
         log.info("%s/%s: running", self.it.root.name, name)
         with PeakMemory() as mem:

@@ -1,4 +1,5 @@
-"""End to end: two iterations of the real pipeline on the tiny config, then resume behaviour."""
+"""End to end: the seed SFT (iter_0) and two iterations of the real pipeline on the tiny config, then resume
+behaviour."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from selfreward.artifacts import RunPaths, read_jsonl
 from selfreward.config import load_config
-from selfreward.pipeline import STAGES, StageChanged, iterate
+from selfreward.pipeline import SEED_STAGES, STAGES, StageChanged, iterate, model_of_iteration
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,6 +44,24 @@ def test_artifact_tree(run: RunPaths) -> None:
             assert path.exists(), path
         assert (it.model / "model.safetensors").exists()
         assert all(it.marker(s).exists() for s in STAGES)
+    seed_sft = run.iteration(0)
+    for path in (seed_sft.sft_data, seed_sft.sft_log, seed_sft.metrics, seed_sft.model / "model.safetensors"):
+        assert path.exists(), path
+    assert all(seed_sft.marker(s).exists() for s in SEED_STAGES)
+    assert run.iterations() == [1, 2]
+
+
+def test_iteration_1_starts_from_the_seed_sft_model(run: RunPaths, tiny_model: Path) -> None:
+    m = json.loads(run.iteration(0).metrics.read_text())
+    assert set(m["stages"]) == set(SEED_STAGES) and m["start_model"] == str(tiny_model)
+    assert m["stages"]["sft_data"]["examples"] == 8 == len(read_jsonl(run.iteration(0).sft_data))
+    assert m["stages"]["sft"]["steps"] == 2
+    m1 = weights(run.iteration(0).model)
+    assert any(not (m1[k] == v).all() for k, v in weights(tiny_model).items())
+    cfg = tiny_config(run.root.parent, tiny_model)
+    assert model_of_iteration(cfg, run, 0) == str(run.iteration(0).model)
+    assert json.loads(run.iteration(1).metrics.read_text())["start_model"] == str(run.iteration(0).model)
+    assert json.loads(run.iteration(2).metrics.read_text())["start_model"] == str(run.iteration(1).model)
 
 
 def test_rows_join_by_id(run: RunPaths) -> None:
@@ -86,8 +105,8 @@ def test_pairs_are_trl_preference_data(run: RunPaths) -> None:
     assert rendered["prompt"].endswith("<|im_start|>assistant\n")
 
 
-def test_model_weights_differ_between_iterations(run: RunPaths, tiny_model: Path) -> None:
-    m0, m1, m2 = weights(tiny_model), weights(run.iteration(1).model), weights(run.iteration(2).model)
+def test_model_weights_differ_between_iterations(run: RunPaths) -> None:
+    m0, m1, m2 = weights(run.iteration(0).model), weights(run.iteration(1).model), weights(run.iteration(2).model)
     assert m0.keys() == m1.keys() == m2.keys()
     assert any(not (m0[k] == m1[k]).all() for k in m0)
     assert any(not (m1[k] == m2[k]).all() for k in m1)
@@ -97,10 +116,12 @@ def test_rerun_does_nothing_and_missing_marker_redoes_only_that_stage(run: RunPa
     cfg = tiny_config(run.root.parent, tiny_model)
     it = run.iteration(2)
     before = {p: p.stat().st_mtime_ns for p in it.root.rglob("*") if p.is_file()}
+    seed_sft = {p: p.stat().st_mtime_ns for p in run.iteration(0).root.rglob("*") if p.is_file()}
     with caplog.at_level(logging.INFO, logger="selfreward.pipeline"):
         iterate(cfg, 2)
-    assert "running" not in caplog.text
+    assert "running" not in caplog.text and "iter_0/sft: done, skipped" in caplog.text
     assert {p: p.stat().st_mtime_ns for p in it.root.rglob("*") if p.is_file()} == before
+    assert {p: p.stat().st_mtime_ns for p in run.iteration(0).root.rglob("*") if p.is_file()} == seed_sft
 
     caplog.clear()
     it.marker("dpo").unlink()
@@ -117,12 +138,24 @@ def test_changed_config_is_refused_unless_forced(run: RunPaths, tiny_model: Path
     with pytest.raises(StageChanged, match="iter_1/judgements"):
         iterate(changed, 2)
     assert read_jsonl(run.iteration(1).judgements)[0]["samples"].__len__() == 2  # nothing was overwritten
+    with pytest.raises(StageChanged, match="iter_0/sft was made"):
+        iterate(tiny_config(run.root.parent, tiny_model, "sft.learning_rate=0.5"), 2)
+    with pytest.raises(StageChanged, match="iter_0/sft_data"):
+        iterate(tiny_config(run.root.parent, tiny_model, "sft.max_examples=4"), 2)
 
 
 def test_too_few_pairs_skips_dpo(tmp_path: Path, tiny_model: Path) -> None:
     run = iterate(tiny_config(tmp_path, tiny_model, "dpo.min_pairs=1000"), 1)
     m = json.loads(run.iteration(1).metrics.read_text())
     assert m["stages"]["dpo"]["skipped"] is True and "min_pairs" in m["stages"]["dpo"]["reason"]
-    assert weights(run.iteration(1).model).keys() == weights(tiny_model).keys()
+    a, b = weights(run.iteration(1).model), weights(run.iteration(0).model)  # M1 = M0 of the loop = seed SFT
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_without_seed_sft_iteration_1_starts_from_the_model(tmp_path: Path, tiny_model: Path) -> None:
+    cfg = tiny_config(tmp_path, tiny_model, "seed_sft=false", "dpo.min_pairs=1000")
+    run = iterate(cfg, 1)
+    assert not run.iteration(0).root.exists()
+    assert model_of_iteration(cfg, run, 0) == str(tiny_model)
     a, b = weights(run.iteration(1).model), weights(tiny_model)
     assert all((a[k] == b[k]).all() for k in a)

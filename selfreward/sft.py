@@ -1,0 +1,216 @@
+"""Supervised fine-tuning with TRL's SFTTrainer: the seed SFT that turns M0 into M1 (`iter_0/`, Yuan et
+al. 2024 §2.1: IFT + EFT data), and the fine-tuning step of expert iteration (`train_sft`).
+
+Stage `sft_data`
+Reads  seed_data.instructions (IFT: each instruction with its reference response), the EFT examples
+       (`sft.eft_data`, or `eft.default_examples` from seed_data.ranked)
+Writes iter_0/sft_data.jsonl: {"messages": [user, assistant], "source": "ift" | "eft-seed" | "eft-built", ...}
+
+Stage `sft`
+Reads  iter_0/sft_data.jsonl, the base model M0
+Writes iter_0/model/ (M1, fp32 safetensors + tokenizer), iter_0/sft_log.jsonl (every trainer log)
+
+The loss covers the assistant's reply only (`sft.assistant_only_loss`): each example goes to TRL in the
+conversational prompt-completion format (prompt = the messages before the last, completion = the last,
+assistant, message) with `completion_only_loss=True`, so the labels of the prompt's tokens (chat template,
+default system prompt, user turn, `<|im_start|>assistant\\n`) are -100 and the reply with its closing
+`<|im_end|>` is trained. TRL's own `assistant_only_loss` needs `{% generation %}` markers that SmolLM2's
+chat template lacks. Examples longer than `sft.max_length` are dropped (counted), not truncated.
+
+Run alone: the stages run as iter_0 of `selfreward iterate` (config `seed_sft: true`, the default).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from selfreward import eft
+from selfreward.artifacts import DataError, IterPaths, atomic_path, project_file, read_jsonl, write_jsonl
+from selfreward.config import JudgeConfig, SeedConfig, SFTStageConfig, fast_bf16
+
+log = logging.getLogger(__name__)
+
+IFT_SOURCE = "ift"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def ift_examples(seed_cfg: SeedConfig) -> list[dict]:
+    """Each seed instruction with its reference response, as one chat exchange."""
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": s.instruction},
+                {"role": "assistant", "content": s.response},
+            ],
+            "source": IFT_SOURCE,
+            "id": s.id,
+        }
+        for s in eft.load_instructions(seed_cfg.instructions).values()
+    ]
+
+
+def load_examples(path: str | Path) -> list[dict]:
+    """Chat examples from JSONL: `messages` must be user/assistant turns ending with the assistant's."""
+    path = project_file(path)
+    rows = read_jsonl(path, ["messages"])
+    for lineno, row in enumerate(rows, 1):
+        check_messages(row["messages"], f"{path}: example {lineno}")
+    return rows
+
+
+def check_messages(messages: Any, where: str) -> None:
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise DataError(f"{where}: field 'messages' must be a list of at least 2 messages")
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: field 'messages' must hold {{'role': str, 'content': str}} objects")
+    if messages[-1]["role"] != "assistant":
+        raise DataError(f"{where}: the last message must be the assistant's (it is what is trained)")
+
+
+def seed_examples(seed_cfg: SeedConfig, judge_cfg: JudgeConfig, cfg: SFTStageConfig, seed: int = 0) -> list[dict]:
+    """The seed SFT data: IFT and/or EFT examples per `cfg`, a seeded subset when `max_examples` > 0."""
+    examples: list[dict] = []
+    if cfg.ift:
+        examples += ift_examples(seed_cfg)
+    if cfg.eft:
+        examples += load_examples(cfg.eft_data) if cfg.eft_data else eft.default_examples(seed_cfg, judge_cfg, seed)
+    if not examples:
+        raise DataError("sft: no examples (sft.ift and sft.eft are both off, or the files are empty)")
+    if 0 < cfg.max_examples < len(examples):
+        keep = sorted(random.Random(seed).sample(range(len(examples)), cfg.max_examples))
+        examples = [examples[i] for i in keep]
+    return examples
+
+
+def write_data(
+    seed_cfg: SeedConfig, judge_cfg: JudgeConfig, cfg: SFTStageConfig, it: IterPaths, seed: int = 0
+) -> dict:
+    """Stage sft_data: write iter_0/sft_data.jsonl; returns the counts by source."""
+    examples = seed_examples(seed_cfg, judge_cfg, cfg, seed)
+    write_jsonl(it.sft_data, examples)
+    by_source: dict[str, int] = {}
+    for e in examples:
+        by_source[e.get("source", "?")] = by_source.get(e.get("source", "?"), 0) + 1
+    return {"examples": len(examples), "by_source": by_source}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def run(cfg: SFTStageConfig, model: str, it: IterPaths, seed: int = 0) -> dict:
+    """Stage sft: train M1 from `model` (M0) on iter_0/sft_data.jsonl."""
+    return train_sft(model, load_examples(it.sft_data), cfg, it.model, seed, log_path=it.sft_log)
+
+
+def to_prompt_completion(example: dict) -> dict:
+    """{"messages": [..., assistant]} -> {"prompt": [...], "completion": [assistant]} (TRL's conversational
+    prompt-completion format: the loss can then skip the prompt)."""
+    return {"prompt": example["messages"][:-1], "completion": example["messages"][-1:]}
+
+
+def build_trainer(model_path: str, examples: list[dict], cfg: SFTStageConfig, scratch: str, seed: int = 0) -> Any:
+    """An SFTTrainer with its dataset tokenised (`trainer.train_dataset` has input_ids and labels, -100
+    where no loss is taken); examples longer than `cfg.max_length` are left out (`trainer.dropped_too_long`)."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    rows = [to_prompt_completion(e) for e in examples]
+    lengths = [
+        len(tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True)["input_ids"]) for r in rows
+    ]
+    fitting = [r for r, n in zip(rows, lengths, strict=True) if n <= cfg.max_length]
+    if not fitting:
+        raise DataError(f"sft: all {len(rows)} examples are longer than sft.max_length={cfg.max_length} tokens")
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+    args = SFTConfig(
+        output_dir=scratch,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        max_length=cfg.max_length,
+        completion_only_loss=cfg.assistant_only_loss,
+        packing=False,
+        bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and fast_bf16()),
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        disable_tqdm=False,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(fitting),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.dropped_too_long = len(rows) - len(fitting)
+    return trainer
+
+
+def train_sft(
+    model_path: str,
+    examples: list[dict],
+    cfg: SFTStageConfig,
+    out_dir: Path,
+    seed: int = 0,
+    log_path: Path | None = None,
+) -> dict:
+    """Fine-tune `model_path` on chat `examples` ({"messages": [..., assistant]}) and save the result to
+    `out_dir` (fp32 safetensors + tokenizer, written atomically); every trainer log goes to `log_path`."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sft-", dir=out_dir.parent) as scratch:
+        trainer = build_trainer(model_path, examples, cfg, scratch, seed)
+        if trainer.dropped_too_long:
+            log.warning("sft: %d examples longer than %d tokens left out", trainer.dropped_too_long, cfg.max_length)
+        result = trainer.train()
+        trained = trainer.model
+        if cfg.lora:
+            trained = trained.merge_and_unload()
+        if trainer.accelerator.is_main_process:
+            with atomic_path(out_dir) as tmp:
+                trainer.accelerator.unwrap_model(trained).save_pretrained(tmp, safe_serialization=True)
+                trainer.processing_class.save_pretrained(tmp)
+            if log_path is not None:
+                write_jsonl(log_path, trainer.state.log_history)
+    return sft_metrics(trainer.state, result.metrics, len(examples), trainer.dropped_too_long)
+
+
+def sft_metrics(state: Any, train_metrics: dict, examples: int, dropped_too_long: int) -> dict:
+    """Counts, optimizer steps, first and last logged loss, trainer runtime."""
+    steps = [h for h in state.log_history if "loss" in h]
+    return {
+        "examples": examples,
+        "dropped_too_long": dropped_too_long,
+        "trained_examples": examples - dropped_too_long,
+        "steps": state.global_step,
+        "first_loss": steps[0]["loss"] if steps else None,
+        "last_loss": steps[-1]["loss"] if steps else None,
+        "train_runtime_s": train_metrics.get("train_runtime"),
+    }
