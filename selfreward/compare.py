@@ -128,21 +128,32 @@ def summarize(verdicts: list[Verdict], lengths: list[tuple[int, int]], tolerance
 # --------------------------------------------------------------------------- engine parts
 
 
-def preferences(gen: Generator, template: str, triples: list[tuple[str, str, str]]) -> list[float]:
-    """P(A better) for each (instruction, answer A, answer B), read from the judge's next token."""
+def preferences(gen: Generator, template: str, triples: list[tuple[str, str, str]]) -> list[float | None]:
+    """P(A better) for each (instruction, answer A, answer B), read from the judge's next token; None
+    where the comparison prompt does not fit in the engine's context."""
     ids = choice_token_ids(gen, VERDICT_PREFILL, [" A", " B"])
     prompts = [
         gen.render_chat([{"role": "user", "content": render_compare_prompt(template, q, a, b)}], VERDICT_PREFILL)
         for q, a, b in triples
     ]
-    return [p[0] / (p[0] + p[1]) if p[0] + p[1] > 0 else 0.5 for p in gen.token_probs(prompts, ids)]
+    fits = [gen.fits(p, 1) for p in prompts]
+    probs = iter(gen.token_probs([p for p, ok in zip(prompts, fits, strict=True) if ok], ids) if any(fits) else [])
+    out: list[float | None] = []
+    for ok in fits:
+        p = next(probs) if ok else None
+        out.append(None if p is None else p[0] / (p[0] + p[1]) if p[0] + p[1] > 0 else 0.5)
+    return out
 
 
-def both_orders(gen: Generator, template: str, items: list[tuple[str, str, str]]) -> list[tuple[float, float]]:
-    """(P(A better) with the first answer as A, the same with it as B) for (instruction, x, y) items."""
+def both_orders(gen: Generator, template: str, items: list[tuple[str, str, str]]) -> list[tuple[float, float] | None]:
+    """(P(A better) with the first answer as A, the same with it as B) for (instruction, x, y) items;
+    None where either order does not fit in the context."""
     swapped = [(q, y, x) for q, x, y in items]
     probs = preferences(gen, template, items + swapped)
-    return list(zip(probs[: len(items)], probs[len(items) :], strict=True))
+    return [
+        None if p1 is None or p2 is None else (p1, p2)
+        for p1, p2 in zip(probs[: len(items)], probs[len(items) :], strict=True)
+    ]
 
 
 @dataclass
@@ -192,7 +203,9 @@ def head_to_head(cfg: RunConfig, out_dir: Path, a: tuple[str, str], b: tuple[str
     items = [(p["text"], x, y) for p, x, y in zip(prompts, answers_a, answers_b, strict=True)]
     with open_generator(cfg.engine, judge, Path(cfg.cache_dir), seed=cfg.seed) as gen:
         probs = both_orders(gen, template, items)
-    verdicts = [verdict(p1, p2) for p1, p2 in probs]
+    if None in probs:
+        raise DataError(f"{cfg.compare.prompts}: a comparison prompt does not fit in engine.max_model_len")
+    verdicts = [verdict(*p) for p in probs if p is not None]
     lengths = [(len(x), len(y)) for _, x, y in items]
     write_jsonl(
         out_dir / f"{slug(a[0])}_vs_{slug(b[0])}.jsonl",
@@ -206,7 +219,7 @@ def head_to_head(cfg: RunConfig, out_dir: Path, a: tuple[str, str], b: tuple[str
                 "p_a_second": p2,
                 "verdict": v,
             }
-            for p, (_, x, y), (p1, p2), v in zip(prompts, items, probs, verdicts, strict=True)
+            for p, (_, x, y), (p1, p2), v in zip(prompts, items, [p for p in probs if p], verdicts, strict=True)
         ),
     )
     row = {"a": a[0], "b": b[0], "judge": judge, **summarize(verdicts, lengths, cfg.compare.length_tolerance)}

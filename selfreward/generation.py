@@ -78,6 +78,10 @@ class Generator:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def fits(self, text: str, max_new_tokens: int) -> bool:
+        """Whether `text` plus `max_new_tokens` fits in the engine's context (`engine.max_model_len`)."""
+        return len(self.encode(text)) + max_new_tokens <= self.cfg.max_model_len
+
     def chat(self, conversations: list[list[Message]], spec: SamplingSpec) -> list[list[Completion]]:
         return self.complete([self.render_chat(m) for m in conversations], spec)
 

@@ -102,34 +102,50 @@ def judge_texts(gen: Generator, cfg: JudgeConfig, items: list[tuple[str, str]], 
     spec = SamplingSpec(
         n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed
     )
-    all_samples: list[list[JudgeSample]]
-    if cfg.mode == "sampled":
-        outputs = gen.chat(conversations, spec)
-        all_samples = [[JudgeSample(o.text, *parse_score(o.text)) for o in outs] for outs in outputs]
-    else:
-        spec.stop = ["Score:", "score:", "SCORE:"]
-        outputs = gen.chat(conversations, spec)
-        digits = digit_token_ids(gen)
-        prefixed = [
-            gen.render_chat(conv) + o.text.rstrip() + ("\n" if o.text.strip() else "") + SCORE_PREFILL
-            for conv, outs in zip(conversations, outputs, strict=True)
-            for o in outs
-        ]
-        probs = gen.token_probs(prefixed, digits)
-        all_samples = []
-        for i, outs in enumerate(outputs):
-            samples = []
-            for j, o in enumerate(outs):
-                p = probs[i * cfg.samples + j]
-                score = sum(d * pd for d, pd in enumerate(p)) if sum(p) > 0 else None
-                samples.append(JudgeSample(o.text, score, None if score is not None else "no_digit_probability", p))
-            all_samples.append(samples)
+    # A judge prompt longer than the context cannot be judged: its samples are failures (`too_long`).
+    fits = [gen.fits(gen.render_chat(conv), cfg.max_tokens + 2) for conv in conversations]
+    if not all(fits):
+        log.warning(
+            "judge: %d of %d judge prompts do not fit in the context; left unscored", fits.count(False), len(fits)
+        )
+    kept = [conv for conv, ok in zip(conversations, fits, strict=True) if ok]
+    judged = iter(_judge_samples(gen, cfg, kept, spec) if kept else [])
+    all_samples = [
+        next(judged) if ok else [JudgeSample("", None, "too_long") for _ in range(cfg.samples)] for ok in fits
+    ]
     judgements = []
     for samples in all_samples:
         scores = [s.score for s in samples if s.score is not None]
         mean = sum(scores) / len(scores) if scores else None
         judgements.append(Judgement("", "", mean, len(scores), samples))
     return judgements
+
+
+def _judge_samples(
+    gen: Generator, cfg: JudgeConfig, conversations: list[list[dict[str, str]]], spec: SamplingSpec
+) -> list[list[JudgeSample]]:
+    """K judge samples per conversation: parsed `Score:` lines, or digit probabilities after `Score: `."""
+    if cfg.mode == "sampled":
+        outputs = gen.chat(conversations, spec)
+        return [[JudgeSample(o.text, *parse_score(o.text)) for o in outs] for outs in outputs]
+    spec.stop = ["Score:", "score:", "SCORE:"]
+    outputs = gen.chat(conversations, spec)
+    digits = digit_token_ids(gen)
+    prefixed = [
+        gen.render_chat(conv) + o.text.rstrip() + ("\n" if o.text.strip() else "") + SCORE_PREFILL
+        for conv, outs in zip(conversations, outputs, strict=True)
+        for o in outs
+    ]
+    probs = gen.token_probs(prefixed, digits)
+    all_samples = []
+    for i, outs in enumerate(outputs):
+        samples = []
+        for j, o in enumerate(outs):
+            p = probs[i * cfg.samples + j]
+            score = sum(d * pd for d, pd in enumerate(p)) if sum(p) > 0 else None
+            samples.append(JudgeSample(o.text, score, None if score is not None else "no_digit_probability", p))
+        all_samples.append(samples)
+    return all_samples
 
 
 def run(gen: Generator, cfg: JudgeConfig, it: IterPaths, seed: int = 0) -> dict:

@@ -106,20 +106,22 @@ def _ranked_pairs(items: list[LabelledItem]) -> tuple[list[tuple[str, str, str]]
     return triples, human
 
 
-def pairwise_agreement(probs: list[tuple[float, float]], human: list[int]) -> dict:
+def pairwise_agreement(probs: list[tuple[float, float] | None], human: list[int]) -> dict:
     """Direct comparison vs humans. For each pair (x, y): the verdict for x from P(A better) with x as A
     and with x as B (`compare.verdict`); agreement 1 when it matches the humans in both orders, 0 when it
-    contradicts them in both, 1/2 when it flips with the order.
+    contradicts them in both, 1/2 when it flips with the order. Pairs too long for the context (None)
+    are left out and counted in `direct_too_long`.
 
     Example: verdicts win, tie, loss with humans preferring x, x, y -> (1 + 0.5 + 1) / 3 = 0.833;
     position_consistency = 2 / 3."""
-    verdicts = [compare.verdict(p1, p2) for p1, p2 in probs]
-    points = [0.5 if v == "tie" else float((v == "win") == (h > 0)) for v, h in zip(verdicts, human, strict=True)]
+    judged = [(compare.verdict(*p), h) for p, h in zip(probs, human, strict=True) if p is not None]
+    points = [0.5 if v == "tie" else float((v == "win") == (h > 0)) for v, h in judged]
     n = len(points)
     return {
         "direct_pairs": n,
+        "direct_too_long": len(probs) - n,
         "direct_accuracy": sum(points) / n if n else None,
-        "position_consistency": sum(v != "tie" for v in verdicts) / n if n else None,
+        "position_consistency": sum(v != "tie" for v, _ in judged) / n if n else None,
     }
 
 

@@ -52,7 +52,8 @@ class JudgeSample:
     score: float | None
     """0-5; None when the output could not be parsed (never turned into a score)."""
     error: str | None = None
-    """Why parsing failed: no_score_line, not_an_integer, out_of_range."""
+    """Why there is no score: no_score_line, not_an_integer, out_of_range (sampled mode),
+    no_digit_probability (probabilities mode), too_long (the judge prompt does not fit the context)."""
     probs: list[float] | None = None
     """Probabilities mode: P(score = 0..5) after the prefilled `Score: `."""
 

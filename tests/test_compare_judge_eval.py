@@ -181,3 +181,16 @@ def test_judge_eval_embedded_model_on_human_pairs(tmp_path: Path, embedded_model
     for key in ("accuracy", "ci_low", "ci_high", "n_pairs", "judge_ties", "parse_failure_rate", "score_distribution"):
         assert row[key] is not None, key
     assert row["n_pairs"] + row["unscored"] + row["human_ties"] == 12
+
+
+def test_judge_prompt_longer_than_the_context_is_unscored_not_truncated(tiny_model: Path) -> None:
+    from selfreward.config import EngineConfig, JudgeConfig
+    from selfreward.generation import HFGenerator
+    from selfreward.judge import judge_texts
+
+    gen = HFGenerator(str(tiny_model), EngineConfig(backend="transformers", dtype="float32", max_model_len=800))
+    cfg = JudgeConfig(samples=2, max_tokens=8)
+    short, long = judge_texts(gen, cfg, [("Say hi.", "Hi!"), ("Say hi.", "hello " * 2000)])
+    assert short.score is not None and short.num_parsed == 2
+    assert long.score is None and long.num_parsed == 0
+    assert [s.error for s in long.samples] == ["too_long", "too_long"]

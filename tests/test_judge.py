@@ -88,6 +88,9 @@ class Parrot(Generator):
     def render_chat(self, messages, prefill: str = "") -> str:
         return messages[-1]["content"] + prefill
 
+    def fits(self, text: str, max_new_tokens: int) -> bool:
+        return True
+
     def _complete(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
         out = []
         for p in prompts:
