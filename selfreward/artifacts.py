@@ -18,6 +18,10 @@ stage markers.
         sft_data.jsonl                the chat examples trained on (stage sft_data)
         model/, sft_log.jsonl         M1 and its trainer logs (stage sft); metrics.json, .stages/ as above
     iterations/<run>/eft.jsonl        default output of `selfreward eft build`
+    iterations/<run>/expert_iter/     the expert-iteration baseline (`selfreward expert-iter`)
+        round_K/                      prompts, candidates, judgements, sft_data (kept best answers), model/,
+                                      sft_log, metrics.json, .stages/ (K = 1..N)
+        metrics.json                  every round's metrics and the final model folder
 
 A marker holds the fingerprint of the stage's config and inputs; re-running with a different
 fingerprint is refused unless forced.
@@ -161,6 +165,20 @@ class RunPaths:
             return []
         found = (int(p.name[5:]) for p in self.root.glob("iter_*") if p.name[5:].isdigit())
         return sorted(k for k in found if k >= 1)
+
+    @property
+    def expert_iter(self) -> Path:
+        """expert_iter/: the expert-iteration baseline (`selfreward expert-iter`)."""
+        return self.root / "expert_iter"
+
+    @property
+    def expert_iter_metrics(self) -> Path:
+        """Every round's metrics and the final model folder."""
+        return self.expert_iter / "metrics.json"
+
+    def expert_round(self, k: int) -> IterPaths:
+        """expert_iter/round_K/ (K >= 1): prompts, candidates, judgements, sft_data, model/, sft_log, metrics."""
+        return IterPaths(self.expert_iter / f"round_{k}")
 
 
 def slug(text: str) -> str:

@@ -8,6 +8,7 @@ selfreward report iterations/default                              # -> iteration
 selfreward judge-eval --model smollm2-135m-instruct --labels FILE # judge vs human labels (or --run DIR)
 selfreward compare --run iterations/default                       # M_t vs M0 win rates (or --model/--model-b)
 selfreward eft build --labels FILE [--model M] [--out FILE]       # EFT data from judgements that agree with humans
+selfreward expert-iter --config configs/default.yaml --rounds 2    # baseline: SFT on the best judged answers
 """
 
 from __future__ import annotations
@@ -83,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="judge model (default: the config's model)")
     p.add_argument("--out", default=None, help="EFT JSONL to write (default: iterations/<run>/eft.jsonl)")
     p.add_argument("--samples", type=int, default=None, help="judgements per response (default: judge.samples)")
+
+    p = sub.add_parser(
+        "expert-iter", help="expert-iteration baseline: SFT on the best judged answers (iterations/<run>/expert_iter)"
+    )
+    _add_config_args(p)
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default: expert_iter.rounds)")
+    p.add_argument("--prompts", default=None, help="prompts JSONL (default: expert_iter.prompts, else iter_1's)")
+    p.add_argument("--force", action="store_true", help="redo finished stages whose config changed")
+
     return parser
 
 
@@ -119,6 +129,16 @@ def main(argv: list[str] | None = None) -> int:
 
             counts = build_from_config(cfg, args.labels, args.model, args.out, args.samples)
             print(json.dumps(counts, indent=2))
+        elif args.command == "expert-iter":
+            from selfreward.expert_iter import expert_iterate
+            from selfreward.pipeline import StageChanged
+
+            try:
+                run = expert_iterate(cfg, args.rounds, args.prompts, force=args.force)
+            except StageChanged as e:
+                print(f"selfreward: error: {e}", file=sys.stderr)
+                return 2
+            print(run.expert_iter_metrics)
         elif args.command == "iterate":
             from selfreward.pipeline import StageChanged, iterate
 

@@ -300,6 +300,24 @@ class CompareConfig:
 
 
 @dataclass
+class ExpertIterConfig:
+    """Expert iteration baseline (`selfreward expert-iter`): each round, sample answers, judge them, fine-tune
+    (sft section) on the best answer per prompt that scores at least `threshold`."""
+
+    rounds: int = 2
+    samples: int = 4
+    """Answers per prompt (sampled with the responses section's temperature, top_p, max_tokens)."""
+    threshold: float = 3.0
+    """Keep a prompt's best answer only if its judge score (0-5, mean of judge.samples) is at least this."""
+    prompts: str = ""
+    """Prompts file (JSONL with `text` or `instruction`); empty: the run's iter_1/prompts.jsonl."""
+    max_prompts: int = 0
+    """Use only the first N prompts; 0: all."""
+    min_examples: int = 4
+    """With fewer kept answers the round does not train: its model is the round's start model."""
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs. Saved as `iterations/<run>/config.yaml`."""
 
@@ -324,6 +342,7 @@ class RunConfig:
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    expert_iter: ExpertIterConfig = field(default_factory=ExpertIterConfig)
 
     @property
     def run_dir(self) -> Path:
