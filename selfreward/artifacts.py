@@ -22,6 +22,11 @@ stage markers.
         round_K/                      prompts, candidates, judgements, sft_data (kept best answers), model/,
                                       sft_log, metrics.json, .stages/ (K = 1..N)
         metrics.json                  every round's metrics and the final model folder
+    iterations/<run>/ppo/             the PPO baseline (`selfreward ppo`)
+        config.yaml, metrics.json     resolved config; wall time, peak memory, steps, rollouts
+        model/                        the final policy (fp32 safetensors + tokenizer)
+        ppo_log.jsonl                 one row per PPO update
+        reward_model/, reward_model_log.jsonl   `ppo.reward: model` only
 
 A marker holds the fingerprint of the stage's config and inputs; re-running with a different
 fingerprint is refused unless forced.
@@ -114,6 +119,41 @@ class IterPaths:
 
 
 @dataclass(frozen=True)
+class PPOPaths:
+    """The files of the PPO baseline (`iterations/<run>/ppo/`)."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        """The resolved RunConfig of the PPO run."""
+        return self.root / "config.yaml"
+
+    @property
+    def model(self) -> Path:
+        """The final policy, fp32 safetensors + tokenizer."""
+        return self.root / "model"
+
+    @property
+    def log(self) -> Path:
+        """One row per PPO update: rewards, KL, entropy, losses, clip fractions, explained variance."""
+        return self.root / "ppo_log.jsonl"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def reward_model(self) -> Path:
+        """`ppo.reward: model`: the reward model trained on an iteration's pairs."""
+        return self.root / "reward_model"
+
+    @property
+    def reward_model_log(self) -> Path:
+        return self.root / "reward_model_log.jsonl"
+
+
+@dataclass(frozen=True)
 class RunPaths:
     """The files of one run (`iterations/<run>/`)."""
 
@@ -143,6 +183,11 @@ class RunPaths:
         return self.root / "compare.json"
 
     @property
+    def methods(self) -> Path:
+        """One row per method: self-rewarding DPO, PPO, expert iteration (`selfreward compare-methods`)."""
+        return self.root / "methods.json"
+
+    @property
     def compare_dir(self) -> Path:
         """Answers per model (answers/<label>.jsonl) and per comparison verdicts (<a>_vs_<b>.jsonl)."""
         return self.root / "compare"
@@ -154,6 +199,11 @@ class RunPaths:
     @property
     def eft_data(self) -> Path:
         return self.root / "eft.jsonl"
+
+    @property
+    def ppo(self) -> PPOPaths:
+        """ppo/: the PPO baseline (`selfreward ppo`)."""
+        return PPOPaths(self.root / "ppo")
 
     def iteration(self, k: int) -> IterPaths:
         """iter_K/; K = 0 is the seed SFT, K >= 1 the loop's iterations."""

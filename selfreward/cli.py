@@ -7,8 +7,10 @@ selfreward inspect iterations/default [--iter 2 --show 5 --sort margin --where '
 selfreward report iterations/default                              # -> iterations/default/report.html
 selfreward judge-eval --model smollm2-135m-instruct --labels FILE # judge vs human labels (or --run DIR)
 selfreward compare --run iterations/default                       # M_t vs M0 win rates (or --model/--model-b)
+selfreward compare-methods --run iterations/default               # DPO loop vs PPO vs expert iteration
 selfreward eft build --labels FILE [--model M] [--out FILE]       # EFT data from judgements that agree with humans
 selfreward expert-iter --config configs/default.yaml --rounds 2    # baseline: SFT on the best judged answers
+selfreward ppo --config configs/default.yaml [--prompts F] [--pairs-from iterations/<run>/iter_K]  # PPO baseline
 """
 
 from __future__ import annotations
@@ -74,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-b", default=None, help="the model --model is compared against")
     p.add_argument("--judge", default=None, help="judge model (default: the later model, --model or M_t)")
 
+    p = sub.add_parser("compare-methods", help="self-rewarding DPO vs PPO vs expert iteration: win rate vs M0, cost")
+    p.add_argument("--run", default="iterations/default", help="run folder (default: %(default)s)")
+    p.add_argument("--config", default=None, help="YAML config (default: the run's config.yaml)")
+    p.add_argument("--labels", default=None, help="also the judge accuracy of each final model on this label file")
+    p.add_argument("--limit", type=int, default=None, help="only the first N labelled items")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
     p = sub.add_parser("eft", help="evaluation fine-tuning (EFT) data for the seed SFT")
     eft_sub = p.add_subparsers(dest="eft_command", required=True, metavar="EFT_COMMAND")
     p = eft_sub.add_parser(
@@ -93,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", default=None, help="prompts JSONL (default: expert_iter.prompts, else iter_1's)")
     p.add_argument("--force", action="store_true", help="redo finished stages whose config changed")
 
+    p = sub.add_parser(
+        "ppo", help="PPO baseline (ICE-GRT style) with judge or reward-model rewards (iterations/<run>/ppo)"
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--prompts", default=None, help="prompts JSONL with `text` (default: the run's iter_1/prompts.jsonl)"
+    )
+    p.add_argument(
+        "--pairs-from",
+        default=None,
+        help="ppo.reward=model: train the reward model on this iter_K's pairs/ (default: iter_1)",
+    )
     return parser
 
 
@@ -117,6 +138,32 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command in ("judge-eval", "compare"):
             return evaluate_command(args)
+        if args.command == "compare-methods":
+            from pathlib import Path
+
+            from selfreward.artifacts import RunPaths
+            from selfreward.methods import compare_methods
+
+            cfg = load_config(args.config or str(Path(args.run) / "config.yaml"), args.overrides)
+            run = RunPaths(Path(args.run))
+            rows = compare_methods(cfg, run, args.labels, args.limit)
+            columns = [
+                "method",
+                "win",
+                "tie",
+                "loss",
+                "win_rate_vs_M0",
+                "length_matched_win_rate",
+                "mean_chars",
+                "mean_chars_M0",
+                "judge_accuracy",
+                "answers",
+                "judge_calls",
+                "wall_s",
+                "peak_rss_gib",
+            ]
+            print_rows(f"methods from the same M0 -> {run.methods}", rows, columns)
+            return 0
         cfg = load_config(args.config, args.overrides)
         if args.command == "config":
             print(dump_yaml(cfg), end="")
@@ -139,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"selfreward: error: {e}", file=sys.stderr)
                 return 2
             print(run.expert_iter_metrics)
+        elif args.command == "ppo":
+            from selfreward.ppo import run_ppo
+
+            print(run_ppo(cfg, args.prompts, args.pairs_from, argv=["selfreward", *argv]).root)
         elif args.command == "iterate":
             from selfreward.pipeline import StageChanged, iterate
 

@@ -2,7 +2,7 @@
 
 Reads  iterations/<run>/iter_K/{prompts,prompts_rejected,candidates,judgements,pairs,dpo_log}.jsonl,
        iter_K/metrics.json (only for the pair drop reasons and whether DPO was skipped, which no
-       other file records), and the optional iterations/<run>/{judge_eval,compare}.json.
+       other file records), and the optional iterations/<run>/{judge_eval,compare,methods}.json.
 Writes nothing; prints `rich` tables.
 
     selfreward inspect iterations/default                  # one row per iteration
@@ -33,7 +33,7 @@ from selfreward.artifacts import DataError, RunPaths, read_json, read_jsonl
 MAX_SCORE = 5
 PAIR_FIELDS = ("margin", "chosen_score", "rejected_score", "chosen_tokens", "rejected_tokens")
 """The numeric pair fields that `--where` can filter on."""
-RESULT_FILES = ("judge_eval.json", "compare.json")
+RESULT_FILES = ("judge_eval.json", "compare.json", "methods.json")
 """Optional results that other commands write into the run folder."""
 _WHERE = re.compile(r"^\s*([A-Za-z_]\w*)\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*$")
 _OPS = {

@@ -20,6 +20,7 @@ are neutralised, so it can neither close its section nor hand the judge a score 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
@@ -31,6 +32,8 @@ from selfreward.records import Candidate, Judgement, JudgeSample, Prompt, requir
 log = logging.getLogger(__name__)
 
 SCORE_PREFILL = "Score: "
+PROBABILITY_CHUNK = 32
+"""Probabilities mode: conversations whose justifications are sampled, then scored, together."""
 MAX_SCORE = 5
 
 # A score line: optional markdown around "Score", a colon, a number, optionally "/5" or "out of 5".
@@ -129,22 +132,28 @@ def _judge_samples(
         outputs = gen.chat(conversations, spec)
         return [[JudgeSample(o.text, *parse_score(o.text)) for o in outs] for outs in outputs]
     spec.stop = ["Score:", "score:", "SCORE:"]
-    outputs = gen.chat(conversations, spec)
     digits = digit_token_ids(gen)
-    prefixed = [
-        gen.render_chat(conv) + o.text.rstrip() + ("\n" if o.text.strip() else "") + SCORE_PREFILL
-        for conv, outs in zip(conversations, outputs, strict=True)
-        for o in outs
-    ]
-    probs = gen.token_probs(prefixed, digits)
     all_samples = []
-    for i, outs in enumerate(outputs):
-        samples = []
-        for j, o in enumerate(outs):
-            p = probs[i * cfg.samples + j]
-            score = sum(d * pd for d, pd in enumerate(p)) if sum(p) > 0 else None
-            samples.append(JudgeSample(o.text, score, None if score is not None else "no_digit_probability", p))
-        all_samples.append(samples)
+    # In chunks, so that vLLM still holds each judge prompt in its prefix cache when the scoring pass
+    # re-reads it (all at once, a 4 GiB cache had evicted most of them: the second pass took as long as
+    # the first).
+    for start in range(0, len(conversations), PROBABILITY_CHUNK):
+        chunk = conversations[start : start + PROBABILITY_CHUNK]
+        chunk_spec = dataclasses.replace(spec, seed=None if spec.seed is None else spec.seed + start)
+        outputs = gen.chat(chunk, chunk_spec)
+        prefixed = [
+            gen.render_chat(conv) + o.text.rstrip() + ("\n" if o.text.strip() else "") + SCORE_PREFILL
+            for conv, outs in zip(chunk, outputs, strict=True)
+            for o in outs
+        ]
+        probs = iter(gen.token_probs(prefixed, digits))
+        for outs in outputs:
+            samples = []
+            for o in outs:
+                p = next(probs)
+                score = sum(d * pd for d, pd in enumerate(p)) if sum(p) > 0 else None
+                samples.append(JudgeSample(o.text, score, None if score is not None else "no_digit_probability", p))
+            all_samples.append(samples)
     return all_samples
 
 
