@@ -181,6 +181,12 @@ class ScriptedJudge(Generator):
         self.script = script
         self.prompts: list[str] = []
 
+    def render_chat(self, messages, prefill=""):  # type: ignore[override]
+        return messages[0]["content"] + prefill
+
+    def fits(self, text, max_new_tokens):  # type: ignore[override]
+        return True
+
     def chat(self, conversations, spec):  # type: ignore[override]
         out = []
         for conv in conversations:
