@@ -1,0 +1,596 @@
+"""PPO baseline in the style of ICE-GRT (Zheng et al. 2024): `selfreward ppo`.
+
+Four models: the actor (the policy, AutoModelForCausalLM), a frozen reference (the starting policy),
+a critic (the policy's transformer body + a linear value head, trained separately) and a reward
+(`ppo.reward`): the loop's judge (`rewards.JudgeReward`) or a reward model trained with TRL's
+RewardTrainer on an iteration's pairs (`rewards.ModelReward`). Each update:
+
+1. `generate_trajectory`: sample one response per prompt with the actor's `generate` (batched, left
+   padding); score it; per-token reward = -kl_coef * (log pi - log pi_ref), plus the (scaled, clipped)
+   score on the last token; values from the critic; advantages and returns by GAE.
+2. `ppo_step`: `ppo_epochs` passes over the rollout in minibatches: clipped policy loss on the actor,
+   clipped value loss on the critic (each with its own AdamW).
+3. `log_metrics`: one row of `ppo_log.jsonl`.
+
+ICE-GRT's controls are config switches: reward scaling (`reward_normalize`, `reward_scale`), reward
+clipping (`reward_clip`), KL control (`kl_control` fixed or adaptive, `kl_target`, `kl_horizon`) and
+advantage normalisation (`advantage_normalize`).
+
+The policy starts where the DPO loop's iteration 1 starts (M1 of the seed SFT, or `model` with
+`seed_sft: false`), so the two can be compared.
+
+Reads  iter_1/prompts.jsonl of the run (or --prompts FILE: JSONL with `text`); with `ppo.reward: model`
+       iter_K/pairs/ (--pairs-from iterations/<run>/iter_K; default iter_1)
+Writes iterations/<run>/ppo/: model/ (final policy, fp32 safetensors + tokenizer), ppo_log.jsonl,
+       metrics.json (wall time, peak RSS, steps, rollouts), config.yaml; with a reward model
+       reward_model/ and reward_model_log.jsonl
+
+    selfreward ppo --config configs/default.yaml [--prompts FILE] [--pairs-from iterations/<run>/iter_K] \
+        [ppo.steps=32 ...]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from selfreward.artifacts import (
+    DataError,
+    IterPaths,
+    PPOPaths,
+    RunPaths,
+    atomic_path,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+    write_text,
+)
+from selfreward.config import ConfigError, PPOConfig, RunConfig, dump_yaml, fast_bf16
+from selfreward.rewards import (
+    AdaptiveKLController,
+    FixedKLController,
+    JudgeReward,
+    ModelReward,
+    RewardFunction,
+    RewardScaler,
+    explained_variance,
+    gae,
+    kl_penalized_rewards,
+    masked_mean,
+    train_reward_model,
+    whiten,
+)
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class Trajectory:
+    """One rollout. Shapes: B responses, P prompt positions (left-padded), R response positions
+    (right-padded: after a response's end-of-sequence token come padding positions)."""
+
+    prompts: list[str]
+    responses: list[str]
+    """Decoded response texts (up to the end-of-sequence token, special tokens skipped)."""
+    input_ids: torch.Tensor
+    """(B, P + R) prompt then response token ids."""
+    attention_mask: torch.Tensor
+    """(B, P + R) 1 on prompt tokens and on response tokens up to and including the end-of-sequence token."""
+    position_ids: torch.Tensor
+    """(B, P + R) positions counted over the attended tokens (left padding does not shift them)."""
+    response_mask: torch.Tensor
+    """(B, R) bool: True on a response's tokens, its end-of-sequence token included."""
+    ended: torch.Tensor
+    """(B,) bool: the response ended with an end-of-sequence token (False: cut at max_new_tokens)."""
+    logprobs: torch.Tensor
+    """(B, R) log pi_old(y_t) of the actor at the rollout, from logits / temperature."""
+    ref_logprobs: torch.Tensor
+    """(B, R) log pi_ref(y_t) of the frozen reference."""
+    entropy: torch.Tensor
+    """(B, R) entropy of the actor's next-token distribution at each response position."""
+    values: torch.Tensor
+    """(B, R) critic's value of the state before each response token."""
+    raw_scores: torch.Tensor
+    """(B,) reward of each response as the reward function gave it."""
+    scores: torch.Tensor
+    """(B,) after reward scaling and clipping: what is added on the last token."""
+    kl: torch.Tensor
+    """(B, R) per-token KL estimate log pi_old - log pi_ref (0 on padding)."""
+    kl_coef: float
+    rewards: torch.Tensor
+    """(B, R) per-token rewards: -kl_coef * kl, plus the score on the last token."""
+    advantages: torch.Tensor
+    """(B, R) GAE advantages (whitened when `advantage_normalize`), 0 on padding."""
+    returns: torch.Tensor
+    """(B, R) advantages (before whitening) + values: the critic's targets."""
+    unscored: int = 0
+    """Responses the reward function could not score (given its penalty)."""
+    seconds: float = 0.0
+
+
+@dataclass
+class PPOStats:
+    """Means over the minibatches of one `ppo_step`."""
+
+    policy_loss: float
+    value_loss: float
+    clip_frac: float
+    """Fraction of response tokens whose policy ratio was clipped."""
+    value_clip_frac: float
+    """Fraction of response tokens whose clipped value loss was the larger."""
+    approx_kl: float
+    """0.5 * (log pi - log pi_old)^2: how far the epochs moved the policy from the rollout's."""
+    ratio: float
+    optimizer_steps: int
+    seconds: float
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+) -> tuple[torch.Tensor, float, float, float]:
+    """The clipped surrogate (Schulman et al. 2017): mean over tokens of max(-A r, -A clip(r, 1 +- eps)),
+    r = exp(logprobs - old_logprobs). Returns (loss, clip fraction, approx KL, mean ratio).
+
+    r = 1.5 on two tokens, advantages [1, -1], eps 0.2: token losses max(-1.5, -1.2) = -1.2 (clipped)
+    and max(1.5, 1.2) = 1.5 (not clipped): loss (-1.2 + 1.5) / 2 = 0.15, clip fraction 0.5.
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clip_frac = masked_mean((clipped > unclipped).float(), mask).item()
+    approx_kl = masked_mean(0.5 * log_ratio.detach() ** 2, mask).item()
+    return loss, clip_frac, approx_kl, masked_mean(ratio.detach(), mask).item()
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange: float
+) -> tuple[torch.Tensor, float]:
+    """0.5 * mean over tokens of max((V - R)^2, (V_clipped - R)^2), V_clipped = V_old + clip(V - V_old, +- eps).
+    Returns (loss, fraction of tokens where the clipped term was the larger).
+
+    V = 2, V_old = 1, R = 1.5, eps 0.2: V_clipped = 1.2, max(0.25, 0.09) = 0.25, loss 0.125, fraction 0.
+    V = 1, V_old = 2, R = 0: V_clipped = 1.8, max(1, 3.24) = 3.24, loss 1.62, fraction 1.
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange, cliprange)
+    unclipped_loss = (values - returns) ** 2
+    clipped_loss = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
+    return loss, masked_mean((clipped_loss > unclipped_loss).float(), mask).item()
+
+
+# --------------------------------------------------------------------------- models
+
+
+class ValueModel(nn.Module):
+    """The critic: the policy's transformer body (AutoModel, no LM head) + a linear head giving one value
+    per position."""
+
+    def __init__(self, path: str) -> None:
+        from transformers import AutoModel
+
+        super().__init__()
+        self.body = AutoModel.from_pretrained(path, dtype=torch.float32)
+        hidden = self.body.config.get_text_config().hidden_size
+        self.head = nn.Linear(hidden, 1)
+        nn.init.normal_(self.head.weight, std=1 / math.sqrt(hidden + 1))
+        nn.init.zeros_(self.head.bias)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, L) values."""
+        hidden = self.body(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        return self.head(hidden).squeeze(-1).float()
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+class PPOTrainer:
+    """Actor, reference, critic and a reward function; `generate_trajectory`, `ppo_step`, `log_metrics`."""
+
+    def __init__(self, cfg: PPOConfig, policy_path: str, reward_fn: RewardFunction, seed: int = 0) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(seed)
+        self.cfg, self.policy_path, self.reward_fn, self.seed = cfg, policy_path, reward_fn, seed
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and fast_bf16())
+        self.tokenizer = AutoTokenizer.from_pretrained(policy_path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+        self.actor = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
+        self.reference = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
+        self.reference.requires_grad_(False)
+        if cfg.lora:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+            )
+            self.actor = get_peft_model(self.actor, lora)
+        self.critic = ValueModel(policy_path)
+        # eval(): no dropout anywhere, so the rollout's log-probs and the update's agree; gradients still flow.
+        for model in (self.actor, self.reference, self.critic):
+            model.to(self.device)
+            model.eval()
+        eos = self.actor.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = sorted({i for i in [*eos, self.tokenizer.eos_token_id] if i is not None})
+        self.actor_opt = torch.optim.AdamW(
+            [p for p in self.actor.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0
+        )
+        self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_learning_rate, weight_decay=0.0)
+        if cfg.kl_control == "adaptive":
+            self.kl_ctl: FixedKLController | AdaptiveKLController = AdaptiveKLController(
+                cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon
+            )
+        else:
+            self.kl_ctl = FixedKLController(cfg.init_kl_coef)
+        self.scaler = RewardScaler(cfg.reward_normalize, cfg.reward_scale, cfg.reward_clip)
+        self.step = 0
+        self.optimizer_steps = 0
+
+    def autocast(self) -> AbstractContextManager:
+        return torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """The prompt as a user turn of the chat template with the assistant turn opened."""
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def response_logprobs(
+        self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, R: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, R) log-probabilities of the last R tokens under `model` (logits / temperature) and the
+        (B, R) entropies of those next-token distributions."""
+        with self.autocast():
+            logits = model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                logits_to_keep=R + 1,
+                use_cache=False,
+            ).logits
+        logp = torch.log_softmax(logits[:, :-1].float() / self.cfg.temperature, dim=-1)
+        logprobs = logp.gather(-1, input_ids[:, -R:].unsqueeze(-1)).squeeze(-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        return logprobs, entropy
+
+    def response_values(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, R: int
+    ) -> torch.Tensor:
+        """(B, R) the critic's value of the state before each of the last R tokens."""
+        with self.autocast():
+            return self.critic(input_ids, attention_mask, position_ids)[:, -R - 1 : -1].float()
+
+    def generate_trajectory(self, prompts: list[str]) -> Trajectory:
+        """Sample one response per prompt, score it, and compute rewards, values, advantages and returns."""
+        start = time.perf_counter()
+        ids = [self.encode_prompt(p) for p in prompts]
+        P = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id
+        query = torch.tensor([[pad] * (P - len(x)) + x for x in ids], device=self.device)
+        query_mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in ids], device=self.device)
+        with torch.no_grad(), self.autocast():
+            out = self.actor.generate(
+                input_ids=query,
+                attention_mask=query_mask,
+                max_new_tokens=self.cfg.max_new_tokens,
+                do_sample=True,
+                temperature=self.cfg.temperature,
+                top_k=0,
+                top_p=1.0,
+                pad_token_id=pad,
+                eos_token_id=self.eos_ids,
+            )
+        response = out[:, P:]
+        R = response.shape[1]
+        is_eos = torch.isin(response, torch.tensor(self.eos_ids, device=self.device))
+        response_mask = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # up to and including the first EOS
+        ended = is_eos.any(1)
+        lengths = response_mask.sum(1) - ended.long()
+        texts = [
+            self.tokenizer.decode(response[b, : lengths[b]].tolist(), skip_special_tokens=True)
+            for b in range(len(prompts))
+        ]
+        input_ids = out
+        attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
+        position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+
+        with torch.no_grad():
+            logprobs, entropy = self.response_logprobs(self.actor, input_ids, attention_mask, position_ids, R)
+            ref_logprobs, _ = self.response_logprobs(self.reference, input_ids, attention_mask, position_ids, R)
+            values = self.response_values(input_ids, attention_mask, position_ids, R)
+
+        raw = self.reward_fn(prompts, texts)
+        if len(raw) != len(prompts):
+            raise ValueError(f"the reward function returned {len(raw)} rewards for {len(prompts)} responses")
+        scores = torch.tensor(self.scaler(raw), dtype=torch.float32, device=self.device)
+        kl_coef = self.kl_ctl.value
+        rewards, kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef)
+        advantages, returns = gae(rewards, values, response_mask, self.cfg.gamma, self.cfg.lam)
+        if self.cfg.advantage_normalize:
+            advantages = whiten(advantages, response_mask)
+        return Trajectory(
+            prompts=list(prompts),
+            responses=texts,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            response_mask=response_mask,
+            ended=ended,
+            logprobs=logprobs,
+            ref_logprobs=ref_logprobs,
+            entropy=entropy,
+            values=values,
+            raw_scores=torch.tensor(raw, dtype=torch.float32),
+            scores=scores,
+            kl=kl,
+            kl_coef=kl_coef,
+            rewards=rewards,
+            advantages=advantages,
+            returns=returns,
+            unscored=self.reward_fn.unscored,
+            seconds=time.perf_counter() - start,
+        )
+
+    def ppo_step(self, traj: Trajectory) -> PPOStats:
+        """`ppo_epochs` passes over the rollout in shuffled minibatches; then the KL controller is updated."""
+        start = time.perf_counter()
+        B, R = traj.response_mask.shape
+        generator = torch.Generator().manual_seed(self.seed * 100003 + self.step)
+        stats: dict[str, list[float]] = {k: [] for k in ("pl", "vl", "cf", "vcf", "akl", "ratio")}
+        for _ in range(self.cfg.ppo_epochs):
+            order = torch.randperm(B, generator=generator).to(self.device)
+            for i in range(0, B, self.cfg.minibatch_size):
+                idx = order[i : i + self.cfg.minibatch_size]
+                inputs = (traj.input_ids[idx], traj.attention_mask[idx], traj.position_ids[idx])
+                mask = traj.response_mask[idx]
+
+                logprobs, _ = self.response_logprobs(self.actor, *inputs, R)
+                pl, cf, akl, ratio = policy_loss(
+                    logprobs, traj.logprobs[idx], traj.advantages[idx], mask, self.cfg.cliprange
+                )
+                self.actor_opt.zero_grad()
+                pl.backward()
+                torch.nn.utils.clip_grad_norm_(self.actor.parameters(), self.cfg.max_grad_norm)
+                self.actor_opt.step()
+
+                values = self.response_values(*inputs, R)
+                vl, vcf = value_loss(values, traj.values[idx], traj.returns[idx], mask, self.cfg.cliprange_value)
+                self.critic_opt.zero_grad()
+                vl.backward()
+                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.max_grad_norm)
+                self.critic_opt.step()
+
+                for key, value in zip(stats, (pl.item(), vl.item(), cf, vcf, akl, ratio), strict=True):
+                    stats[key].append(value)
+        self.kl_ctl.update(traj.kl.sum(1).mean().item(), B)
+        self.step += 1
+        self.optimizer_steps += len(stats["pl"])
+
+        def mean(key: str) -> float:
+            return sum(stats[key]) / len(stats[key])
+
+        return PPOStats(
+            policy_loss=mean("pl"),
+            value_loss=mean("vl"),
+            clip_frac=mean("cf"),
+            value_clip_frac=mean("vcf"),
+            approx_kl=mean("akl"),
+            ratio=mean("ratio"),
+            optimizer_steps=len(stats["pl"]),
+            seconds=time.perf_counter() - start,
+        )
+
+    def log_metrics(self, traj: Trajectory, stats: PPOStats) -> dict[str, Any]:
+        """One log row: rewards (raw and scaled), KL, entropy, losses, clip fractions, explained variance."""
+        mask = traj.response_mask
+        ev = explained_variance(traj.values, traj.returns, mask)
+        return {
+            "step": self.step,
+            "reward_raw": traj.raw_scores.mean().item(),
+            "reward_raw_std": traj.raw_scores.std().item() if len(traj.raw_scores) > 1 else 0.0,
+            "reward_scaled": traj.scores.mean().item(),
+            "unscored": traj.unscored,
+            "kl": traj.kl.sum(1).mean().item(),
+            "kl_coef": traj.kl_coef,
+            "entropy": masked_mean(traj.entropy, mask).item(),
+            "policy_loss": stats.policy_loss,
+            "value_loss": stats.value_loss,
+            "clip_frac": stats.clip_frac,
+            "value_clip_frac": stats.value_clip_frac,
+            "approx_kl": stats.approx_kl,
+            "ratio": stats.ratio,
+            "explained_variance": None if math.isnan(ev) else ev,
+            "advantage_mean": masked_mean(traj.advantages, mask).item(),
+            "return_mean": masked_mean(traj.returns, mask).item(),
+            "value_mean": masked_mean(traj.values, mask).item(),
+            "response_length": mask.sum(1).float().mean().item(),
+            "ended_frac": traj.ended.float().mean().item(),
+            "rollout_s": round(traj.seconds, 2),
+            "update_s": round(stats.seconds, 2),
+        }
+
+    def train(self, prompts: list[str], steps: int, log_path: Path | None = None) -> list[dict[str, Any]]:
+        """`steps` updates over prompts cycled in a seeded shuffled order; the log is rewritten after each."""
+        rng = random.Random(self.seed)
+        order: list[str] = []
+        rows = []
+        for _ in range(steps):
+            batch = []
+            while len(batch) < self.cfg.rollout_batch_size:
+                if not order:
+                    order = list(prompts)
+                    rng.shuffle(order)
+                batch.append(order.pop())
+            traj = self.generate_trajectory(batch)
+            stats = self.ppo_step(traj)
+            row = self.log_metrics(traj, stats)
+            rows.append(row)
+            if log_path is not None:
+                write_jsonl(log_path, rows)
+            log.info(
+                "ppo step %d/%d: reward %.3f (scaled %.3f) kl %.3f coef %.4f policy %.4f value %.4f (%.0f+%.0f s)",
+                row["step"],
+                steps,
+                row["reward_raw"],
+                row["reward_scaled"],
+                row["kl"],
+                row["kl_coef"],
+                row["policy_loss"],
+                row["value_loss"],
+                row["rollout_s"],
+                row["update_s"],
+            )
+        return rows
+
+    def save_policy(self, out: Path) -> None:
+        """The actor (LoRA merged) as a model folder: fp32 safetensors + the starting policy's tokenizer."""
+        from transformers import AutoTokenizer
+
+        model = self.actor.merge_and_unload() if self.cfg.lora else self.actor
+        with atomic_path(out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            AutoTokenizer.from_pretrained(self.policy_path).save_pretrained(tmp)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def start_policy(cfg: RunConfig, run: RunPaths) -> str:
+    """Where the DPO loop's iteration 1 starts: M1 of the seed SFT (iter_0/model), or `model` without it."""
+    from selfreward.pipeline import model_of_iteration
+
+    path = model_of_iteration(cfg, run, 0)
+    if not (Path(path) / "config.json").exists():
+        raise DataError(
+            f"{path}: no model (the seed SFT writes M1 there): run `selfreward iterate` first, "
+            "or set seed_sft=false to start PPO from `model`"
+        )
+    return path
+
+
+def load_prompts(path: Path) -> list[str]:
+    rows = read_jsonl(path, ["text"])
+    for i, row in enumerate(rows):
+        if not isinstance(row["text"], str) or not row["text"].strip():
+            raise DataError(f"{path}: row {i + 1}: field 'text' must be a non-empty string")
+    if not rows:
+        raise DataError(f"{path}: no prompts")
+    return [row["text"] for row in rows]
+
+
+def make_reward(
+    cfg: RunConfig, run: RunPaths, policy: str, pairs_from: str | None, seed: int
+) -> tuple[RewardFunction, dict[str, Any] | None, Any]:
+    """The reward function, the reward model's training metrics (or None), and a generator to close (or None)."""
+    from selfreward.models import resolve_model
+
+    paths = run.ppo
+    if cfg.ppo.reward == "model":
+        pairs = IterPaths(Path(pairs_from)) if pairs_from else run.iteration(1)
+        rm_metrics = train_reward_model(
+            cfg.ppo, policy, pairs.pairs_dataset, paths.reward_model, paths.reward_model_log, seed
+        )
+        rm_metrics["pairs_from"] = str(pairs.root)
+        return ModelReward(paths.reward_model, cfg.ppo.rm_max_length), rm_metrics, None
+    from selfreward.generation import open_generator
+
+    judge_path = resolve_model(cfg.ppo.judge_model, cfg.cache_dir) if cfg.ppo.judge_model else policy
+    gen = open_generator(cfg.engine, judge_path, Path(cfg.cache_dir), seed=seed)
+    reward = JudgeReward(
+        gen, cfg.judge, cfg.ppo.judge_center, cfg.ppo.judge_scale, cfg.ppo.unscored_penalty, seed=seed
+    )
+    return reward, None, gen
+
+
+def run_ppo(
+    cfg: RunConfig, prompts_file: str | None = None, pairs_from: str | None = None, argv: list[str] | None = None
+) -> PPOPaths:
+    """Train the PPO baseline of the run `cfg.run_dir`; returns its paths (`iterations/<run>/ppo/`)."""
+    from selfreward.pipeline import PeakMemory, add_log_file, manifest
+
+    if pairs_from and cfg.ppo.reward != "model":
+        raise ConfigError("--pairs-from is only used with ppo.reward=model (a reward model trained on the pairs)")
+    run = RunPaths(cfg.run_dir)
+    paths = run.ppo
+    paths.root.mkdir(parents=True, exist_ok=True)
+    add_log_file(run.log)
+    write_text(paths.config, dump_yaml(cfg))
+    prompts_path = Path(prompts_file) if prompts_file else run.iteration(1).prompts
+    prompts = load_prompts(prompts_path)
+    policy = start_policy(cfg, run)
+    start = time.perf_counter()
+    with PeakMemory() as mem:
+        reward_fn, rm_metrics, gen = make_reward(cfg, run, policy, pairs_from, cfg.seed)
+        trainer = PPOTrainer(cfg.ppo, policy, reward_fn, seed=cfg.seed)
+        kept = [p for p in prompts if len(trainer.encode_prompt(p)) <= cfg.ppo.max_prompt_tokens]
+        if len(kept) < len(prompts):
+            log.warning(
+                "ppo: %d of %d prompts are longer than ppo.max_prompt_tokens=%d and left out",
+                len(prompts) - len(kept),
+                len(prompts),
+                cfg.ppo.max_prompt_tokens,
+            )
+        if not kept:
+            raise DataError(f"{prompts_path}: every prompt is longer than ppo.max_prompt_tokens")
+        log.info("ppo: policy %s, %d prompts from %s, reward %s", policy, len(kept), prompts_path, cfg.ppo.reward)
+        rows = trainer.train(kept, cfg.ppo.steps, paths.log)
+        trainer.save_policy(paths.model)
+        if gen is not None:
+            gen.close()
+    wall = time.perf_counter() - start
+    step_s = [r["rollout_s"] + r["update_s"] for r in rows]
+    write_json(
+        paths.metrics,
+        {
+            "policy": policy,
+            "prompts_file": str(prompts_path),
+            "prompts": len(kept),
+            "prompts_too_long": len(prompts) - len(kept),
+            "reward": cfg.ppo.reward,
+            "reward_model": rm_metrics,
+            "steps": len(rows),
+            "rollouts": len(rows),
+            "responses": len(rows) * cfg.ppo.rollout_batch_size,
+            "optimizer_steps": trainer.optimizer_steps,
+            "mean_step_s": sum(step_s) / len(step_s) if step_s else None,
+            "first_reward_raw": rows[0]["reward_raw"] if rows else None,
+            "last_reward_raw": rows[-1]["reward_raw"] if rows else None,
+            "last_kl": rows[-1]["kl"] if rows else None,
+            "wall_s": round(wall, 1),
+            "peak_rss_gib": round(mem.peak_gib, 2),
+            "manifest": manifest(argv or ["selfreward", "ppo"]),
+        },
+    )
+    log.info("ppo: %d steps in %.0f s -> %s (peak RSS %.2f GiB)", len(rows), wall, paths.model, mem.peak_gib)
+    return paths
