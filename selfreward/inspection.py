@@ -259,11 +259,15 @@ def margin_buckets(margins: list[float]) -> list[tuple[str, int]]:
 
 
 def result_table(obj: Any) -> tuple[list[str], list[list[str]]]:
-    """A result file as (columns, rows): its `rows` list of dicts (or a top-level list of dicts),
-    else its top-level key/value pairs. Nothing is assumed about the keys."""
+    """A result file as (columns, rows): its `rows` list of dicts (or a top-level list of dicts), transposed
+    when they have more than 8 fields, else its top-level key/value pairs. Nothing is assumed about the keys."""
     rows = obj.get("rows") if isinstance(obj, dict) else obj
     if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
         columns = list(dict.fromkeys(key for r in rows for key in r))
+        if len(columns) > 8:  # wide rows (judge_eval has ~25 fields): a column per row, a line per field
+            return ["field", *(cell(r.get(columns[0])) for r in rows)], [
+                [c, *(cell(r.get(c)) for r in rows)] for c in columns
+            ]
         return columns, [[cell(r.get(c)) for c in columns] for r in rows]
     if isinstance(obj, dict):
         return ["key", "value"], [[str(k), cell(v)] for k, v in obj.items()]

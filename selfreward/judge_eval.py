@@ -78,7 +78,7 @@ def evaluate(
     row["engine"] = engine
     row["seconds"] = round(time.perf_counter() - start, 1)
     write_jsonl(
-        run.judge_eval_dir / f"{slug(label)}__{slug(Path(labels).stem)}.jsonl",
+        run.judge_eval_dir / f"{slug(label)}__{slug(Path(labels).name.removesuffix('.jsonl'))}.jsonl",
         (
             {
                 "prompt": item.prompt,
@@ -149,7 +149,8 @@ def judge_eval(
     rows = []
     for label, path in models:
         log.info("judge-eval: %s (%s)", label, path)
-        rows.append(evaluate(cfg, label, path, labels, items, run, pairwise))
+        name = labels if limit is None else f"{labels}[:{limit}]"  # a subset is its own row
+        rows.append(evaluate(cfg, label, path, name, items, run, pairwise))
         compare.save_rows(run.judge_eval, rows[-1:], ("model", "labels"))
     return rows
 

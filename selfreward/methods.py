@@ -86,7 +86,8 @@ def compare_methods(cfg: RunConfig, run: RunPaths, labels: str | None = None, li
             "mean_chars_M0": h2h["mean_chars_b"],
         }
         if items is not None and labels is not None:
-            ev = judge_eval.evaluate(cfg, label, model, labels, items, run)
+            name = labels if limit is None else f"{labels}[:{limit}]"
+            ev = judge_eval.evaluate(cfg, label, model, name, items, run)
             row.update(judge_accuracy=ev["accuracy"], judge_ci_low=ev["ci_low"], judge_ci_high=ev["ci_high"])
         rows.append({**row, **costs})
         compare.save_rows(run.methods, rows[-1:], ("method",))

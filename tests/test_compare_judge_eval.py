@@ -194,3 +194,17 @@ def test_judge_prompt_longer_than_the_context_is_unscored_not_truncated(tiny_mod
     assert short.score is not None and short.num_parsed == 2
     assert long.score is None and long.num_parsed == 0
     assert [s.error for s in long.samples] == ["too_long", "too_long"]
+
+
+def test_judge_eval_run_gives_one_row_per_model(tmp_path: Path, tiny_model: Path) -> None:
+    from selfreward.config import load_config
+    from selfreward.pipeline import iterate
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"model={tiny_model}", f"output_dir={tmp_path}", "run_name=r"])
+    run = iterate(cfg, 1)
+    labels = write_labels(tmp_path)
+    assert main(["judge-eval", "--run", str(run.root), "--labels", str(labels), "--limit", "2"]) == 0
+    rows = json.loads(run.judge_eval.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["M0", "iter_0", "iter_1"]
+    assert all(r["items"] == 2 and r["labels"] == f"{labels}[:2]" for r in rows)
+    assert rows[2]["path"] == str(run.iteration(1).model)
