@@ -49,7 +49,7 @@ from selfreward.artifacts import (
     PPOPaths,
     RunPaths,
     atomic_path,
-    read_jsonl,
+    iter_jsonl,
     write_json,
     write_jsonl,
     write_text,
@@ -500,13 +500,16 @@ def start_policy(cfg: RunConfig, run: RunPaths) -> str:
 
 
 def load_prompts(path: Path) -> list[str]:
-    rows = read_jsonl(path, ["text"])
-    for i, row in enumerate(rows):
-        if not isinstance(row["text"], str) or not row["text"].strip():
-            raise DataError(f"{path}: row {i + 1}: field 'text' must be a non-empty string")
-    if not rows:
+    """The `text` of every row of a prompts JSONL file; a bad row is a DataError naming file, line and field."""
+    texts = []
+    for lineno, row in iter_jsonl(path):
+        text = row.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}:{lineno}: field 'text' must be a non-empty string")
+        texts.append(text)
+    if not texts:
         raise DataError(f"{path}: no prompts")
-    return [row["text"] for row in rows]
+    return texts
 
 
 def make_reward(

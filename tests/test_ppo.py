@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfreward.artifacts import RunPaths, read_jsonl
+from selfreward.artifacts import DataError, RunPaths, read_jsonl
 from selfreward.config import PPOConfig, load_config
-from selfreward.ppo import PPOTrainer, policy_loss, run_ppo, value_loss
+from selfreward.ppo import PPOTrainer, load_prompts, policy_loss, run_ppo, value_loss
 from selfreward.rewards import RewardFunction
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,6 +221,15 @@ def test_cli_ppo_errors_are_one_line(tmp_path: Path) -> None:
     assert "iter_1/prompts.jsonl" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     wrong = subprocess.run([*base, "--pairs-from", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert wrong.returncode == 2 and "ppo.reward=model" in wrong.stderr
+
+
+def test_bad_prompt_row_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"text": "Say hi."}\n\n{"txt": "typo"}\n')
+    with pytest.raises(DataError, match=r"p.jsonl:3: field 'text'"):
+        load_prompts(path)
+    path.write_text('{"text": "Say hi."}\n')
+    assert load_prompts(path) == ["Say hi."]
 
 
 def test_run_ppo_with_a_reward_model_from_pairs(tmp_path: Path, tiny_model: Path) -> None:
