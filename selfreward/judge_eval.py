@@ -3,7 +3,7 @@
 Reads  a human-label file (`judge_metrics.load_labels`: pairwise, ranked or hh-rlhf JSONL, or a hub
        dataset name when online) and the models to evaluate: one model the config can name, or every
        finished model of a run (M0, iter_0, iter_1, ...)
-Writes iterations/<run>/judge_eval.json             one row per (model, labels file), replaced on re-run:
+Writes iterations/<run>/judge_eval.json             one row per (model, labels, judge mode, K), replaced on re-run:
                                                    pairwise accuracy with its bootstrap 95% interval, judge
                                                    ties, parse-failure rate, score distribution, ranking
                                                    metrics for ranked data, engine and seconds
@@ -151,7 +151,7 @@ def judge_eval(
         log.info("judge-eval: %s (%s)", label, path)
         name = labels if limit is None else f"{labels}[:{limit}]"  # a subset is its own row
         rows.append(evaluate(cfg, label, path, name, items, run, pairwise))
-        compare.save_rows(run.judge_eval, rows[-1:], ("model", "labels"))
+        compare.save_rows(run.judge_eval, rows[-1:], ("model", "labels", "judge_mode", "samples"))
     return rows
 
 
