@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 "loss",
                 "win_rate_vs_M0",
                 "length_matched_win_rate",
+                "rubric_win_rate_vs_M0",
                 "mean_chars",
                 "mean_chars_M0",
                 "judge_accuracy",
@@ -257,6 +258,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
             "position_consistency",
             "length_matched_win_rate",
             "n_length_matched",
+            "rubric_win_rate",
+            "rubric_length_matched_win_rate",
             "mean_chars_a",
             "mean_chars_b",
         ]

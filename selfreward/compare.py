@@ -18,6 +18,11 @@ other answer is preferred in both; tie: the preference follows the position (pos
 
     win_rate = (wins + ties / 2) / pairs
 
+Rubric view (`rubric_*` fields): the same judge also scores each answer alone with the loop's rubric
+(`judge.judge_texts`, K samples averaged); the higher mean wins, equal or unscored is a tie. It cannot
+be position-biased, which matters for small judges: the 135M model picked the same letter in both
+positions for every pair (position_consistency 0), so its pairwise verdicts were all ties.
+
 Length-controlled view: the same win rate over the pairs whose answers have similar length,
 |len_a - len_b| <= length_tolerance * max(len_a, len_b) in characters (default 20%). Self-rewarding is
 known to lengthen answers, and a judge that likes length would reward length alone. We chose this
@@ -45,7 +50,7 @@ from selfreward.artifacts import (
 )
 from selfreward.config import RunConfig, fingerprint
 from selfreward.generation import Generator, SamplingSpec, open_generator
-from selfreward.judge import choice_token_ids, sanitize
+from selfreward.judge import choice_token_ids, judge_texts, sanitize
 from selfreward.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -61,7 +66,7 @@ def run_models(cfg: RunConfig, run: RunPaths) -> list[tuple[str, str]]:
     """(label, model folder) of every finished model of a run: `M0` (the configured model), then
     `iter_0` (the seed SFT model, when present) and `iter_K` for each iteration K that wrote its model."""
     models = [("M0", resolve_model(cfg.model, cfg.cache_dir))]
-    for k in run.iterations():
+    for k in [0, *run.iterations()]:
         path = run.iteration(k).model
         if (path / "config.json").exists():
             models.append((f"iter_{k}", str(path)))
@@ -97,6 +102,14 @@ def verdict(p_first: float, p_second: float) -> Verdict:
     if not first and not second and p_first != 0.5 and p_second != 0.5:
         return "loss"
     return "tie"
+
+
+def rubric_verdict(score_a: float | None, score_b: float | None) -> Verdict:
+    """The pointwise view: each answer scored alone by the loop's judge (no position to be biased by).
+    3.2 vs 2.9 -> win; 2.0 vs 2.0 -> tie; an unscored answer (None) -> tie."""
+    if score_a is None or score_b is None or score_a == score_b:
+        return "tie"
+    return "win" if score_a > score_b else "loss"
 
 
 def length_matched(len_a: int, len_b: int, tolerance: float) -> bool:
@@ -203,9 +216,12 @@ def head_to_head(cfg: RunConfig, out_dir: Path, a: tuple[str, str], b: tuple[str
     items = [(p["text"], x, y) for p, x, y in zip(prompts, answers_a, answers_b, strict=True)]
     with open_generator(cfg.engine, judge, Path(cfg.cache_dir), seed=cfg.seed) as gen:
         probs = both_orders(gen, template, items)
+        rubric = judge_texts(gen, cfg.judge, [(q, x) for q, x, _ in items] + [(q, y) for q, _, y in items], cfg.seed)
     if None in probs:
         raise DataError(f"{cfg.compare.prompts}: a comparison prompt does not fit in engine.max_model_len")
     verdicts = [verdict(*p) for p in probs if p is not None]
+    scores = list(zip([j.score for j in rubric[: len(items)]], [j.score for j in rubric[len(items) :]], strict=True))
+    rubric_verdicts = [rubric_verdict(sa, sb) for sa, sb in scores]
     lengths = [(len(x), len(y)) for _, x, y in items]
     write_jsonl(
         out_dir / f"{slug(a[0])}_vs_{slug(b[0])}.jsonl",
@@ -218,11 +234,20 @@ def head_to_head(cfg: RunConfig, out_dir: Path, a: tuple[str, str], b: tuple[str
                 "p_a_first": p1,
                 "p_a_second": p2,
                 "verdict": v,
+                "rubric_score_a": sa,
+                "rubric_score_b": sb,
+                "rubric_verdict": rv,
             }
-            for p, (_, x, y), (p1, p2), v in zip(prompts, items, [p for p in probs if p], verdicts, strict=True)
+            for p, (_, x, y), (p1, p2), v, (sa, sb), rv in zip(
+                prompts, items, [p for p in probs if p], verdicts, scores, rubric_verdicts, strict=True
+            )
         ),
     )
     row = {"a": a[0], "b": b[0], "judge": judge, **summarize(verdicts, lengths, cfg.compare.length_tolerance)}
+    rubric_summary = summarize(rubric_verdicts, lengths, cfg.compare.length_tolerance)
+    row.update(
+        {f"rubric_{k}": rubric_summary[k] for k in ("win", "tie", "loss", "win_rate", "length_matched_win_rate")}
+    )
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
 

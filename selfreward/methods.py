@@ -82,6 +82,8 @@ def compare_methods(cfg: RunConfig, run: RunPaths, labels: str | None = None, li
             "win_rate_vs_M0": h2h["win_rate"],
             "length_matched_win_rate": h2h["length_matched_win_rate"],
             "n_length_matched": h2h["n_length_matched"],
+            "rubric_win_rate_vs_M0": h2h["rubric_win_rate"],
+            "rubric_length_matched_win_rate": h2h["rubric_length_matched_win_rate"],
             "mean_chars": h2h["mean_chars_a"],
             "mean_chars_M0": h2h["mean_chars_b"],
         }

@@ -239,8 +239,19 @@ class StageRunner:
             write_json(self.it.metrics, self.metrics)
 
 
+def _pss(p: psutil.Process) -> int:
+    try:
+        return p.memory_full_info().pss
+    except (AttributeError, psutil.AccessDenied):
+        return p.memory_info().rss
+
+
 class PeakMemory:
-    """Peak resident memory of this process and its children (e.g. vLLM's engine), sampled every 0.2 s."""
+    """Peak memory of this process and its children (e.g. vLLM's engine), sampled every 0.2 s: the sum
+    of their proportional set sizes (PSS) where the OS reports it (Linux), so pages the processes share
+    (torch libraries, vLLM's shared-memory queues) count once; else the sum of resident sizes, which
+    counts shared pages in every process. A vLLM stage on CPU includes the engine's KV cache
+    (`engine.kv_cache_gib`, allocated up front)."""
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
@@ -254,7 +265,7 @@ class PeakMemory:
             total = 0
             for p in [me, *me.children(recursive=True)]:
                 try:
-                    total += p.memory_info().rss
+                    total += _pss(p)
                 except psutil.Error:
                     pass
             self.peak_gib = max(self.peak_gib, total / 2**30)

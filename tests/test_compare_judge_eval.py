@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from selfreward.cli import main
-from selfreward.compare import length_matched, load_template, render_compare_prompt, summarize, verdict
+from selfreward.compare import (
+    length_matched,
+    load_template,
+    render_compare_prompt,
+    rubric_verdict,
+    summarize,
+    verdict,
+)
 from selfreward.judge_eval import _ranked_pairs, pairwise_agreement
 from selfreward.judge_metrics import LabelledItem
 
@@ -22,6 +29,11 @@ def test_verdict_needs_both_positions() -> None:
     assert verdict(0.7, 0.6) == "tie"  # A preferred both times: position bias
     assert verdict(0.4, 0.3) == "tie"  # B preferred both times
     assert verdict(0.5, 0.5) == "tie"
+
+
+def test_rubric_verdict_scores_each_answer_alone() -> None:
+    assert rubric_verdict(3.2, 2.9) == "win" and rubric_verdict(1.0, 4.0) == "loss"
+    assert rubric_verdict(2.0, 2.0) == "tie" and rubric_verdict(None, 4.0) == "tie"
 
 
 def test_summary_by_hand() -> None:
@@ -152,6 +164,8 @@ def test_compare_two_models_in_both_positions(tmp_path: Path, tiny_model: Path) 
     verdicts = [json.loads(x) for x in next(run.joinpath("compare").glob("*_vs_*.jsonl")).read_text().splitlines()]
     assert all(v["answer_a"] == v["answer_b"] for v in verdicts)
     assert all(0 <= v["p_a_first"] <= 1 and 0 <= v["p_a_second"] <= 1 for v in verdicts)
+    assert row["rubric_win"] + row["rubric_tie"] + row["rubric_loss"] == 3
+    assert all(v["rubric_verdict"] == rubric_verdict(v["rubric_score_a"], v["rubric_score_b"]) for v in verdicts)
     answers = next(run.joinpath("compare", "answers").glob("*.jsonl"))
     stamp = answers.stat().st_mtime_ns
     assert main(argv) == 0  # answers are reused, not generated again
