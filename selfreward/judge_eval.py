@@ -9,6 +9,7 @@ Writes iterations/<run>/judge_eval.json             one row per (model, labels, 
                                                    metrics for ranked data, engine and seconds
        iterations/<run>/judge_eval/<model>__<labels>.jsonl   per item: human ranks, the judge's mean
                                                    score per response and each sample's score or error
+                                                   and raw text
 
 Every response is judged alone with the loop's judge (`judge.judge_texts`: the same prompt, K samples,
 the same parser or digit probabilities as `judge.mode` says), and the mean scores are compared with the
@@ -84,7 +85,7 @@ def evaluate(
                 "prompt": item.prompt,
                 "human_ranks": item.human_ranks,
                 "scores": [j.score for j in group],
-                "samples": [[{"score": s.score, "error": s.error} for s in j.samples] for j in group],
+                "samples": [[{"score": s.score, "error": s.error, "text": s.text} for s in j.samples] for j in group],
             }
             for item, group in zip(items, per_item, strict=True)
         ),
