@@ -362,6 +362,11 @@ def fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def train_bf16(precision: str) -> bool:
+    """A training stage's `precision` (auto|bf16|fp32) as TRL's `bf16` flag: `auto` is bf16 only where fast."""
+    return precision == "bf16" or (precision == "auto" and fast_bf16())
+
+
 def resolve_dtype(dtype: str) -> str:
     """`auto` -> bfloat16 where it is native, else float32; other values unchanged."""
     if dtype != "auto":

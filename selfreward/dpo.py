@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 
 from selfreward.artifacts import IterPaths, atomic_path, write_jsonl
-from selfreward.config import DPOStageConfig, fast_bf16
-from selfreward.models import copy_model
+from selfreward.config import DPOStageConfig, train_bf16
+from selfreward.models import copy_model, lora_config
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +53,7 @@ def run(cfg: DPOStageConfig, policy: str, reference: str | None, it: IterPaths, 
     ref_model = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32) if reference else None
     peft_config = None
     if cfg.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
+        peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     with tempfile.TemporaryDirectory(prefix="dpo-", dir=it.root) as scratch:
         args = DPOConfig(
             output_dir=scratch,
@@ -72,7 +64,7 @@ def run(cfg: DPOStageConfig, policy: str, reference: str | None, it: IterPaths, 
             gradient_accumulation_steps=cfg.grad_accum,
             max_length=cfg.max_length,
             precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-            bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and fast_bf16()),
+            bf16=train_bf16(cfg.precision),
             use_cpu=not on_gpu,
             gradient_checkpointing=cfg.gradient_checkpointing,
             logging_steps=cfg.logging_steps,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 from selfreward.artifacts import atomic_path
 from selfreward.config import EMBEDDED_MODEL
@@ -121,3 +122,10 @@ def copy_model(src: str | Path, dst: Path) -> None:
     """Copy a model folder atomically (used when an iteration skips training: M_{t+1} = M_t)."""
     with atomic_path(dst) as tmp:
         shutil.copytree(src, tmp)
+
+
+def lora_config(r: int, alpha: int, dropout: float) -> Any:
+    """The peft LoRA adapter every training stage uses: all linear layers of a causal LM."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")

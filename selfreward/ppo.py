@@ -54,7 +54,8 @@ from selfreward.artifacts import (
     write_jsonl,
     write_text,
 )
-from selfreward.config import ConfigError, PPOConfig, RunConfig, dump_yaml, fast_bf16
+from selfreward.config import ConfigError, PPOConfig, RunConfig, dump_yaml, train_bf16
+from selfreward.models import lora_config
 from selfreward.rewards import (
     AdaptiveKLController,
     FixedKLController,
@@ -214,7 +215,7 @@ class PPOTrainer:
         torch.manual_seed(seed)
         self.cfg, self.policy_path, self.reward_fn, self.seed = cfg, policy_path, reward_fn, seed
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and fast_bf16())
+        self.bf16 = train_bf16(cfg.precision)
         self.tokenizer = AutoTokenizer.from_pretrained(policy_path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -224,15 +225,9 @@ class PPOTrainer:
         self.reference = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
         self.reference.requires_grad_(False)
         if cfg.lora:
-            from peft import LoraConfig, get_peft_model
+            from peft import get_peft_model
 
-            lora = LoraConfig(
-                r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout,
-                target_modules="all-linear",
-                task_type="CAUSAL_LM",
-            )
+            lora = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
             self.actor = get_peft_model(self.actor, lora)
         self.critic = ValueModel(policy_path)
         # eval(): no dropout anywhere, so the rollout's log-probs and the update's agree; gradients still flow.

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selfreward.artifacts import DataError, atomic_path, write_jsonl
-from selfreward.config import JudgeConfig, PPOConfig, fast_bf16
+from selfreward.config import JudgeConfig, PPOConfig, train_bf16
 from selfreward.judge import judge_texts
 
 if TYPE_CHECKING:
@@ -345,7 +345,7 @@ def train_reward_model(
             num_train_epochs=cfg.rm_epochs,
             per_device_train_batch_size=cfg.rm_batch_size,
             max_length=cfg.rm_max_length,
-            bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and fast_bf16()),
+            bf16=train_bf16(cfg.precision),
             use_cpu=not on_gpu,
             gradient_checkpointing=False,
             logging_steps=1,

@@ -30,7 +30,8 @@ from typing import Any
 
 from selfreward import eft
 from selfreward.artifacts import DataError, IterPaths, atomic_path, project_file, read_jsonl, write_jsonl
-from selfreward.config import JudgeConfig, SeedConfig, SFTStageConfig, fast_bf16
+from selfreward.config import JudgeConfig, SeedConfig, SFTStageConfig, train_bf16
+from selfreward.models import lora_config
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +135,7 @@ def build_trainer(model_path: str, examples: list[dict], cfg: SFTStageConfig, sc
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     peft_config = None
     if cfg.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
+        peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     args = SFTConfig(
         output_dir=scratch,
         learning_rate=cfg.learning_rate,
@@ -153,7 +146,7 @@ def build_trainer(model_path: str, examples: list[dict], cfg: SFTStageConfig, sc
         max_length=cfg.max_length,
         completion_only_loss=cfg.assistant_only_loss,
         packing=False,
-        bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and fast_bf16()),
+        bf16=train_bf16(cfg.precision),
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps,
