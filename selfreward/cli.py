@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ppo.reward=model: train the reward model on this iter_K's pairs/ (default: iter_1)",
     )
+    p.add_argument("--force", action="store_true", help="train again even if a finished PPO run exists")
     return parser
 
 
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "ppo":
             from selfreward.ppo import run_ppo
 
-            print(run_ppo(cfg, args.prompts, args.pairs_from, argv=["selfreward", *argv]).root)
+            print(run_ppo(cfg, args.prompts, args.pairs_from, argv=["selfreward", *argv], force=args.force).root)
         elif args.command == "iterate":
             from selfreward.pipeline import StageChanged, iterate
 

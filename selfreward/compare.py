@@ -52,6 +52,8 @@ from selfreward.config import RunConfig, fingerprint
 from selfreward.generation import Generator, SamplingSpec, open_generator
 from selfreward.judge import choice_token_ids, judge_texts, sanitize
 from selfreward.models import resolve_model
+from selfreward.prompt_gen import load_prompt_file
+from selfreward.records import Prompt
 
 log = logging.getLogger(__name__)
 
@@ -176,25 +178,18 @@ class HeadToHead:
     judge: str
 
 
-def load_prompts(path: str) -> list[dict]:
-    rows = read_jsonl(project_file(path), ["text"])
-    for i, row in enumerate(rows):
-        row.setdefault("id", f"p{i}")
-    return rows
-
-
-def answers(cfg: RunConfig, label: str, model: str, prompts: list[dict], out_dir: Path) -> list[str]:
+def answers(cfg: RunConfig, label: str, model: str, prompts: list[Prompt], out_dir: Path) -> list[str]:
     """The model's answers to `prompts` (cached in out_dir/answers/<label>.jsonl)."""
     path = out_dir / "answers" / f"{slug(label)}.jsonl"
     meta = out_dir / "answers" / f"{slug(label)}.json"
-    key = fingerprint(model, _model_stamp(model), [p["text"] for p in prompts], cfg.compare, cfg.seed)
+    key = fingerprint(model, _model_stamp(model), [p.text for p in prompts], cfg.compare, cfg.seed)
     if path.exists() and meta.exists() and read_json(meta).get("fingerprint") == key:
         return [r["text"] for r in read_jsonl(path, ["text"])]
     with open_generator(cfg.engine, model, Path(cfg.cache_dir), seed=cfg.seed) as gen:
         spec = SamplingSpec(n=1, temperature=cfg.compare.temperature, max_tokens=cfg.compare.max_tokens, seed=cfg.seed)
-        outs = gen.chat([[{"role": "user", "content": p["text"]}] for p in prompts], spec)
+        outs = gen.chat([[{"role": "user", "content": p.text}] for p in prompts], spec)
     texts = [o[0].text for o in outs]
-    write_jsonl(path, ({"prompt_id": p["id"], "text": t} for p, t in zip(prompts, texts, strict=True)))
+    write_jsonl(path, ({"prompt_id": p.prompt_id, "text": t} for p, t in zip(prompts, texts, strict=True)))
     write_json(meta, {"model": model, "fingerprint": key})
     return texts
 
@@ -207,13 +202,11 @@ def _model_stamp(model: str) -> list[float]:
 def head_to_head(cfg: RunConfig, out_dir: Path, a: tuple[str, str], b: tuple[str, str], judge: str) -> dict:
     """Model a (label, path) against model b on the held-out prompts, judged by `judge` in both positions."""
     start = time.perf_counter()
-    prompts = load_prompts(cfg.compare.prompts)
-    if not prompts:
-        raise DataError(f"{cfg.compare.prompts}: no prompts")
+    prompts = load_prompt_file(cfg.compare.prompts)
     answers_a = answers(cfg, a[0], a[1], prompts, out_dir)
     answers_b = answers(cfg, b[0], b[1], prompts, out_dir)
     template = load_template(cfg.compare.template)
-    items = [(p["text"], x, y) for p, x, y in zip(prompts, answers_a, answers_b, strict=True)]
+    items = [(p.text, x, y) for p, x, y in zip(prompts, answers_a, answers_b, strict=True)]
     with open_generator(cfg.engine, judge, Path(cfg.cache_dir), seed=cfg.seed) as gen:
         probs = both_orders(gen, template, items)
         rubric = judge_texts(gen, cfg.judge, [(q, x) for q, x, _ in items] + [(q, y) for q, _, y in items], cfg.seed)
@@ -227,8 +220,8 @@ def head_to_head(cfg: RunConfig, out_dir: Path, a: tuple[str, str], b: tuple[str
         out_dir / f"{slug(a[0])}_vs_{slug(b[0])}.jsonl",
         (
             {
-                "prompt_id": p["id"],
-                "prompt": p["text"],
+                "prompt_id": p.prompt_id,
+                "prompt": p.text,
                 "answer_a": x,
                 "answer_b": y,
                 "p_a_first": p1,

@@ -33,7 +33,6 @@ from selfreward.artifacts import (
     DataError,
     IterPaths,
     RunPaths,
-    iter_jsonl,
     project_file,
     read_json,
     read_jsonl,
@@ -43,32 +42,13 @@ from selfreward.artifacts import (
 from selfreward.config import RunConfig, fingerprint
 from selfreward.models import copy_model
 from selfreward.pipeline import SEED_STAGES, Engine, StageRunner, add_log_file, model_of_iteration, run_seed_sft
+from selfreward.prompt_gen import load_prompt_file
 from selfreward.records import Candidate, Judgement, Prompt, required_fields, to_row
 
 log = logging.getLogger(__name__)
 
 ROUND_STAGES = ("prompts", "candidates", "judgements", "sft_data", "sft")
 SOURCE = "expert-iter"
-
-
-def load_prompts(path: Path) -> list[Prompt]:
-    """Prompt rows from JSONL: `text` (an iteration's prompts.jsonl; `prompt_id` kept) or `instruction` (the
-    seed format; `id` kept). Errors name file:line and the field."""
-    prompts: list[Prompt] = []
-    ids: set[str] = set()
-    for lineno, row in iter_jsonl(path):
-        key = "text" if "text" in row else "instruction"
-        text = row.get(key)
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}:{lineno}: field '{key}' must be a non-empty string (a prompt)")
-        pid = str(row.get("prompt_id") or row.get("id") or f"x-p{len(prompts)}")
-        if pid in ids:
-            raise DataError(f"{path}:{lineno}: duplicate prompt id '{pid}'")
-        ids.add(pid)
-        prompts.append(Prompt(pid, text, str(row.get("source", path.name))))
-    if not prompts:
-        raise DataError(f"{path}: no prompts")
-    return prompts
 
 
 def select_best(candidates: list[dict], judgements: list[dict], threshold: float) -> tuple[list[dict], dict]:
@@ -172,7 +152,7 @@ def expert_iterate(
     add_log_file(run.log)
     rounds = rounds or cfg.expert_iter.rounds
     source = prompts_file(cfg, run, prompts)
-    rows = load_prompts(source)
+    rows = load_prompt_file(source)
     if cfg.expert_iter.max_prompts:
         rows = rows[: cfg.expert_iter.max_prompts]
     start = time.perf_counter()

@@ -49,13 +49,14 @@ from selfreward.artifacts import (
     PPOPaths,
     RunPaths,
     atomic_path,
-    iter_jsonl,
+    read_json,
     write_json,
     write_jsonl,
     write_text,
 )
-from selfreward.config import ConfigError, PPOConfig, RunConfig, dump_yaml, train_bf16
+from selfreward.config import ConfigError, PPOConfig, RunConfig, dump_yaml, fingerprint, train_bf16
 from selfreward.models import lora_config
+from selfreward.prompt_gen import load_prompt_file
 from selfreward.rewards import (
     AdaptiveKLController,
     FixedKLController,
@@ -494,19 +495,6 @@ def start_policy(cfg: RunConfig, run: RunPaths) -> str:
     return path
 
 
-def load_prompts(path: Path) -> list[str]:
-    """The `text` of every row of a prompts JSONL file; a bad row is a DataError naming file, line and field."""
-    texts = []
-    for lineno, row in iter_jsonl(path):
-        text = row.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}:{lineno}: field 'text' must be a non-empty string")
-        texts.append(text)
-    if not texts:
-        raise DataError(f"{path}: no prompts")
-    return texts
-
-
 def make_reward(
     cfg: RunConfig, run: RunPaths, policy: str, pairs_from: str | None, seed: int
 ) -> tuple[RewardFunction, dict[str, Any] | None, Any]:
@@ -532,9 +520,17 @@ def make_reward(
 
 
 def run_ppo(
-    cfg: RunConfig, prompts_file: str | None = None, pairs_from: str | None = None, argv: list[str] | None = None
+    cfg: RunConfig,
+    prompts_file: str | None = None,
+    pairs_from: str | None = None,
+    argv: list[str] | None = None,
+    force: bool = False,
 ) -> PPOPaths:
-    """Train the PPO baseline of the run `cfg.run_dir`; returns its paths (`iterations/<run>/ppo/`)."""
+    """Train the PPO baseline of the run `cfg.run_dir`; returns its paths (`iterations/<run>/ppo/`).
+
+    A finished PPO run with the same settings (ppo and judge config, start policy, prompts, pairs, seed) is
+    kept and nothing is trained; one with other settings is a ConfigError unless `force` (which retrains it
+    and replaces its files)."""
     from selfreward.pipeline import PeakMemory, add_log_file, manifest
 
     if pairs_from and cfg.ppo.reward != "model":
@@ -543,10 +539,19 @@ def run_ppo(
     paths = run.ppo
     paths.root.mkdir(parents=True, exist_ok=True)
     add_log_file(run.log)
-    write_text(paths.config, dump_yaml(cfg))
     prompts_path = Path(prompts_file) if prompts_file else run.iteration(1).prompts
-    prompts = load_prompts(prompts_path)
+    prompts = [p.text for p in load_prompt_file(prompts_path)]
     policy = start_policy(cfg, run)
+    key = fingerprint(cfg.ppo, cfg.judge, policy, prompts, pairs_from, cfg.seed)
+    if paths.metrics.exists() and (paths.model / "config.json").exists() and not force:
+        if read_json(paths.metrics).get("fingerprint") == key:
+            log.info("ppo: %s is finished with the same settings; nothing to do (--force trains again)", paths.root)
+            return paths
+        raise ConfigError(
+            f"{paths.root} was trained with other settings (ppo/judge config, policy, prompts or seed); "
+            "--force trains it again and replaces its files"
+        )
+    write_text(paths.config, dump_yaml(cfg))
     start = time.perf_counter()
     with PeakMemory() as mem:
         reward_fn, rm_metrics, gen = make_reward(cfg, run, policy, pairs_from, cfg.seed)
@@ -572,6 +577,7 @@ def run_ppo(
         paths.metrics,
         {
             "policy": policy,
+            "fingerprint": key,
             "prompts_file": str(prompts_path),
             "prompts": len(kept),
             "prompts_too_long": len(prompts) - len(kept),

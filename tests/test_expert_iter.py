@@ -11,7 +11,7 @@ import pytest
 from selfreward.artifacts import DataError, RunPaths, read_jsonl
 from selfreward.cli import main
 from selfreward.config import load_config
-from selfreward.expert_iter import ROUND_STAGES, expert_iterate, load_prompts, select_best
+from selfreward.expert_iter import ROUND_STAGES, expert_iterate, select_best
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,15 +41,6 @@ def test_select_best_by_hand() -> None:
     assert counts["mean_best_score"] == pytest.approx((4.5 + 2.0) / 2) and counts["mean_kept_score"] == 4.5
     kept, counts = select_best(candidates, judgements, threshold=2.0)
     assert [k["candidate_id"] for k in kept] == ["a-c1", "b-c0"]
-
-
-def test_load_prompts_formats_and_errors(tmp_path: Path) -> None:
-    seed = load_prompts(ROOT / "prompts" / "seed" / "instructions.jsonl")
-    assert len(seed) == 212 and seed[0].prompt_id == "seed-001" and seed[0].text.startswith("Write a haiku")
-    bad = tmp_path / "p.jsonl"
-    bad.write_text('{"text": "Name a colour."}\n{"text": ""}\n')
-    with pytest.raises(DataError, match=r"p.jsonl:2: field 'text'"):
-        load_prompts(bad)
 
 
 def prompts_file(tmp_path: Path) -> Path:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfreward.artifacts import DataError, RunPaths, read_jsonl
-from selfreward.config import PPOConfig, load_config
-from selfreward.ppo import PPOTrainer, load_prompts, policy_loss, run_ppo, value_loss
+from selfreward.artifacts import RunPaths, read_jsonl
+from selfreward.config import ConfigError, PPOConfig, load_config
+from selfreward.ppo import PPOTrainer, policy_loss, run_ppo, value_loss
 from selfreward.rewards import RewardFunction
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,15 +223,6 @@ def test_cli_ppo_errors_are_one_line(tmp_path: Path) -> None:
     assert wrong.returncode == 2 and "ppo.reward=model" in wrong.stderr
 
 
-def test_bad_prompt_row_names_file_and_line(tmp_path: Path) -> None:
-    path = tmp_path / "p.jsonl"
-    path.write_text('{"text": "Say hi."}\n\n{"txt": "typo"}\n')
-    with pytest.raises(DataError, match=r"p.jsonl:3: field 'text'"):
-        load_prompts(path)
-    path.write_text('{"text": "Say hi."}\n')
-    assert load_prompts(path) == ["Say hi."]
-
-
 def test_run_ppo_with_a_reward_model_from_pairs(tmp_path: Path, tiny_model: Path) -> None:
     from tests.test_rewards import make_pairs
 
@@ -248,3 +239,14 @@ def test_run_ppo_with_a_reward_model_from_pairs(tmp_path: Path, tiny_model: Path
     metrics = json.loads(paths.metrics.read_text())
     assert metrics["reward_model"]["pairs"] == 4 and metrics["reward_model"]["pairs_from"] == str(it)
     assert (paths.model / "model.safetensors").exists() and len(read_jsonl(paths.log)) == 1
+    # Re-running with the same settings trains nothing; other settings need --force, which retrains.
+    stamp = paths.log.stat().st_mtime_ns
+    assert run_ppo(cfg, str(prompts), str(it)) == paths and paths.log.stat().st_mtime_ns == stamp
+    longer = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [f"output_dir={tmp_path}", "seed_sft=false", "ppo.reward=model", "ppo.steps=2", "ppo.rm_epochs=1"],
+    )
+    with pytest.raises(ConfigError, match=r"ppo was trained with other settings.*--force"):
+        run_ppo(longer, str(prompts), str(it))
+    run_ppo(longer, str(prompts), str(it), force=True)
+    assert len(read_jsonl(paths.log)) == 2 and json.loads(paths.metrics.read_text())["steps"] == 2

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from selfreward.artifacts import DataError
 from selfreward.config import PromptGenConfig, RunConfig
-from selfreward.prompt_gen import NoveltyFilter, build_request, check_text, clean, load_seed_pool
+from selfreward.prompt_gen import NoveltyFilter, build_request, check_text, clean, load_prompt_file, load_seed_pool
+
+from .conftest import ROOT
 
 
 @pytest.mark.parametrize(
@@ -61,3 +66,24 @@ def test_request_lists_examples_one_per_line() -> None:
 def test_shipped_seed_pool_loads() -> None:
     pool = load_seed_pool(RunConfig().seed_data.instructions)
     assert len(pool) >= 200 and len(set(pool)) == len(pool)
+
+
+def test_load_prompt_file_formats_and_errors(tmp_path: Path) -> None:
+    """One loader for every prompt file: seed rows (`instruction`, `id`), iteration rows (`text`,
+    `prompt_id`), held-out rows (`text`, `id`); bad rows name file, line and field."""
+    seed = load_prompt_file(ROOT / "prompts" / "seed" / "instructions.jsonl")
+    assert len(seed) == 212 and seed[0].prompt_id == "seed-001" and seed[0].text.startswith("Write a haiku")
+    heldout = load_prompt_file(ROOT / "prompts" / "eval" / "heldout.jsonl")
+    assert heldout[0].prompt_id == "eval-001" and len({p.text for p in heldout}) == len(heldout)
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt_id": "i1-p0", "text": "Say hi."}\n\n{"text": "Name a colour."}\n')
+    assert [(p.prompt_id, p.text) for p in load_prompt_file(path)] == [("i1-p0", "Say hi."), ("p1", "Name a colour.")]
+    for bad, match in [
+        ('{"text": "Name a colour."}\n{"text": ""}\n', r"p.jsonl:2: field 'text'"),
+        ('{"text": "Say hi."}\n\n{"txt": "typo"}\n', r"p.jsonl:3: field 'text'"),
+        ('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n', r"p.jsonl:2: duplicate prompt id 'a'"),
+        ("\n", r"p.jsonl: no prompts"),
+    ]:
+        path.write_text(bad)
+        with pytest.raises(DataError, match=match):
+            load_prompt_file(path)
