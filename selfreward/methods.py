@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 
 from selfreward import compare, judge_eval, judge_metrics
-from selfreward.artifacts import IterPaths, RunPaths, read_json, slug
+from selfreward.artifacts import IterPaths, RunPaths, read_json, slug, write_json
 from selfreward.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -95,4 +95,8 @@ def compare_methods(cfg: RunConfig, run: RunPaths, labels: str | None = None, li
         compare.save_rows(run.methods, rows[-1:], ("method",))
     if not rows:
         log.warning("compare-methods: no finished method in %s (run iterate, ppo or expert-iter first)", run.root)
+    else:
+        # The table is this run's methods as they are now: rows of an earlier budget (a method retrained with
+        # more steps or rounds) are dropped. The per-row saves above keep what was done if a run stops early.
+        write_json(run.methods, {"rows": rows})
     return rows

@@ -50,3 +50,10 @@ def test_compare_methods_rows_and_costs(tmp_path: Path, tiny_model: Path) -> Non
     assert len(saved) == 3
     compare_methods(cfg, run)  # re-run: rows replaced, not added
     assert len(json.loads(run.methods.read_text())["rows"]) == 3
+    # PPO trained again with another budget: the table shows the current run only, not the old row too.
+    run.ppo.metrics.write_text(
+        json.dumps({"wall_s": 20.0, "peak_rss_gib": 1.5, "responses": 16, "steps": 4, "reward": "judge"})
+    )
+    compare_methods(cfg, run)
+    saved = [r["method"] for r in json.loads(run.methods.read_text())["rows"]]
+    assert len(saved) == 3 and "PPO (4 updates)" in saved and "PPO (2 updates)" not in saved
