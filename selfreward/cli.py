@@ -46,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("iterate", help="run or resume the self-rewarding loop (iterations/<run>/iter_K)")
     _add_config_args(p)
-    p.add_argument("--iterations", "-n", type=int, default=None, help="number of iterations (default: config)")
+    p.add_argument(
+        "--iterations",
+        "-n",
+        type=int,
+        default=None,
+        help="number of iterations (default: config; 0 = only the seed SFT, iter_0)",
+    )
     p.add_argument("--force", action="store_true", help="redo finished stages whose config changed")
 
     p = sub.add_parser("config", help="print the resolved config (defaults + YAML + overrides)")
@@ -195,8 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "iterate":
             from selfreward.pipeline import StageChanged, iterate
 
+            if args.iterations is not None and args.iterations < 0:
+                raise ConfigError(f"--iterations must be 0 or more, got {args.iterations}")
             try:
-                iterate(cfg, args.iterations or cfg.iterations, force=args.force, argv=["selfreward", *argv])
+                iterate(
+                    cfg,
+                    cfg.iterations if args.iterations is None else args.iterations,
+                    force=args.force,
+                    argv=["selfreward", *argv],
+                )
             except StageChanged as e:
                 print(f"selfreward: error: {e}", file=sys.stderr)
                 return 2

@@ -32,3 +32,14 @@ def test_bad_key_is_a_one_line_error(tmp_path: Path) -> None:
 def test_config_prints_resolved_yaml() -> None:
     out = cli("config", "--config", "configs/tiny.yaml", "judge.samples=4")
     assert out.returncode == 0 and "samples: 4" in out.stdout
+
+
+def test_iterate_zero_runs_only_the_seed_sft(tmp_path: Path, tiny_model: Path) -> None:
+    """`--iterations 0` is a request (seed SFT only, iter_0), not "use the config's count"."""
+    out = cli("iterate", "--config", "configs/tiny.yaml", "--iterations", "0", f"output_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "tiny"
+    assert (run / "iter_0" / "model" / "model.safetensors").exists() and not (run / "iter_1").exists()
+    negative = cli("iterate", "--config", "configs/tiny.yaml", "--iterations", "-1", f"output_dir={tmp_path}")
+    assert negative.returncode == 2 and len(negative.stderr.strip().splitlines()) == 1
+    assert "--iterations" in negative.stderr
