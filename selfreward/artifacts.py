@@ -174,8 +174,13 @@ class RunPaths:
 
     @property
     def judge_eval_dir(self) -> Path:
-        """Per model and labels file: every item's judge scores (<model>__<labels>.jsonl)."""
+        """Every item's judge scores and samples, a file per judge_eval.json row (`judge_eval_items`)."""
         return self.root / "judge_eval"
+
+    def judge_eval_items(self, model: str, labels: str, mode: str, samples: int) -> Path:
+        """The per-item file of one judge_eval.json row: judge_eval/<model>__<labels>__<mode>-k<K>.jsonl
+        (the judge mode and K are in the name: a sampled and a probabilities run keep separate files)."""
+        return self.judge_eval_dir / f"{slug(model)}__{slug(labels)}__{mode}-k{samples}.jsonl"
 
     @property
     def compare(self) -> Path:

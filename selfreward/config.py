@@ -182,7 +182,9 @@ class SFTStageConfig:
     seed_data.ranked (our judgements, most common score down-sampled)."""
     max_examples: int = 0
     """Train on a seeded random subset of this many examples; 0: all of them."""
-    learning_rate: float = 1e-5
+    learning_rate: float = 1e-4
+    """Measured on the 135M model (one epoch, 430 examples): at 1e-5 M1 did not learn the EFT format (34%
+    of its sampled judgements on its own EFT data had no score line); at 1e-4, none."""
     epochs: float = 1.0
     max_steps: int = -1
     """Stop after this many optimizer steps; -1: run `epochs` epochs."""

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from selfreward import compare, judge_metrics
-from selfreward.artifacts import RunPaths, slug, write_jsonl
+from selfreward.artifacts import RunPaths, write_jsonl
 from selfreward.config import RunConfig
 from selfreward.generation import open_generator
 from selfreward.judge import judge_texts
@@ -78,8 +78,12 @@ def evaluate(
         row.update(pairwise_agreement(pair_probs, human))
     row["engine"] = engine
     row["seconds"] = round(time.perf_counter() - start, 1)
+    items_file = run.judge_eval_items(
+        label, Path(labels).name.removesuffix(".jsonl"), cfg.judge.mode, cfg.judge.samples
+    )
+    row["items_file"] = str(items_file)
     write_jsonl(
-        run.judge_eval_dir / f"{slug(label)}__{slug(Path(labels).name.removesuffix('.jsonl'))}.jsonl",
+        items_file,
         (
             {
                 "prompt": item.prompt,

@@ -111,8 +111,9 @@ def test_judge_eval_writes_one_row_per_model_and_labels(tmp_path: Path, tiny_mod
     assert 0 <= row["accuracy"] <= 1 and row["ci_low"] <= row["accuracy"] <= row["ci_high"]
     assert sum(row["score_distribution"]) == 6  # probabilities mode: every response gets a score
     assert row["direct_pairs"] == 2 and 0 <= row["position_consistency"] <= 1
-    scores = (tmp_path / "ev" / "judge_eval").glob("*__labels.jsonl")
+    scores = (tmp_path / "ev" / "judge_eval").glob("*__labels__probabilities-k2.jsonl")
     (per_item,) = list(scores)
+    assert row["items_file"] == str(per_item)
     lines = [json.loads(x) for x in per_item.read_text().splitlines()]
     assert [len(x["scores"]) for x in lines] == [2, 2, 2]
     assert all(len(s) == 2 for x in lines for s in x["samples"])  # judge.samples=2 in tiny.yaml
