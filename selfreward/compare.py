@@ -209,10 +209,10 @@ def head_to_head(cfg: RunConfig, out_dir: Path, a: tuple[str, str], b: tuple[str
     items = [(p.text, x, y) for p, x, y in zip(prompts, answers_a, answers_b, strict=True)]
     with open_generator(cfg.engine, judge, Path(cfg.cache_dir), seed=cfg.seed) as gen:
         probs = both_orders(gen, template, items)
+        if None in probs:  # checked before the rubric pass, which would be wasted
+            raise DataError(f"{cfg.compare.prompts}: a comparison prompt does not fit in engine.max_model_len")
         rubric = judge_texts(gen, cfg.judge, [(q, x) for q, x, _ in items] + [(q, y) for q, _, y in items], cfg.seed)
-    if None in probs:
-        raise DataError(f"{cfg.compare.prompts}: a comparison prompt does not fit in engine.max_model_len")
-    verdicts = [verdict(*p) for p in probs if p is not None]
+    verdicts = [verdict(*p) for p in probs]
     scores = list(zip([j.score for j in rubric[: len(items)]], [j.score for j in rubric[len(items) :]], strict=True))
     rubric_verdicts = [rubric_verdict(sa, sb) for sa, sb in scores]
     lengths = [(len(x), len(y)) for _, x, y in items]
@@ -232,7 +232,7 @@ def head_to_head(cfg: RunConfig, out_dir: Path, a: tuple[str, str], b: tuple[str
                 "rubric_verdict": rv,
             }
             for p, (_, x, y), (p1, p2), v, (sa, sb), rv in zip(
-                prompts, items, [p for p in probs if p], verdicts, scores, rubric_verdicts, strict=True
+                prompts, items, probs, verdicts, scores, rubric_verdicts, strict=True
             )
         ),
     )

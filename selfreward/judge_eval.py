@@ -7,7 +7,7 @@ Writes iterations/<run>/judge_eval.json             one row per (model, labels, 
                                                    pairwise accuracy with its bootstrap 95% interval, judge
                                                    ties, parse-failure rate, score distribution, ranking
                                                    metrics for ranked data, engine and seconds
-       iterations/<run>/judge_eval/<model>__<labels>.jsonl   per item: human ranks, the judge's mean
+       iterations/<run>/judge_eval/<model>__<labels>__<mode>-k<K>.jsonl   per item: human ranks, the judge's mean
                                                    score per response and each sample's score or error
                                                    and raw text
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rouge_score import rouge_scorer
 
-from selfreward.artifacts import DataError, IterPaths, iter_jsonl, project_file, read_jsonl, write_jsonl
+from selfreward.artifacts import DataError, IterPaths, iter_jsonl, project_file, write_jsonl
 from selfreward.config import PromptGenConfig
 from selfreward.generation import Generator, SamplingSpec
 from selfreward.records import Prompt, RejectedPrompt, to_row
@@ -61,7 +61,7 @@ def load_prompt_file(path: str | Path) -> list[Prompt]:
 
 def load_seed_pool(path: str) -> list[str]:
     """Instructions of the seed file (JSONL with an `instruction` field)."""
-    return [row["instruction"] for row in read_jsonl(project_file(path), required=["instruction"])]
+    return [p.text for p in load_prompt_file(path)]
 
 
 def one_line(text: str) -> str:
