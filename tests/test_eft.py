@@ -11,7 +11,9 @@ import pytest
 
 from selfreward.artifacts import DataError, read_jsonl
 from selfreward.config import JudgeConfig, RunConfig, SeedConfig
-from selfreward.eft import (
+from selfreward.generation import Completion, Generator
+from selfreward.inputs import LabelledItem
+from selfreward.loop.eft import (
     build,
     choose_agreeing,
     default_examples,
@@ -20,9 +22,7 @@ from selfreward.eft import (
     load_ranked,
     select_agreeing,
 )
-from selfreward.generation import Completion, Generator
-from selfreward.judge import load_template, parse_score, render_judge_prompt
-from selfreward.judge_metrics import LabelledItem
+from selfreward.loop.judge import load_template, parse_score, render_judge_prompt
 from selfreward.records import JudgeSample
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from selfreward.artifacts import DataError, RunPaths, read_jsonl
+from selfreward.baselines.expert_iter import ROUND_STAGES, expert_iterate, select_best
 from selfreward.cli import main
 from selfreward.config import load_config
-from selfreward.expert_iter import ROUND_STAGES, expert_iterate, select_best
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,7 @@ def test_one_round_on_the_tiny_model(tmp_path: Path, tiny_model: Path, caplog, c
     assert summary["final_model"] == str(it.model) and len(summary["rounds"]) == 1
 
     cfg = load_config(ROOT / "configs" / "tiny.yaml", overrides)
-    with caplog.at_level(logging.INFO, logger="selfreward.pipeline"):
+    with caplog.at_level(logging.INFO, logger="selfreward.runs"):
         expert_iterate(cfg, 1, str(prompts))
     assert "running" not in caplog.text  # a re-run skips the finished round
 

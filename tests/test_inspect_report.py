@@ -20,10 +20,11 @@ from rich.console import Console
 from selfreward.artifacts import RunPaths, write_json, write_jsonl
 from selfreward.cli import main
 from selfreward.config import PairsConfig
-from selfreward.inspection import WhereError, inspect_run, load_iteration, parse_where, select_pairs, summarize
-from selfreward.pairs import make_pairs
+from selfreward.loop.pairs import make_pairs
 from selfreward.records import to_row
-from selfreward.report import build_report, png_size, write_report
+from selfreward.reporting.inspection import inspect_run, load_iteration, parse_where, select_pairs, summarize
+from selfreward.reporting.report import build_report, png_size, write_report
+from selfreward.reporting.summary import WhereError
 
 ROOT = Path(__file__).resolve().parent.parent
 STALE = 987654
@@ -257,7 +258,10 @@ def test_missing_stages_and_results(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_modules_do_not_import_torch() -> None:
-    code = "import sys, selfreward.cli, selfreward.inspection, selfreward.report; print('torch' in sys.modules)"
+    code = (
+        "import sys, selfreward.cli, selfreward.reporting.inspection, selfreward.reporting.report; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -6,7 +6,14 @@ import pytest
 
 from selfreward.config import JudgeConfig
 from selfreward.generation import Completion, Generator, SamplingSpec
-from selfreward.judge import judge_texts, judgement_metrics, load_template, parse_score, render_judge_prompt, sanitize
+from selfreward.loop.judge import (
+    judge_texts,
+    judgement_metrics,
+    load_template,
+    parse_score,
+    render_judge_prompt,
+    sanitize,
+)
 
 
 @pytest.mark.parametrize(

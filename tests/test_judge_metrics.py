@@ -12,18 +12,17 @@ from typing import Any
 import pytest
 
 from selfreward.artifacts import DataError
-from selfreward.judge_metrics import (
-    LabelledItem,
+from selfreward.evaluation.judge_metrics import (
     exact_match,
     five_best,
     kendall_tau,
-    load_labels,
     pairwise_accuracy,
     parse_failure_rate,
     ranking_metrics,
     score_distribution,
     spearman,
 )
+from selfreward.inputs import LabelledItem, load_labels
 
 HUMAN_PAIRS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "human_pairs"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from selfreward.artifacts import read_jsonl
 from selfreward.config import load_config
-from selfreward.methods import compare_methods
-from selfreward.pipeline import iterate
+from selfreward.evaluation.methods import compare_methods
+from selfreward.loop.pipeline import iterate
 
 ROOT = Path(__file__).resolve().parent.parent
 

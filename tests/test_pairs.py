@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from selfreward.config import PairsConfig
-from selfreward.pairs import Scored, make_pairs, select_pair
+from selfreward.loop.pairs import Scored, make_pairs, select_pair
 
 
 def s(cid: str, score: float, tokens: int = 10, text: str | None = None) -> Scored:
@@ -85,7 +85,7 @@ def test_identical_after_truncation_is_dropped() -> None:
 def test_truncation_check_on_real_tokenizer(embedded_model) -> None:
     from transformers import AutoTokenizer
 
-    from selfreward.pairs import truncation_check
+    from selfreward.loop.pairs import truncation_check
 
     tok = AutoTokenizer.from_pretrained(embedded_model)
     same_start = "word " * 200

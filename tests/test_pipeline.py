@@ -11,7 +11,8 @@ import pytest
 
 from selfreward.artifacts import RunPaths, read_jsonl
 from selfreward.config import load_config
-from selfreward.pipeline import SEED_STAGES, STAGES, StageChanged, iterate, model_of_iteration
+from selfreward.loop.pipeline import SEED_STAGES, STAGES, iterate, model_of_iteration
+from selfreward.runs import StageChanged
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,7 +118,7 @@ def test_rerun_does_nothing_and_missing_marker_redoes_only_that_stage(run: RunPa
     it = run.iteration(2)
     before = {p: p.stat().st_mtime_ns for p in it.root.rglob("*") if p.is_file()}
     seed_sft = {p: p.stat().st_mtime_ns for p in run.iteration(0).root.rglob("*") if p.is_file()}
-    with caplog.at_level(logging.INFO, logger="selfreward.pipeline"):
+    with caplog.at_level(logging.INFO, logger="selfreward.runs"):
         iterate(cfg, 2)
     assert "running" not in caplog.text and "iter_0/sft: done, skipped" in caplog.text
     assert {p: p.stat().st_mtime_ns for p in it.root.rglob("*") if p.is_file()} == before
@@ -125,7 +126,7 @@ def test_rerun_does_nothing_and_missing_marker_redoes_only_that_stage(run: RunPa
 
     caplog.clear()
     it.marker("dpo").unlink()
-    with caplog.at_level(logging.INFO, logger="selfreward.pipeline"):
+    with caplog.at_level(logging.INFO, logger="selfreward.runs"):
         iterate(cfg, 2)
     ran = [line for line in caplog.text.splitlines() if line.endswith(": running")]
     assert len(ran) == 1 and "iter_2/dpo" in ran[0]

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from selfreward.artifacts import RunPaths, read_jsonl
+from selfreward.baselines.ppo import PPOTrainer, policy_loss, run_ppo, value_loss
+from selfreward.baselines.rewards import RewardFunction
 from selfreward.config import ConfigError, PPOConfig, load_config
-from selfreward.ppo import PPOTrainer, policy_loss, run_ppo, value_loss
-from selfreward.rewards import RewardFunction
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["Name a colour.", "What is 2 + 2?", "Write a haiku about rain.", "Say hello."]

@@ -8,7 +8,8 @@ import pytest
 
 from selfreward.artifacts import DataError
 from selfreward.config import PromptGenConfig, RunConfig
-from selfreward.prompt_gen import NoveltyFilter, build_request, check_text, clean, load_prompt_file, load_seed_pool
+from selfreward.inputs import load_prompt_file, load_seed_pool
+from selfreward.loop.prompt_gen import NoveltyFilter, build_request, check_text, clean
 
 from .conftest import ROOT
 

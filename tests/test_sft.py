@@ -7,7 +7,7 @@ from pathlib import Path
 
 from selfreward.artifacts import IterPaths, read_jsonl
 from selfreward.config import JudgeConfig, RunConfig, SFTStageConfig
-from selfreward.sft import build_trainer, seed_examples, train_sft, write_data
+from selfreward.loop.sft import build_trainer, seed_examples, train_sft, write_data
 
 CFG = SFTStageConfig(batch_size=2, grad_accum=1, learning_rate=1e-2, precision="fp32", max_steps=2, max_length=256)
 

@@ -12,8 +12,9 @@ import pytest
 
 from selfreward.config import EngineConfig, JudgeConfig, PromptGenConfig, RunConfig
 from selfreward.generation import HFGenerator
-from selfreward.judge import judge_texts, judgement_metrics
-from selfreward.prompt_gen import generate_prompts, load_seed_pool
+from selfreward.inputs import load_seed_pool
+from selfreward.loop.judge import judge_texts, judgement_metrics
+from selfreward.loop.prompt_gen import generate_prompts
 
 from .conftest import SHARED_DATA
 

@@ -13,7 +13,7 @@ Two sources:
   each followed by its `Score: N`. The most common score is down-sampled (seeded) to the count of
   the second most common (1: 62 -> 50 with the shipped files, 218 examples).
 - `build`: the paper's builder for a model that can already judge: sample K judgements per response
-  of human-ranked items (`judge_metrics.load_labels`), keep those whose scores order the responses as
+  of human-ranked items (`inputs.load_labels`), keep those whose scores order the responses as
   the humans did (`choose_agreeing`), down-sample the most common score, write them as above.
 
 Reads  seed_data.instructions + seed_data.ranked (default examples); a human-label file (build)
@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selfreward.artifacts import DataError, iter_jsonl, project_file, write_jsonl
+from selfreward.artifacts import DataError, RunPaths, iter_jsonl, project_file, write_jsonl
 from selfreward.config import JudgeConfig, RunConfig, SeedConfig
-from selfreward.generation import Generator
-from selfreward.judge import MAX_SCORE, judge_texts, load_template, parse_score, render_judge_prompt
-from selfreward.judge_metrics import LabelledItem, load_labels
+from selfreward.generation import Generator, open_generator
+from selfreward.inputs import LabelledItem, SeedInstruction, load_instructions, load_labels, typed_field
+from selfreward.loop.judge import MAX_SCORE, judge_texts, load_template, parse_score, render_judge_prompt
+from selfreward.models import resolve_model
 from selfreward.records import JudgeSample
 
 log = logging.getLogger(__name__)
@@ -46,17 +47,6 @@ SEED_SOURCE, BUILT_SOURCE = "eft-seed", "eft-built"
 
 
 # --------------------------------------------------------------------------- seed files
-
-
-@dataclass
-class SeedInstruction:
-    """One line of `seed_data.instructions`."""
-
-    id: str
-    category: str
-    instruction: str
-    response: str
-    """Reference response (the IFT target)."""
 
 
 @dataclass
@@ -78,30 +68,6 @@ class RankedItem:
     responses: list[RankedResponse]
 
 
-def _field(row: dict[str, Any], key: str, kind: type, where: str) -> Any:
-    if key not in row:
-        raise DataError(f"{where}: missing field '{key}'")
-    value = row[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise DataError(f"{where}: field '{key}' must be a {kind.__name__}, got {type(value).__name__}")
-    return value
-
-
-def load_instructions(path: str | Path) -> dict[str, SeedInstruction]:
-    """The seed instructions by id; a missing or mistyped field or a duplicate id is a DataError naming file:line."""
-    path = project_file(path)
-    out: dict[str, SeedInstruction] = {}
-    for lineno, row in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        item = SeedInstruction(
-            *(_field(row, key, str, where) for key in ("id", "category", "instruction", "response"))
-        )
-        if item.id in out:
-            raise DataError(f"{where}: duplicate id '{item.id}'")
-        out[item.id] = item
-    return out
-
-
 def load_ranked(path: str | Path, instructions: dict[str, SeedInstruction]) -> list[RankedItem]:
     """The ranked seed items, checked: known ids, ranks 1, 2, ..., integer scores 0-5 strictly decreasing
     with rank, judgements without a `Score:` line. Errors name file:line and the field."""
@@ -109,10 +75,10 @@ def load_ranked(path: str | Path, instructions: dict[str, SeedInstruction]) -> l
     items = []
     for lineno, row in iter_jsonl(path):
         where = f"{path}:{lineno}"
-        item_id = _field(row, "id", str, where)
+        item_id = typed_field(row, "id", str, where)
         if item_id not in instructions:
             raise DataError(f"{where}: unknown id '{item_id}' (not in the instructions file)")
-        raw = _field(row, "responses", list, where)
+        raw = typed_field(row, "responses", list, where)
         if not raw:
             raise DataError(f"{where}: field 'responses' is empty")
         responses = []
@@ -121,9 +87,12 @@ def load_ranked(path: str | Path, instructions: dict[str, SeedInstruction]) -> l
             if not isinstance(r, dict):
                 raise DataError(f"{at}: expected an object")
             resp = RankedResponse(
-                _field(r, "text", str, at), _field(r, "rank", int, at), _field(r, "judgement", str, at), 0
+                typed_field(r, "text", str, at),
+                typed_field(r, "rank", int, at),
+                typed_field(r, "judgement", str, at),
+                0,
             )
-            resp.score = _field(r, "score", int, at)
+            resp.score = typed_field(r, "score", int, at)
             if resp.rank != j + 1:
                 raise DataError(f"{at}: field 'rank' is {resp.rank}, expected {j + 1} (best first, no ties)")
             if not 0 <= resp.score <= MAX_SCORE:
@@ -328,10 +297,6 @@ def build_from_config(
     cfg: RunConfig, labels: str, model: str | None = None, out: str | None = None, samples: int | None = None
 ) -> dict[str, Any]:
     """`selfreward eft build`: open the engine on `model` (default: the config's model), run `build`."""
-    from selfreward.artifacts import RunPaths
-    from selfreward.generation import open_generator
-    from selfreward.models import resolve_model
-
     path = Path(out) if out else RunPaths(cfg.run_dir).eft_data
     model_path = resolve_model(model or cfg.model, cfg.cache_dir)
     with open_generator(cfg.engine, model_path, Path(cfg.cache_dir), seed=cfg.seed) as gen:

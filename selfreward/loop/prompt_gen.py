@@ -22,11 +22,10 @@ import logging
 import math
 import random
 import re
-from pathlib import Path
 
 from rouge_score import rouge_scorer
 
-from selfreward.artifacts import DataError, IterPaths, iter_jsonl, project_file, write_jsonl
+from selfreward.artifacts import IterPaths, project_file, write_jsonl
 from selfreward.config import PromptGenConfig
 from selfreward.generation import Generator, SamplingSpec
 from selfreward.records import Prompt, RejectedPrompt, to_row
@@ -35,33 +34,6 @@ log = logging.getLogger(__name__)
 
 _TEMPLATE_FRAGMENTS = ("task:", "{examples}", "list of diverse tasks", "<|im_", "<|endoftext|>")
 _LEADING = re.compile(r"^\s*(?:task\s*\d*\s*[:.)-]\s*|\d+\s*[.)]\s*|[-*]\s+)", re.IGNORECASE)
-
-
-def load_prompt_file(path: str | Path) -> list[Prompt]:
-    """Prompts from JSONL, for every stage that answers a prompt file (compare, PPO, expert iteration): rows
-    with `text` (an iteration's prompts.jsonl, the held-out prompts) or `instruction` (the seed format); the id
-    is `prompt_id` or `id`, else the row's position. Errors name file:line and the field."""
-    path = project_file(path)
-    prompts: list[Prompt] = []
-    ids: set[str] = set()
-    for lineno, row in iter_jsonl(path):
-        key = "instruction" if "instruction" in row and "text" not in row else "text"
-        text = row.get(key)
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}:{lineno}: field '{key}' must be a non-empty string (a prompt)")
-        pid = str(row.get("prompt_id") or row.get("id") or f"p{len(prompts)}")
-        if pid in ids:
-            raise DataError(f"{path}:{lineno}: duplicate prompt id '{pid}'")
-        ids.add(pid)
-        prompts.append(Prompt(pid, text, str(row.get("source", path.name))))
-    if not prompts:
-        raise DataError(f"{path}: no prompts")
-    return prompts
-
-
-def load_seed_pool(path: str) -> list[str]:
-    """Instructions of the seed file (JSONL with an `instruction` field)."""
-    return [p.text for p in load_prompt_file(path)]
 
 
 def one_line(text: str) -> str:

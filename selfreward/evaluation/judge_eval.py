@@ -1,6 +1,6 @@
 """How well a model judges, against human labels (`selfreward judge-eval`).
 
-Reads  a human-label file (`judge_metrics.load_labels`: pairwise, ranked or hh-rlhf JSONL, or a hub
+Reads  a human-label file (`inputs.load_labels`: pairwise, ranked or hh-rlhf JSONL, or a hub
        dataset name when online) and the models to evaluate: one model the config can name, or every
        finished model of a run (M0, iter_0, iter_1, ...)
 Writes iterations/<run>/judge_eval.json             one row per (model, labels, judge mode, K), replaced on re-run:
@@ -25,12 +25,13 @@ import logging
 import time
 from pathlib import Path
 
-from selfreward import compare, judge_metrics
 from selfreward.artifacts import RunPaths, write_jsonl
 from selfreward.config import RunConfig
+from selfreward.evaluation import compare, judge_metrics
 from selfreward.generation import open_generator
-from selfreward.judge import judge_texts
-from selfreward.judge_metrics import LabelledItem
+from selfreward.inputs import LabelledItem, load_labels
+from selfreward.loop.judge import judge_texts
+from selfreward.models import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,6 @@ def pairwise_agreement(probs: list[tuple[float, float] | None], human: list[int]
 
 
 def models_to_evaluate(cfg: RunConfig, model: str | None, run: RunPaths | None) -> list[tuple[str, str]]:
-    from selfreward.models import resolve_model
-
     if model is not None:
         return [(model, resolve_model(model, cfg.cache_dir))]
     assert run is not None
@@ -149,7 +148,7 @@ def judge_eval(
 ) -> list[dict]:
     """Evaluate each (label, model) on the labels file (its first `limit` items when given); rows are
     merged into run/judge_eval.json as each model finishes."""
-    items = judge_metrics.load_labels(labels)[:limit]
+    items = load_labels(labels)[:limit]
     log.info("judge-eval: %d items (%d responses) from %s", len(items), sum(len(i.responses) for i in items), labels)
     rows = []
     for label, path in models:

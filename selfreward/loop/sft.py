@@ -28,9 +28,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from selfreward import eft
-from selfreward.artifacts import DataError, IterPaths, atomic_path, project_file, read_jsonl, write_jsonl
+from selfreward.artifacts import DataError, IterPaths, atomic_path, write_jsonl
 from selfreward.config import JudgeConfig, SeedConfig, SFTStageConfig, train_bf16
+from selfreward.inputs import load_examples, load_instructions
+from selfreward.loop import eft
 from selfreward.models import lora_config
 
 log = logging.getLogger(__name__)
@@ -52,27 +53,8 @@ def ift_examples(seed_cfg: SeedConfig) -> list[dict]:
             "source": IFT_SOURCE,
             "id": s.id,
         }
-        for s in eft.load_instructions(seed_cfg.instructions).values()
+        for s in load_instructions(seed_cfg.instructions).values()
     ]
-
-
-def load_examples(path: str | Path) -> list[dict]:
-    """Chat examples from JSONL: `messages` must be user/assistant turns ending with the assistant's."""
-    path = project_file(path)
-    rows = read_jsonl(path, ["messages"])
-    for lineno, row in enumerate(rows, 1):
-        check_messages(row["messages"], f"{path}: example {lineno}")
-    return rows
-
-
-def check_messages(messages: Any, where: str) -> None:
-    if not isinstance(messages, list) or len(messages) < 2:
-        raise DataError(f"{where}: field 'messages' must be a list of at least 2 messages")
-    for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise DataError(f"{where}: field 'messages' must hold {{'role': str, 'content': str}} objects")
-    if messages[-1]["role"] != "assistant":
-        raise DataError(f"{where}: the last message must be the assistant's (it is what is trained)")
 
 
 def seed_examples(seed_cfg: SeedConfig, judge_cfg: JudgeConfig, cfg: SFTStageConfig, seed: int = 0) -> list[dict]:

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from selfreward.artifacts import RunPaths, read_json, write_text
-from selfreward.inspection import (
+from selfreward.reporting.summary import (
     MAX_SCORE,
     OVERVIEW_COLUMNS,
     IterationFiles,

@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from selfreward import compare, judge_eval, judge_metrics
 from selfreward.artifacts import IterPaths, RunPaths, read_json, slug, write_json
 from selfreward.config import RunConfig
+from selfreward.evaluation import compare, judge_eval
+from selfreward.inputs import load_labels
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def methods_of_run(cfg: RunConfig, run: RunPaths) -> list[tuple[str, str, dict]]
 def compare_methods(cfg: RunConfig, run: RunPaths, labels: str | None = None, limit: int | None = None) -> list[dict]:
     """One row per finished method: win rate vs M0 (judged by M0), lengths, judge accuracy, costs."""
     base_label, base = compare.run_models(cfg, run)[0]
-    items = judge_metrics.load_labels(labels)[:limit] if labels else None
+    items = load_labels(labels)[:limit] if labels else None
     rows = []
     for method, model, costs in methods_of_run(cfg, run):
         log.info("compare-methods: %s (%s)", method, model)

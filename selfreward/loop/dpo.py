@@ -11,7 +11,7 @@ set from the config (TRL turns it on by default). The model is saved in fp32: DP
 these learning rates are smaller than bf16's resolution for most weights.
 
 Multi-GPU: the stage alone runs under `accelerate launch --config_file configs/accelerate_zero3.yaml
--m selfreward.dpo --run iterations/<run> --iter K`.
+-m selfreward.loop.dpo --run iterations/<run> --iter K`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import logging
 import tempfile
 from pathlib import Path
 
-from selfreward.artifacts import IterPaths, atomic_path, write_jsonl
-from selfreward.config import DPOStageConfig, train_bf16
-from selfreward.models import copy_model, lora_config
+from selfreward.artifacts import IterPaths, RunPaths, atomic_path, write_jsonl
+from selfreward.config import DPOStageConfig, load_config, train_bf16
+from selfreward.models import copy_model, lora_config, model_of_iteration, reference_for
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +119,6 @@ def dpo_metrics(history: list[dict], train_metrics: dict, pairs: int) -> dict:
 
 def main() -> None:
     """Run the DPO stage of one iteration alone (e.g. under `accelerate launch`)."""
-    from selfreward.artifacts import RunPaths
-    from selfreward.config import load_config
-    from selfreward.pipeline import model_of_iteration, reference_for
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--run", required=True, help="iterations/<run>")
     parser.add_argument("--iter", type=int, required=True)

@@ -54,23 +54,22 @@ from selfreward.artifacts import (
     write_jsonl,
     write_text,
 )
-from selfreward.config import ConfigError, PPOConfig, RunConfig, dump_yaml, fingerprint, train_bf16
-from selfreward.models import lora_config
-from selfreward.prompt_gen import load_prompt_file
-from selfreward.rewards import (
+from selfreward.baselines.rewards import JudgeReward, ModelReward, RewardFunction, train_reward_model
+from selfreward.baselines.rl_math import (
     AdaptiveKLController,
     FixedKLController,
-    JudgeReward,
-    ModelReward,
-    RewardFunction,
     RewardScaler,
     explained_variance,
     gae,
     kl_penalized_rewards,
     masked_mean,
-    train_reward_model,
     whiten,
 )
+from selfreward.config import ConfigError, PPOConfig, RunConfig, dump_yaml, fingerprint, train_bf16
+from selfreward.generation import open_generator
+from selfreward.inputs import load_prompt_file
+from selfreward.models import lora_config, model_of_iteration, resolve_model
+from selfreward.runs import PeakMemory, manifest, open_run
 
 log = logging.getLogger(__name__)
 
@@ -484,8 +483,6 @@ class PPOTrainer:
 
 def start_policy(cfg: RunConfig, run: RunPaths) -> str:
     """Where the DPO loop's iteration 1 starts: M1 of the seed SFT (iter_0/model), or `model` without it."""
-    from selfreward.pipeline import model_of_iteration
-
     path = model_of_iteration(cfg, run, 0)
     if not (Path(path) / "config.json").exists():
         raise DataError(
@@ -499,8 +496,6 @@ def make_reward(
     cfg: RunConfig, run: RunPaths, policy: str, pairs_from: str | None, seed: int
 ) -> tuple[RewardFunction, dict[str, Any] | None, Any]:
     """The reward function, the reward model's training metrics (or None), and a generator to close (or None)."""
-    from selfreward.models import resolve_model
-
     paths = run.ppo
     if cfg.ppo.reward == "model":
         pairs = IterPaths(Path(pairs_from)) if pairs_from else run.iteration(1)
@@ -509,8 +504,6 @@ def make_reward(
         )
         rm_metrics["pairs_from"] = str(pairs.root)
         return ModelReward(paths.reward_model, cfg.ppo.rm_max_length), rm_metrics, None
-    from selfreward.generation import open_generator
-
     judge_path = resolve_model(cfg.ppo.judge_model, cfg.cache_dir) if cfg.ppo.judge_model else policy
     gen = open_generator(cfg.engine, judge_path, Path(cfg.cache_dir), seed=seed)
     reward = JudgeReward(
@@ -531,14 +524,11 @@ def run_ppo(
     A finished PPO run with the same settings (ppo and judge config, start policy, prompts, pairs, seed) is
     kept and nothing is trained; one with other settings is a ConfigError unless `force` (which retrains it
     and replaces its files)."""
-    from selfreward.pipeline import PeakMemory, add_log_file, manifest
-
     if pairs_from and cfg.ppo.reward != "model":
         raise ConfigError("--pairs-from is only used with ppo.reward=model (a reward model trained on the pairs)")
-    run = RunPaths(cfg.run_dir)
+    run = open_run(cfg)
     paths = run.ppo
     paths.root.mkdir(parents=True, exist_ok=True)
-    add_log_file(run.log)
     prompts_path = Path(prompts_file) if prompts_file else run.iteration(1).prompts
     prompts = [p.text for p in load_prompt_file(prompts_path)]
     policy = start_policy(cfg, run)

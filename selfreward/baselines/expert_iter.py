@@ -28,7 +28,6 @@ import logging
 import time
 from pathlib import Path
 
-from selfreward import judge, responses, sft
 from selfreward.artifacts import (
     DataError,
     IterPaths,
@@ -39,11 +38,13 @@ from selfreward.artifacts import (
     write_json,
     write_jsonl,
 )
-from selfreward.config import RunConfig, fingerprint
-from selfreward.models import copy_model
-from selfreward.pipeline import SEED_STAGES, Engine, StageRunner, add_log_file, model_of_iteration, run_seed_sft
-from selfreward.prompt_gen import load_prompt_file
+from selfreward.config import RunConfig
+from selfreward.inputs import load_examples, load_prompt_file
+from selfreward.loop import judge, responses, sft
+from selfreward.loop.pipeline import seed_sft
+from selfreward.models import copy_model, model_of_iteration
 from selfreward.records import Candidate, Judgement, Prompt, required_fields, to_row
+from selfreward.runs import Engine, RunChain, StageRunner, open_run
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def write_data(it: IterPaths, threshold: float) -> dict:
 
 def train(cfg: RunConfig, model: str, it: IterPaths, seed: int) -> dict:
     """Stage sft: fine-tune `model` on the kept answers (too few: the model is copied unchanged)."""
-    examples = sft.load_examples(it.sft_data)
+    examples = load_examples(it.sft_data)
     if len(examples) < cfg.expert_iter.min_examples:
         log.warning("expert iteration: %d kept answers < min_examples; the model is copied unchanged", len(examples))
         copy_model(model, it.model)
@@ -147,30 +148,22 @@ def expert_iterate(
     cfg: RunConfig, rounds: int | None = None, prompts: str | None = None, force: bool = False
 ) -> RunPaths:
     """Run (or resume) rounds 1..N of expert iteration in iterations/<run>/expert_iter/."""
-    run = RunPaths(cfg.run_dir)
-    run.root.mkdir(parents=True, exist_ok=True)
-    add_log_file(run.log)
+    run = open_run(cfg)
     rounds = rounds or cfg.expert_iter.rounds
     source = prompts_file(cfg, run, prompts)
     rows = load_prompt_file(source)
     if cfg.expert_iter.max_prompts:
         rows = rows[: cfg.expert_iter.max_prompts]
     start = time.perf_counter()
-    upstream_ran, chain = False, fingerprint(cfg.model, cfg.seed)
-    if cfg.seed_sft:
-        stages = StageRunner(run.iteration(0), force, upstream_ran, chain, 0, SEED_STAGES)
-        run_seed_sft(cfg, run, stages)
-        stages.finish()
-        upstream_ran, chain = stages.ran, stages.chain
+    chain = RunChain(cfg, force)
+    seed_sft(cfg, run, chain)
     model = model_of_iteration(cfg, run, 0)
     summary = []
     for k in range(1, rounds + 1):
         it = run.expert_round(k)
         log.info("expert iteration round %d/%d: %s (%d prompts from %s)", k, rounds, it.root, len(rows), source)
-        stages = StageRunner(it, force, upstream_ran, chain, k, ROUND_STAGES)
-        run_round(cfg, it, model, rows, k, stages)
-        stages.finish()
-        upstream_ran, chain = stages.ran, stages.chain
+        with chain.iteration(it, k, ROUND_STAGES) as stages:
+            run_round(cfg, it, model, rows, k, stages)
         summary.append(read_json(it.metrics))
         model = str(it.model)
     wall = time.perf_counter() - start

@@ -50,9 +50,9 @@ from selfreward.artifacts import (
 )
 from selfreward.config import RunConfig, fingerprint
 from selfreward.generation import Generator, SamplingSpec, open_generator
-from selfreward.judge import choice_token_ids, judge_texts, sanitize
+from selfreward.inputs import load_prompt_file
+from selfreward.loop.judge import choice_token_ids, judge_texts, sanitize
 from selfreward.models import resolve_model
-from selfreward.prompt_gen import load_prompt_file
 from selfreward.records import Prompt
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,176 @@
+"""Reward sources for the RL baselines (`selfreward ppo`): each scores (prompt, response) pairs with
+one scalar. The maths that turns those scalars into advantages is in `rl_math`.
+
+- `JudgeReward`: the judge (`judge.judge_texts`, the loop's one judge code path) scores each
+  (prompt, response); `ModelReward`: a reward model trained by `train_reward_model` (TRL's
+  RewardTrainer on an iteration's `pairs/`).
+
+Reads  (train_reward_model) iter_K/pairs/ (datasets on disk, TRL conversational preference format)
+Writes (train_reward_model) the reward model folder (fp32 safetensors + tokenizer) and its trainer log
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from selfreward.artifacts import DataError, atomic_path, write_jsonl
+from selfreward.config import JudgeConfig, PPOConfig, train_bf16
+from selfreward.loop.judge import judge_texts
+
+if TYPE_CHECKING:
+    from selfreward.generation import Generator
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- reward sources
+
+
+class RewardFunction:
+    """Scores (prompt, response) pairs with one scalar each; `unscored` is the number of responses of the
+    last call that got a penalty instead of a score."""
+
+    unscored: int = 0
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        raise NotImplementedError
+
+
+class JudgeReward(RewardFunction):
+    """The loop's judge as a reward: `judge_texts` (K samples averaged, 0-5), then
+    (score - center) / scale; a response with no parsed sample gets `unscored_penalty` and is logged."""
+
+    def __init__(
+        self,
+        gen: Generator,
+        cfg: JudgeConfig,
+        center: float = 2.5,
+        scale: float = 2.5,
+        unscored_penalty: float = -1.0,
+        seed: int = 0,
+    ) -> None:
+        self.gen, self.cfg = gen, cfg
+        self.center, self.scale, self.unscored_penalty = center, scale, unscored_penalty
+        self.seed = seed
+        self.calls = 0
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        # A new seed per call: the K judge samples of a response are fresh draws each rollout.
+        judgements = judge_texts(
+            self.gen, self.cfg, list(zip(prompts, responses, strict=True)), seed=self.seed + self.calls
+        )
+        self.calls += 1
+        rewards = [
+            self.unscored_penalty if j.score is None else (j.score - self.center) / self.scale for j in judgements
+        ]
+        self.unscored = sum(j.score is None for j in judgements)
+        if self.unscored:
+            log.warning(
+                "judge reward: %d of %d responses unscored (no judge sample parsed); reward %s",
+                self.unscored,
+                len(judgements),
+                self.unscored_penalty,
+            )
+        return rewards
+
+
+def chat_ids(tokenizer: Any, prompt: str, response: str) -> list[int]:
+    """Token ids of the (user prompt, assistant response) conversation, as RewardTrainer tokenises a pair."""
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+
+
+class ModelReward(RewardFunction):
+    """A sequence-classification reward model (num_labels=1): its output on the last token of the
+    conversation is the reward. Conversations longer than `max_length` keep their last tokens."""
+
+    def __init__(self, path: str | Path, max_length: int = 512, batch_size: int = 8) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+        self.model.eval()
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(self.device)
+        self.max_length, self.batch_size = max_length, batch_size
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        import torch
+
+        pad = self.model.config.pad_token_id
+        ids = [chat_ids(self.tokenizer, p, r)[-self.max_length :] for p, r in zip(prompts, responses, strict=True)]
+        rewards: list[float] = []
+        for i in range(0, len(ids), self.batch_size):
+            batch = ids[i : i + self.batch_size]
+            width = max(len(x) for x in batch)
+            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in batch], device=self.device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch], device=self.device)
+            with torch.inference_mode():
+                logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+            rewards += logits[:, 0].float().tolist()
+        self.unscored = 0
+        return rewards
+
+
+def train_reward_model(
+    cfg: PPOConfig, base_model: str, pairs_dir: Path, out: Path, log_path: Path, seed: int = 0
+) -> dict:
+    """Train a reward model (AutoModelForSequenceClassification, num_labels=1, on `base_model`'s backbone)
+    with TRL's RewardTrainer on the pairs dataset `pairs_dir` (an iteration's `pairs/`); writes it to `out`
+    (fp32 safetensors + tokenizer) and the trainer log to `log_path`. Returns its metrics."""
+    import datasets
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    if not (Path(pairs_dir) / "dataset_info.json").exists():
+        raise DataError(f"{pairs_dir}: not a pairs dataset (run the loop's pairs stage first, or pass --pairs-from)")
+    # Only the conversation: a `margin` column would turn RewardTrainer's loss into the margin loss.
+    dataset = datasets.load_from_disk(str(pairs_dir)).select_columns(["prompt", "chosen", "rejected"])
+    if len(dataset) == 0:
+        raise DataError(f"{pairs_dir}: no pairs to train a reward model on")
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    on_gpu = torch.cuda.is_available()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="reward-model-", dir=Path(out).parent) as scratch:
+        args = RewardConfig(
+            output_dir=scratch,
+            learning_rate=cfg.rm_learning_rate,
+            num_train_epochs=cfg.rm_epochs,
+            per_device_train_batch_size=cfg.rm_batch_size,
+            max_length=cfg.rm_max_length,
+            bf16=train_bf16(cfg.precision),
+            use_cpu=not on_gpu,
+            gradient_checkpointing=False,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            seed=seed,
+        )
+        trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        used = len(trainer.train_dataset)
+        if used == 0:
+            raise DataError(f"{pairs_dir}: every pair is longer than ppo.rm_max_length={cfg.rm_max_length}")
+        result = trainer.train()
+        with atomic_path(out) as tmp:
+            trainer.model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        write_jsonl(log_path, trainer.state.log_history)
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    return {
+        "pairs": len(dataset),
+        "pairs_used": used,
+        "steps": len(steps),
+        "first_loss": steps[0]["loss"] if steps else None,
+        "last_loss": steps[-1]["loss"] if steps else None,
+        "last_accuracy": steps[-1].get("accuracy") if steps else None,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+    }

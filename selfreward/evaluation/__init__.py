@@ -1,0 +1,10 @@
+"""Measuring models and judges:
+
+    judge_metrics  agreement with human labels (pure functions: accuracy with bootstrap intervals, rankings)
+    judge_eval     a model as judge vs human labels (`selfreward judge-eval`)
+    compare        head-to-head win rates on held-out prompts (`selfreward compare`)
+    methods        the loop vs the baselines from the same start (`selfreward compare-methods`)
+
+May import the top-level modules and `loop/` (the judge is the loop's judge); never `baselines/` or
+`reporting/`. Results go to the run folder's judge_eval.json, compare.json, methods.json.
+"""

@@ -1,0 +1,104 @@
+"""The self-rewarding loop (Yuan et al. 2024, Fig. 1): M_t writes prompts, answers them, judges its
+answers, and the best/worst answers train M_{t+1} with DPO.
+
+`run_iteration` is the figure; `iterate` runs iterations 1..N of a run, first (config `seed_sft`, on by
+default) `seed_sft`: iter_0 fine-tunes the configured model M0 on the seed IFT + EFT data into M1,
+the paper's starting point, and iteration 1 starts from M1. Every stage writes its outputs, then a
+marker; a re-run skips finished stages, redoes a stage whose marker is missing (and everything after
+it), and refuses a finished stage whose config changed unless forced (`runs.StageRunner`).
+
+Run: `selfreward iterate --config configs/default.yaml --iterations 3` (or `make iterate N=3`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from selfreward.artifacts import RunPaths, read_jsonl
+from selfreward.config import RunConfig
+from selfreward.inputs import load_seed_pool
+from selfreward.loop import dpo, judge, pairs, prompt_gen, responses, sft
+from selfreward.models import base_model, model_of_iteration, reference_for
+from selfreward.runs import Engine, RunChain, StageRunner, file_digests, open_run, record_invocation
+
+log = logging.getLogger(__name__)
+
+STAGES = ("prompts", "candidates", "judgements", "pairs", "dpo")
+SEED_STAGES = ("sft_data", "sft")
+
+
+def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) -> None:
+    """M_{k-1} -> M_k: the five stages of one iteration, each reading and writing files in iter_k/."""
+    it = run.iteration(k)
+    model = model_of_iteration(cfg, run, k - 1)
+    stages.metrics["start_model"] = model
+    reference = reference_for(cfg, run, k)
+    pool = prompt_pool(cfg, run, k)
+    seed = cfg.seed * 1000 + k
+    engine = Engine(cfg, model)  # started on first use, serves stages 1-3
+
+    stages.run("prompts", (cfg.prompt_gen, pool), lambda: prompt_gen.run(engine(), cfg.prompt_gen, pool, it, k, seed))
+    stages.run("candidates", cfg.responses, lambda: responses.run(engine(), cfg.responses, it, seed))
+    stages.run("judgements", cfg.judge, lambda: judge.run(engine(), cfg.judge, it, seed))
+    stages.metrics["engine"] = engine.close()  # the engine's memory is released before training
+    stages.run(
+        "pairs",
+        (cfg.pairs, cfg.dpo.max_length),
+        lambda: pairs.run(cfg.pairs, it, tokenizer(model), cfg.dpo.max_length),
+    )
+    stages.run("dpo", (cfg.dpo, reference), lambda: dpo.run(cfg.dpo, model, reference, it, seed))
+
+
+def run_seed_sft(cfg: RunConfig, run: RunPaths, stages: StageRunner) -> None:
+    """M0 -> M1 (iter_0/): the seed IFT + EFT examples, then SFT on them."""
+    it = run.iteration(0)
+    base = base_model(cfg)
+    stages.metrics["start_model"] = base
+    data_inputs = (
+        cfg.seed_data,
+        cfg.judge.template,
+        {k: getattr(cfg.sft, k) for k in ("ift", "eft", "eft_data", "max_examples")},
+        file_digests([cfg.seed_data.instructions, cfg.seed_data.ranked, cfg.judge.template, cfg.sft.eft_data]),
+    )
+    stages.run("sft_data", data_inputs, lambda: sft.write_data(cfg.seed_data, cfg.judge, cfg.sft, it, cfg.seed))
+    stages.run("sft", cfg.sft, lambda: sft.run(cfg.sft, base, it, cfg.seed))
+
+
+def seed_sft(cfg: RunConfig, run: RunPaths, chain: RunChain) -> None:
+    """The start of every method of a run: iter_0's seed SFT when `seed_sft` is on (skipped when done)."""
+    if cfg.seed_sft:
+        log.info("seed SFT: %s", run.iteration(0).root)
+        with chain.iteration(run.iteration(0), 0, SEED_STAGES) as stages:
+            run_seed_sft(cfg, run, stages)
+
+
+def iterate(cfg: RunConfig, iterations: int, force: bool = False, argv: list[str] | None = None) -> RunPaths:
+    """Run (or resume) iterations 1..`iterations` of the run `cfg.run_dir`."""
+    run = open_run(cfg)
+    record_invocation(cfg, run, argv)
+    start = time.perf_counter()
+    chain = RunChain(cfg, force)
+    seed_sft(cfg, run, chain)
+    for k in range(1, iterations + 1):
+        log.info("iteration %d/%d: %s", k, iterations, run.iteration(k).root)
+        with chain.iteration(run.iteration(k), k, STAGES) as stages:
+            run_iteration(cfg, run, k, stages)
+    log.info("done: %d iterations in %s (%.0f s this invocation)", iterations, run.root, time.perf_counter() - start)
+    return run
+
+
+def prompt_pool(cfg: RunConfig, run: RunPaths, k: int) -> list[str]:
+    """Few-shot pool of iteration k: the seed prompts plus, optionally, earlier iterations' kept prompts."""
+    pool = load_seed_pool(cfg.seed_data.instructions)
+    if cfg.prompt_gen.use_previous_iterations:
+        for j in range(1, k):
+            pool += [row["text"] for row in read_jsonl(run.iteration(j).prompts, ["text"])]
+    return pool
+
+
+def tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer  # heavy: imported when the pairs stage runs
+
+    return AutoTokenizer.from_pretrained(model)

