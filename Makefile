@@ -5,6 +5,7 @@
 #   make test               pytest, serially (SLOW=1 adds the tests on the real 135M model)
 #   make smoke              every stage once on a tiny random model (configs/tiny.yaml) in about a minute
 #   make bench              engines side by side -> benchmarks/results/engines.json (BENCH_ARGS="--prompts 16")
+#   make bench-judge        judge modes vs human labels -> benchmarks/results/judge_modes.json
 #   make report             one HTML page about a run -> $RUN/report.html (RUN=iterations/default)
 #   make judge-eval LABELS=f  judge vs human labels for every model of $RUN -> $RUN/judge_eval.json
 #   make compare            M_t vs M0 win rates on the held-out prompts -> $RUN/compare.json
@@ -42,7 +43,7 @@ IOMP     = $(wildcard $(VENV)/lib/libiomp5.so)
 PRELOAD  = $(strip $(TCMALLOC) $(IOMP))
 RUN_ENV  = $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
 
-.PHONY: install iterate smoke test test-slow bench report judge-eval compare baselines lint format clean-venv
+.PHONY: install iterate smoke bench-judge test test-slow bench report judge-eval compare baselines lint format clean-venv
 
 install: $(STAMP)
 
@@ -90,6 +91,10 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_engines.py $(BENCH_ARGS)
+
+# Judge modes (direct / probabilities / sampled): accuracy vs the shared human labels, digit mass, speed.
+bench-judge: $(STAMP)
+	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_judge_modes.py $(BENCH_ARGS)
 
 report: $(STAMP)
 	$(PY) -m selfreward report $(RUN)

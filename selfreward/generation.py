@@ -3,8 +3,10 @@
 `Generator.chat(conversations, spec)` renders chat messages with the model's own chat
 template and returns `spec.n` sampled `Completion`s per conversation;
 `Generator.complete(prompts, spec)` does the same for raw text (few-shot prompt generation);
-`Generator.token_probs(prompts, token_ids)` gives the next-token distribution restricted to
-`token_ids` and renormalised (the judge's score-by-probabilities mode).
+`Generator.token_probs(prompts, token_ids)` gives P(next token = t) for each t in `token_ids`, a softmax
+over the whole vocabulary, not renormalised: their sum is the mass the model puts on those tokens at all,
+which the judge records (`digit_mass`) so a model that does not answer with a digit is not scored as if
+it had.
 
 Both engines tokenise prompts with the same tokenizer (no special tokens added: the chat
 template already holds them) and return the same records.
@@ -96,7 +98,8 @@ class Generator:
         raise NotImplementedError
 
     def token_probs(self, prompts: list[str], token_ids: list[int]) -> list[list[float]]:
-        """For each prompt, P(next token = t | next token in token_ids) for t in token_ids."""
+        """For each prompt, P(next token = t) for t in token_ids: softmax over the whole vocabulary at
+        temperature 1, not renormalised over `token_ids` (their sum is at most 1)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -129,7 +132,7 @@ class HFGenerator(Generator):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = getattr(torch, resolve_dtype(cfg.dtype))
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, use_safetensors=True)
         self.model.eval()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
@@ -201,7 +204,7 @@ class HFGenerator(Generator):
         for idx, batch in tqdm(batches, desc="scoring (batches)", disable=len(batches) <= 1):
             with torch.inference_mode():
                 logits = self.model(**self._pad(batch), logits_to_keep=1).logits[:, -1, :].float()
-            probs = torch.softmax(logits[:, token_ids], dim=-1).tolist()
+            probs = torch.softmax(logits, dim=-1)[:, token_ids].tolist()
             for i, p in zip(idx, probs, strict=True):
                 out[i] = p
         return out  # type: ignore[return-value]
@@ -245,9 +248,9 @@ class VLLMGenerator(Generator):
             enforce_eager=cfg.enforce_eager,
             seed=seed,
             max_logprobs=cfg.max_logprobs,
-            # processed logprobs: with `allowed_token_ids` these are the renormalised
-            # distribution over the allowed tokens, which is what `token_probs` returns.
-            logprobs_mode="processed_logprobs",
+            # raw logprobs: log-softmax of the model's logits over the whole vocabulary, before any
+            # sampling processor, which is what `token_probs` returns (via `logprob_token_ids`).
+            logprobs_mode="raw_logprobs",
         )
         if on_gpu:
             kwargs.update(
@@ -291,16 +294,13 @@ class VLLMGenerator(Generator):
 
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            max_tokens=1, temperature=1.0, top_p=1.0, allowed_token_ids=token_ids, logprobs=len(token_ids)
-        )
+        # `logprob_token_ids`: exactly these tokens' log-probs, whatever their rank in the vocabulary.
+        params = SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, logprob_token_ids=list(token_ids))
         outputs = self.llm.generate([{"prompt_token_ids": self.encode(p)} for p in prompts], params, use_tqdm=False)
         result = []
         for out in outputs:
             lp = out.outputs[0].logprobs[0]
-            probs = [math.exp(lp[t].logprob) if t in lp else 0.0 for t in token_ids]
-            total = sum(probs)
-            result.append([p / total for p in probs] if total > 0 else probs)
+            result.append([math.exp(lp[t].logprob) if t in lp else 0.0 for t in token_ids])
         return result
 
     def close(self) -> None:

@@ -21,12 +21,15 @@ file:line and the field.
                rejected's final turn] stripped; ranks [1, 2].
 
 A name that is not an existing path is read from the Hugging Face hub: `name[:split]` (split
-`test` when omitted) via `datasets.load_dataset`, rows parsed by the same code.
+`test` when omitted) via `datasets.load_dataset`, rows parsed by the same code. Unless it cannot be
+a hub name (a `.json`/`.jsonl` suffix, a path such as `../labels` or `a/b/c`) or the hub is off
+(`HF_HUB_OFFLINE=1`): then it is a mistyped path, a DataError.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,9 +155,11 @@ def load_labels(path_or_name: str) -> list[LabelledItem]:
     path = Path(path_or_name)
     if path.exists():
         return read_label_file(path)
-    if path.suffix in (".jsonl", ".json"):
-        raise DataError(f"{path}: no such file")
     name, _, split = path_or_name.partition(":")
+    if path.suffix in (".jsonl", ".json") or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise DataError(f"{path}: no such file (and not a hub dataset name)")
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        raise DataError(f"{path}: no such file (and not a hub dataset name: HF_HUB_OFFLINE=1 turns the hub off)")
     return load_hub_labels(name, split or "test")
 
 

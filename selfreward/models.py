@@ -75,14 +75,22 @@ def resolve_model(name: str, cache_dir: str | Path) -> str:
     """Return a path (or hub id) that `from_pretrained` loads for the config value `name`."""
     if name == EMBEDDED_MODEL:
         return str(convert_embedded(Path(cache_dir)))
+    check_model(name)
+    return str(Path(name)) if Path(name).exists() else name
+
+
+def check_model(name: str) -> None:
+    """Without loading anything: `name` is the embedded model, a folder with a config.json, or a hub id
+    `org/name`; else a ConfigError naming the key `model` and the value."""
+    if name == EMBEDDED_MODEL:
+        return
     path = Path(name)
     if path.exists():
         if not (path / "config.json").exists():
             raise ConfigError(f"model '{name}': the folder has no config.json")
-        return str(path)
-    if name.startswith((".", "/")) or name.count("/") != 1:
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ConfigError(f"model '{name}': no such folder, and not a hub id of the form 'org/name'")
-    return name
 
 
 def build_tiny_model(out: Path, tokenizer_source: str | Path, seed: int = 0) -> Path:

@@ -25,7 +25,8 @@ class RejectedPrompt:
 
     text: str
     reason: str
-    """empty, too_short, too_long, truncated, template_fragment, not_text, duplicate, near_duplicate."""
+    """empty, too_short, too_long, truncated, template_fragment, not_text, eval_prompt (a duplicate or
+    near duplicate of an evaluation prompt), duplicate, near_duplicate."""
     detail: str = ""
     """For near duplicates: the most similar prompt and the ROUGE-L score."""
 
@@ -53,9 +54,13 @@ class JudgeSample:
     """0-5; None when the output could not be parsed (never turned into a score)."""
     error: str | None = None
     """Why there is no score: no_score_line, not_an_integer, out_of_range (sampled mode),
-    no_digit_probability (probabilities mode), too_long (the judge prompt does not fit the context)."""
+    low_digit_mass (probabilities and direct modes), too_long (the judge prompt does not fit the context)."""
     probs: list[float] | None = None
-    """Probabilities mode: P(score = 0..5) after the prefilled `Score: `."""
+    """Probabilities and direct modes: P(score = 0..5) after the prefilled `Score: `, renormalised over
+    the six digits."""
+    digit_mass: float | None = None
+    """Probabilities and direct modes: the probability of the six digit tokens before renormalising
+    (softmax over the whole vocabulary); how much the judge meant to answer with a digit at all."""
 
 
 @dataclass
@@ -65,7 +70,7 @@ class Judgement:
     candidate_id: str
     prompt_id: str
     score: float | None
-    """Mean of the parsed sample scores; None when no sample parsed."""
+    """Mean of the parsed sample scores; None when none parsed (in sampled mode: fewer than ceil(K/2))."""
     num_parsed: int
     samples: list[JudgeSample] = field(default_factory=list)
 
@@ -87,6 +92,8 @@ class PreferencePair:
     margin: float
     chosen_tokens: int
     rejected_tokens: int
+    noise_band: float = 0.0
+    """The margin the pair had to beat: pairs.noise_z * sqrt(se_chosen^2 + se_rejected^2)."""
 
 
 def to_row(record: Any) -> dict[str, Any]:

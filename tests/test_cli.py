@@ -43,3 +43,34 @@ def test_iterate_zero_runs_only_the_seed_sft(tmp_path: Path, tiny_model: Path) -
     negative = cli("iterate", "--config", "configs/tiny.yaml", "--iterations", "-1", f"output_dir={tmp_path}")
     assert negative.returncode == 2 and len(negative.stderr.strip().splitlines()) == 1
     assert "--iterations" in negative.stderr
+
+
+# A command that starts a child process (a stand-in for vLLM's engine core) and waits: `selfreward config`
+# with cmd_config replaced, so nothing is loaded.
+SLOW_COMMAND = """
+import subprocess, sys, time
+from selfreward import cli
+
+def slow(args):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    print(child.pid, flush=True)
+    try:
+        time.sleep(120)
+    finally:
+        print("unwound", flush=True)
+
+cli.cmd_config = slow
+sys.exit(cli.main(["config"]))
+"""
+
+
+def test_sigterm_unwinds_exits_143_and_stops_children() -> None:
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_COMMAND], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+    proc.terminate()  # SIGTERM
+    assert proc.wait(timeout=60) == 143
+    assert proc.stdout.read().strip() == "unwound"  # `finally` blocks ran
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE

@@ -223,3 +223,35 @@ def test_judge_eval_run_gives_one_row_per_model(tmp_path: Path, tiny_model: Path
     assert [r["model"] for r in rows] == ["M0", "iter_0", "iter_1"]
     assert all(r["items"] == 2 and r["labels"] == f"{labels}[:2]" for r in rows)
     assert rows[2]["path"] == str(run.iteration(1).model)
+
+
+def test_compare_run_judges_every_row_with_the_same_model(tmp_path: Path, tiny_model: Path, monkeypatch) -> None:
+    """Default: M0 judges iter_0 vs M0, iter_1 vs M0, ... (never the model being judged); compare.judge or
+    --judge names another, still one for all rows, and the row says which."""
+    import shutil
+
+    from selfreward.artifacts import RunPaths
+    from selfreward.config import load_config
+    from selfreward.evaluation import compare
+
+    cfg = load_config("configs/tiny.yaml", [f"model={tiny_model}", f"output_dir={tmp_path}"])
+    run = RunPaths(cfg.run_dir)
+    for k in (0, 1, 2):
+        shutil.copytree(tiny_model, run.iteration(k).model)
+    seen = []
+
+    def fake(cfg, out_dir, a, b, judge):  # noqa: ANN001, ANN202 - records who judges
+        seen.append((a[0], b[0], judge))
+        return {"a": a[0], "b": b[0], "judge": judge}
+
+    monkeypatch.setattr(compare, "head_to_head", fake)
+    rows = compare.compare_run(cfg, run)
+    assert [(a, b) for a, b, _ in seen] == [("iter_0", "M0"), ("iter_1", "M0"), ("iter_2", "M0")]
+    assert {j for _, _, j in seen} == {str(tiny_model)} and all(r["judge"] == str(tiny_model) for r in rows)
+    seen.clear()
+    other = str(run.iteration(0).model)
+    compare.compare_run(
+        load_config("configs/tiny.yaml", [f"model={tiny_model}", f"output_dir={tmp_path}", f"compare.judge={other}"]),
+        run,
+    )
+    assert {j for _, _, j in seen} == {other}

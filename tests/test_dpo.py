@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from selfreward.artifacts import IterPaths, read_jsonl
 from selfreward.config import DPOStageConfig
 from selfreward.loop.dpo import run
@@ -22,7 +24,7 @@ def make_pairs(it: IterPaths, n: int) -> None:
         }
         for i in range(n)
     ]
-    (datasets.Dataset.from_list(rows) if rows else _empty_dataset()).save_to_disk(str(it.pairs_dataset))
+    (datasets.Dataset.from_list(rows) if rows else _empty_dataset()).save_to_disk(str(it.pairs_dataset), num_shards=1)
 
 
 def test_dpo_changes_every_parameter_and_logs(tmp_path: Path, tiny_model: Path) -> None:
@@ -30,9 +32,18 @@ def test_dpo_changes_every_parameter_and_logs(tmp_path: Path, tiny_model: Path) 
 
     it = IterPaths(tmp_path)
     make_pairs(it, 4)
-    cfg = DPOStageConfig(batch_size=2, grad_accum=1, learning_rate=1e-2, precision="fp32", min_pairs=2, max_length=64)
+    cfg = DPOStageConfig(
+        batch_size=2, grad_accum=1, epochs=1, learning_rate=1e-2, precision="fp32", min_pairs=2, max_length=64
+    )
     metrics = run(cfg, str(tiny_model), None, it)
     assert metrics["skipped"] is False and metrics["steps"] == 2
+    # 4 pairs / (batch 2 x accumulation 1) = 2 optimiser steps, below min_steps: said in the metrics
+    assert metrics["optimizer_steps"] == 2 and metrics["effective_batch"] == 2 and metrics["too_few_steps"]
+    assert metrics["last_reward_accuracy"] is not None and metrics["mean_reward_margin"] is not None
+    # how far the model moved, measured on the pairs after training: a real shift at lr 1e-2
+    shift = metrics["shift"]
+    assert shift["pairs"] == 4 and shift["kl_per_token"] > 0
+    assert shift["chosen_logp_change"] != 0 and shift["rejected_logp_change"] != 0
     before, after = load_file(tiny_model / "model.safetensors"), load_file(it.model / "model.safetensors")
     for name, tensor in before.items():
         if "norm" in name:  # RMSNorm weights start at 1 and can stay there at this lr
@@ -56,3 +67,37 @@ def test_dpo_with_lora_merges_adapter(tmp_path: Path, tiny_model: Path) -> None:
     assert not any("lora" in k for k in after)  # merged into a plain model
     before = load_file(tiny_model / "model.safetensors")
     assert any(not (before[k] == after[k]).all() for k in before)
+
+
+def test_policy_shift_is_zero_for_an_unchanged_model(tmp_path: Path, tiny_model: Path) -> None:
+    import datasets
+
+    from selfreward.loop.dpo import policy_shift
+
+    it = IterPaths(tmp_path)
+    make_pairs(it, 2)
+    shift = policy_shift(str(tiny_model), str(tiny_model), datasets.load_from_disk(str(it.pairs_dataset)), 64)
+    assert shift["kl_per_token"] == pytest.approx(0.0, abs=1e-6)
+    assert shift["chosen_logp_change"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_accumulation_is_divided_by_the_number_of_processes(monkeypatch) -> None:
+    """Effective batch = batch x accumulation x processes stays constant: 8 on 1 process is 2 on 4."""
+    from selfreward.config import ConfigError
+    from selfreward.loop.dpo import per_process_accumulation
+
+    assert per_process_accumulation(8) == 8
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert per_process_accumulation(8) == 2
+    with pytest.raises(ConfigError, match="not divisible by the 4 processes"):
+        per_process_accumulation(6)
+
+
+def test_no_pairs_skips_dpo_and_copies_the_model(tmp_path: Path, tiny_model: Path) -> None:
+    """An iteration where every prompt was dropped (e.g. all within the judge's noise) writes an empty pairs/
+    that loads back with its columns, and DPO copies M_t instead of crashing."""
+    it = IterPaths(tmp_path)
+    make_pairs(it, 0)
+    metrics = run(DPOStageConfig(precision="fp32"), str(tiny_model), None, it)
+    assert metrics["skipped"] is True and metrics["pairs"] == 0
+    assert (it.model / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()

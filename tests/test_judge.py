@@ -7,6 +7,7 @@ import pytest
 from selfreward.config import JudgeConfig
 from selfreward.generation import Completion, Generator, SamplingSpec
 from selfreward.loop.judge import (
+    digit_sample,
     judge_texts,
     judgement_metrics,
     load_template,
@@ -134,3 +135,75 @@ def test_metrics_count_failures_and_histogram() -> None:
     assert m["unscored_candidates"] == 1
     assert m["score_histogram"] == [0, 1, 0, 0, 1, 0]
     assert m["mean_score"] == pytest.approx(2.5)
+
+
+def test_digit_sample_keeps_the_mass_and_refuses_a_judge_that_would_not_say_a_digit() -> None:
+    """raw [0, 0, 0.1, 0.3, 0.1, 0]: mass 0.5, renormalised [0, 0, 0.2, 0.6, 0.2, 0], E = 2(.2)+3(.6)+4(.2) = 3.0.
+    The same shape at a tenth of the mass (0.05) is below min_digit_mass 0.1: unscored, not 3.0."""
+    kept = digit_sample("why", [0, 0, 0.1, 0.3, 0.1, 0], min_mass=0.1)
+    assert kept.score == pytest.approx(3.0) and kept.digit_mass == pytest.approx(0.5) and kept.error is None
+    assert kept.probs == pytest.approx([0, 0, 0.2, 0.6, 0.2, 0])
+    low = digit_sample("why", [0, 0, 0.01, 0.03, 0.01, 0], min_mass=0.1)
+    assert low.score is None and low.error == "low_digit_mass" and low.digit_mass == pytest.approx(0.05)
+
+
+class DigitJudge(Parrot):
+    """Next-token probabilities of the digits: a response containing "good" gets mass 0.9 on 4, one containing
+    "vague" gets mass 0.12 (spread evenly), anything else 0.6 on 2. Justifications are "ok"."""
+
+    def _complete(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
+        return [[Completion("ok", 1, "stop")] * spec.n for _ in prompts]
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    def token_probs(self, prompts: list[str], token_ids: list[int]) -> list[list[float]]:
+        self.scored = prompts
+        out = []
+        for p in prompts:
+            if "good" in p:
+                out.append([0, 0, 0, 0, 0.9, 0])
+            elif "vague" in p:
+                out.append([0.12 / 6] * 6)
+            else:
+                out.append([0, 0, 0.6, 0, 0, 0])
+        return out
+
+
+def test_direct_mode_scores_in_one_pass_and_unscored_below_min_digit_mass() -> None:
+    gen = DigitJudge()
+    cfg = JudgeConfig(mode="direct", samples=3, min_digit_mass=0.5)
+    good, plain, vague = judge_texts(gen, cfg, [("q", "a good answer"), ("q", "plain"), ("q", "vague")])
+    assert all(p.endswith("Score: ") and "ok" not in p for p in gen.scored)  # no justification before it
+    assert len(good.samples) == 1 and good.score == pytest.approx(4.0) and good.samples[0].digit_mass == 0.9
+    assert plain.score == pytest.approx(2.0)
+    assert vague.score is None and vague.samples[0].error == "low_digit_mass"
+    m = judgement_metrics([good, plain, vague])
+    assert m["parse_failures"] == 1 and m["mean_digit_mass"] == pytest.approx((0.9 + 0.6 + 0.12) / 3)
+    assert m["digit_mass_histogram"]["0.9-1.0"] == 1 and m["digit_mass_histogram"]["0.1-0.2"] == 1
+
+
+def test_probabilities_mode_records_the_mass_of_every_sample() -> None:
+    gen = DigitJudge()
+    (j,) = judge_texts(gen, JudgeConfig(mode="probabilities", samples=2, min_digit_mass=0.5), [("q", "vague")])
+    assert j.score is None and [s.error for s in j.samples] == ["low_digit_mass"] * 2
+    assert all(p.endswith("ok\nScore: ") for p in gen.scored)  # justification, then the prefill
+
+
+class Counting(Parrot):
+    """Sampled mode: the k-th sample of every prompt is `Score: 4` for k < parsed, else unparseable."""
+
+    def __init__(self, parsed: int) -> None:
+        super().__init__()
+        self.parsed = parsed
+
+    def _complete(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
+        texts = ["Score: 4" if k < self.parsed else "no idea" for k in range(spec.n)]
+        return [[Completion(t, 2, "stop") for t in texts] for _ in prompts]
+
+
+@pytest.mark.parametrize(("parsed", "scored"), [(1, False), (2, True), (3, True)])
+def test_sampled_mode_needs_half_of_the_samples_parsed(parsed: int, scored: bool) -> None:
+    """K = 3: ceil(3/2) = 2 parsed samples are needed; one parsed sample of three is not a verdict."""
+    (j,) = judge_texts(Counting(parsed), JudgeConfig(mode="sampled", samples=3), [("q", "a")])
+    assert j.num_parsed == parsed and (j.score == 4.0 if scored else j.score is None)

@@ -21,6 +21,7 @@ from selfreward.evaluation.judge_metrics import (
     ranking_metrics,
     score_distribution,
     spearman,
+    top_is_best,
 )
 from selfreward.inputs import LabelledItem, load_labels
 
@@ -170,6 +171,7 @@ def test_hub_name_goes_to_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
         return [HH, {"chosen": HH["chosen"]}] if split == "bad" else [HH]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # offline, a name that is not a file is an error
     assert load_labels("org/hh") == [LabelledItem("Human: q", ["good", "bad"], [1, 2])]
     assert load_labels("org/hh:train")[0].responses == ["good", "bad"]
     with pytest.raises(DataError, match=r"^org/hh\[bad\] row 1: missing field 'rejected'$"):
@@ -241,20 +243,35 @@ def test_shape_mismatch_is_refused() -> None:
 @pytest.mark.parametrize(
     ("scores", "ranks", "exact", "best"),
     [
-        ([3, 2, 1], [1, 2, 3], True, True),
-        ([2, 2, 1], [1, 1, 2], True, True),  # same tie on both sides
-        ([2, 2, 1], [1, 2, 3], False, True),  # judge ties the top two: the human best is among them
-        ([1, 2, 3], [1, 2, 3], False, False),
-        ([1, 5, 5], [2, 1, 3], False, True),
-        ([4, 4, 4], [1, 2, 3], False, True),  # all-equal judge: the top holds everyone
-        ([4, 4, 4], [1, 1, 1], True, True),
-        ([5, 3], [2, 1], False, False),
-        ([3, 5, 1], [1, 1, 2], False, True),  # humans tie for best: either one at the judge's top counts
+        ([3, 2, 1], [1, 2, 3], True, 1.0),
+        ([2, 2, 1], [1, 1, 2], True, 1.0),  # same tie on both sides: both holders of the top are human-best
+        ([2, 2, 1], [1, 2, 3], False, 0.5),  # judge ties the top two: the human best is one of 2 -> 1/2
+        ([1, 2, 3], [1, 2, 3], False, 0.0),
+        ([1, 5, 5], [2, 1, 3], False, 0.5),
+        ([4, 4, 4], [1, 2, 3], False, 1 / 3),  # all-equal judge: chance, not a hit
+        ([4, 4, 4], [1, 1, 1], True, 1.0),
+        ([5, 3], [2, 1], False, 0.0),
+        ([3, 5, 1], [1, 1, 2], False, 1.0),  # humans tie for best: the judge's single top is one of them
     ],
 )
-def test_exact_match_and_five_best(scores: list[float], ranks: list[int], exact: bool, best: bool) -> None:
+def test_exact_match_and_top_is_best(scores: list[float], ranks: list[int], exact: bool, best: float) -> None:
     assert exact_match(scores, ranks) is exact
-    assert five_best(scores, ranks) is best
+    assert top_is_best(scores, ranks) == pytest.approx(best)
+
+
+@pytest.mark.parametrize(
+    ("scores", "ranks", "hit"),
+    [
+        ([3, 5, 1], [2, 1, 3], True),  # the human best gets 5
+        ([5, 3], [2, 1], False),  # 5 went to the worse one
+        ([3, 3, 3], [1, 2, 3], False),  # a judge that ties everything at 3 is not a hit
+        ([4.6, 2.0], [1, 2], True),  # expected scores: >= 4.5 is the top of the scale
+        ([4.4, 2.0], [1, 2], False),
+        ([1, 5], [1, 1], True),  # humans tie for best: either one with 5 counts
+    ],
+)
+def test_five_best_as_the_paper_defines_it(scores: list[float], ranks: list[int], hit: bool) -> None:
+    assert five_best(scores, ranks) is hit
 
 
 @pytest.mark.parametrize(
@@ -288,16 +305,18 @@ def test_correlations_of_a_constant_side_are_nan(scores: list[float], ranks: lis
 
 
 def test_ranking_metrics_hand_worked() -> None:
-    """Item 1 [3,2,1]/[1,2,3]: exact, best, rho 1, tau 1. Item 2 [2,2,1]/[1,2,3]: not exact, best (judge top
-    tied), rho 0.866, tau 0.816. Item 3 [4,4,4]/[1,2,3]: not exact, best (top tied), rho and tau nan.
-    Item 4 [1,None]: unscored. exact = 1/3, five_best = 3/3, spearman = (1 + 0.866) / 2 over 2 items,
-    kendall = (1 + 0.816) / 2 over 2 items, judge_top_ties = 2.
+    """Item 1 [3,2,1]/[1,2,3]: exact, top_is_best 1, rho 1, tau 1. Item 2 [2,2,1]/[1,2,3]: not exact,
+    top_is_best 1/2 (judge top tied), rho 0.866, tau 0.816. Item 3 [4,4,4]/[1,2,3]: not exact, top_is_best
+    1/3, rho and tau nan. Item 4 [1,None]: unscored. exact = 1/3, top_is_best = (1 + 1/2 + 1/3) / 3,
+    five_best = 0 (no human-best response got 5), spearman = (1 + 0.866) / 2 over 2 items, kendall =
+    (1 + 0.816) / 2 over 2 items, judge_top_ties = 2.
     """
     scores: list[list[float | None]] = [[3, 2, 1], [2, 2, 1], [4, 4, 4], [1, None]]
     ranks = [[1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 2]]
     result = ranking_metrics(scores, ranks)
     assert result["exact_match"] == pytest.approx(1 / 3)
-    assert result["five_best"] == 1.0
+    assert result["five_best"] == 0.0
+    assert result["top_is_best"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
     assert result["judge_top_ties"] == 2
     assert result["spearman"] == pytest.approx((1 + 1.5 / math.sqrt(3)) / 2)
     assert result["kendall_tau"] == pytest.approx((1 + 2 / math.sqrt(6)) / 2)
@@ -306,7 +325,9 @@ def test_ranking_metrics_hand_worked() -> None:
 
 def test_ranking_metrics_all_equal_and_empty() -> None:
     result = ranking_metrics([[2, 2], [2, 2, 2]], [[1, 2], [2, 1, 3]])
-    assert (result["exact_match"], result["five_best"], result["judge_top_ties"]) == (0.0, 1.0, 2)
+    # an all-equal judge: no 5 for the human best, and the shared top is credited at chance (1/2, 1/3)
+    assert (result["exact_match"], result["five_best"], result["judge_top_ties"]) == (0.0, 0.0, 2)
+    assert result["top_is_best"] == pytest.approx((1 / 2 + 1 / 3) / 2)
     assert math.isnan(result["spearman"]) and math.isnan(result["kendall_tau"])
     assert (result["n_spearman"], result["n_kendall"]) == (0, 0)
     empty = ranking_metrics([[None, None]], [[1, 2]])

@@ -48,6 +48,20 @@ def test_top_level_modules_import_no_subpackage() -> None:
             assert all(d in TOP_LEVEL for d in deps), f"{module} imports {deps - TOP_LEVEL}"
 
 
+def test_reasoning_imports_only_top_level_modules() -> None:
+    for module, deps in package_imports().items():
+        if module.startswith("reasoning."):
+            bad = {d for d in deps if d not in TOP_LEVEL and not d.startswith("reasoning")}
+            assert not bad, f"{module} imports {bad}"
+
+
+def test_evaluation_never_imports_baselines_or_reporting() -> None:
+    for module, deps in package_imports().items():
+        if module.startswith("evaluation."):
+            bad = {d for d in deps if d.split(".")[0] in ("baselines", "reporting")}
+            assert not bad, f"{module} imports {bad}"
+
+
 def test_no_import_circles() -> None:
     graph = package_imports()
     state: dict[str, int] = {}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from selfreward.config import PairsConfig
-from selfreward.loop.pairs import Scored, make_pairs, select_pair
+from selfreward.loop.pairs import Scored, length_bias, make_pairs, score_se, select_pair
+from selfreward.records import PreferencePair
 
 
 def s(cid: str, score: float, tokens: int = 10, text: str | None = None) -> Scored:
@@ -92,3 +95,82 @@ def test_truncation_check_on_real_tokenizer(embedded_model) -> None:
     identical = truncation_check(tok, max_length=64)
     assert identical("Q", same_start + "end A", same_start + "end B")
     assert not identical("Q", "short A", "short B")
+
+
+def test_a_truncated_best_answer_is_never_chosen() -> None:
+    """b (5, cut off) is the best; the best ended answer is d (4) and it becomes chosen against c (1)."""
+    scored = [s("a", 3), Scored("b", "cut", 5, 128, ended=False), s("c", 1), s("d", 4)]
+    chosen, rejected = select_pair(scored, PairsConfig())
+    assert (chosen.candidate_id, rejected.candidate_id) == ("d", "c")
+    # only cut-off answers above the worst: no pair, dropped as `truncated`
+    assert select_pair([Scored("b", "cut", 5, 128, ended=False), s("c", 1)], PairsConfig()) == "truncated"
+    # a cut-off answer may still be the rejected one
+    chosen, rejected = select_pair([s("a", 4), Scored("b", "cut", 1, 128, ended=False)], PairsConfig())
+    assert (chosen.candidate_id, rejected.candidate_id) == ("a", "b")
+    # the old behaviour, when asked for
+    chosen, _ = select_pair(scored, PairsConfig(allow_truncated_chosen=True))
+    assert chosen.candidate_id == "b"
+
+
+def test_overlapping_samples_give_no_pair() -> None:
+    """Samples [2, 3, 4] (mean 3, sd 1, se 0.577) vs [1.5, 2.5, 3.5] (mean 2.5, se 0.577): margin 0.5 <
+    band 1.0 * sqrt(0.577^2 + 0.577^2) = 0.816 -> within_noise. Samples [4, 4.2, 4.4] (se 0.115) vs
+    [1, 1.2, 1.4] (se 0.115): margin 3 > 0.163 -> a pair."""
+    samples = {"a": [2, 3, 4], "b": [1.5, 2.5, 3.5], "c": [4, 4.2, 4.4], "d": [1, 1.2, 1.4]}
+    se = {k: score_se([{"score": x} for x in v]) for k, v in samples.items()}
+    assert se["a"] == pytest.approx(1 / math.sqrt(3)) and se["c"] == pytest.approx(0.2 / math.sqrt(3))
+    cfg = PairsConfig(noise_z=1.0)
+    assert select_pair([Scored("a", "x", 3, 5, se["a"]), Scored("b", "y", 2.5, 5, se["b"])], cfg) == "within_noise"
+    chosen, rejected = select_pair([Scored("c", "x", 4.2, 5, se["c"]), Scored("d", "y", 1.2, 5, se["d"])], cfg)
+    assert (chosen.candidate_id, rejected.candidate_id) == ("c", "d")
+    # noise_z = 0 turns the band off
+    assert isinstance(
+        select_pair([Scored("a", "x", 3, 5, se["a"]), Scored("b", "y", 2.5, 5, se["b"])], PairsConfig(noise_z=0)),
+        tuple,
+    )
+
+
+def test_score_se_of_one_direct_sample_is_its_digit_spread() -> None:
+    """probs [0, 0, .5, .5, 0, 0]: mean 2.5, variance .5(.25) + .5(.25) = .25, sd 0.5."""
+    assert score_se([{"score": 2.5, "probs": [0, 0, 0.5, 0.5, 0, 0]}]) == pytest.approx(0.5)
+    assert score_se([{"score": 4}]) == 0.0
+    assert score_se([{"score": 4}, {"score": None, "error": "no_score_line"}]) == 0.0
+
+
+def test_make_pairs_reads_sample_spread_and_finish_reason() -> None:
+    prompts = [{"prompt_id": "p", "text": "q"}, {"prompt_id": "r", "text": "q2"}]
+    candidates = [
+        {"candidate_id": "p-c0", "prompt_id": "p", "text": "A", "num_tokens": 5, "finish_reason": "stop"},
+        {"candidate_id": "p-c1", "prompt_id": "p", "text": "B", "num_tokens": 5, "finish_reason": "stop"},
+        {"candidate_id": "r-c0", "prompt_id": "r", "text": "C", "num_tokens": 128, "finish_reason": "length"},
+        {"candidate_id": "r-c1", "prompt_id": "r", "text": "D", "num_tokens": 5, "finish_reason": "stop"},
+    ]
+
+    def judged(cid: str, xs: list[float]) -> dict:
+        return {
+            "candidate_id": cid,
+            "prompt_id": cid[0],
+            "score": sum(xs) / len(xs),
+            "samples": [{"score": x} for x in xs],
+        }
+
+    judgements = [
+        judged("p-c0", [2, 3, 4]),
+        judged("p-c1", [1.5, 2.5, 3.5]),
+        judged("r-c0", [5, 5]),
+        judged("r-c1", [1, 1]),
+    ]
+    pairs, dropped = make_pairs(prompts, candidates, judgements, PairsConfig(noise_z=1.0))
+    assert pairs == [] and dropped == {"within_noise": 1, "truncated": 1}
+
+
+def test_length_bias_of_scores_and_pairs() -> None:
+    """tokens [10, 20, 30] with scores [1, 2, 3]: r = 1; one pair 30 vs 10 tokens: +20."""
+    candidates = [
+        {"candidate_id": c, "num_tokens": n, "finish_reason": "stop"} for c, n in (("a", 10), ("b", 20), ("c", 30))
+    ]
+    judgements = [{"candidate_id": c, "score": x} for c, x in (("a", 1.0), ("b", 2.0), ("c", 3.0))]
+    pair = PreferencePair([], [], [], "p", "c", "a", 3.0, 1.0, 2.0, 30, 10)
+    bias = length_bias(candidates, judgements, [pair])
+    assert bias["score_length_correlation"] == pytest.approx(1.0)
+    assert bias["mean_chosen_minus_rejected_tokens"] == 20 and bias["truncated_candidates"] == 0

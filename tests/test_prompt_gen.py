@@ -8,8 +8,9 @@ import pytest
 
 from selfreward.artifacts import DataError
 from selfreward.config import PromptGenConfig, RunConfig
+from selfreward.generation import Completion, Generator, SamplingSpec
 from selfreward.inputs import load_prompt_file, load_seed_pool
-from selfreward.loop.prompt_gen import NoveltyFilter, build_request, check_text, clean
+from selfreward.loop.prompt_gen import NoveltyFilter, build_request, check_text, clean, generate_prompts
 
 from .conftest import ROOT
 
@@ -88,3 +89,25 @@ def test_load_prompt_file_formats_and_errors(tmp_path: Path) -> None:
         path.write_text(bad)
         with pytest.raises(DataError, match=match):
             load_prompt_file(path)
+
+
+class Scripted(Generator):
+    """Prompt writer that returns the given lines in turn (no model)."""
+
+    engine_name = "scripted"
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines, self.generated_tokens, self.generation_seconds = list(lines), 0, 0.0
+
+    def _complete(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
+        return [[Completion(self.lines.pop(0) if self.lines else "", 5, "stop")] for _ in prompts]
+
+
+def test_evaluation_prompts_are_never_kept() -> None:
+    """The held-out compare prompts are excluded: a copy of one (or a near copy) is rejected as eval_prompt."""
+    heldout = [p.text for p in load_prompt_file(ROOT / "prompts" / "eval" / "heldout.jsonl")]
+    lines = [heldout[0], heldout[1].rstrip(".?!") + " please", "Describe how a bicycle gear system works in detail."]
+    cfg = PromptGenConfig(num_prompts=3, few_shot=2, oversample=1.0, max_rounds=1, min_chars=5)
+    kept, rejected = generate_prompts(Scripted(lines), cfg, ["Say hi to me.", "Name a colour now."], 1, 0, heldout)
+    assert [p.text for p in kept] == [lines[2]]
+    assert [r.reason for r in rejected] == ["eval_prompt", "eval_prompt"]

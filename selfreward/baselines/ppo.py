@@ -187,7 +187,7 @@ class ValueModel(nn.Module):
         from transformers import AutoModel
 
         super().__init__()
-        self.body = AutoModel.from_pretrained(path, dtype=torch.float32)
+        self.body = AutoModel.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
         hidden = self.body.config.get_text_config().hidden_size
         self.head = nn.Linear(hidden, 1)
         nn.init.normal_(self.head.weight, std=1 / math.sqrt(hidden + 1))
@@ -221,8 +221,8 @@ class PPOTrainer:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
-        self.actor = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
-        self.reference = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
+        self.actor = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32, use_safetensors=True)
+        self.reference = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32, use_safetensors=True)
         self.reference.requires_grad_(False)
         if cfg.lora:
             from peft import get_peft_model

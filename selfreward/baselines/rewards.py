@@ -92,7 +92,9 @@ class ModelReward(RewardFunction):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=torch.float32, use_safetensors=True
+        )
         self.model.eval()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
@@ -136,7 +138,9 @@ def train_reward_model(
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_model, num_labels=1, dtype=torch.float32, use_safetensors=True
+    )
     model.config.pad_token_id = tokenizer.pad_token_id
     on_gpu = torch.cuda.is_available()
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,7 +42,6 @@ from typing import Literal
 from selfreward.artifacts import (
     DataError,
     RunPaths,
-    project_file,
     read_json,
     read_jsonl,
     slug,
@@ -51,7 +51,7 @@ from selfreward.artifacts import (
 from selfreward.config import RunConfig, fingerprint
 from selfreward.generation import Generator, SamplingSpec, open_generator
 from selfreward.inputs import load_prompt_file
-from selfreward.loop.judge import choice_token_ids, judge_texts, sanitize
+from selfreward.loop.judge import choice_token_ids, fill_template, judge_texts, read_template, sanitize
 from selfreward.models import resolve_model
 from selfreward.records import Prompt
 
@@ -79,19 +79,15 @@ def run_models(cfg: RunConfig, run: RunPaths) -> list[tuple[str, str]]:
 
 
 def load_template(path: str) -> str:
-    template = project_file(path).read_text()
-    for field in ("{instruction}", "{response_a}", "{response_b}"):
-        if field not in template:
-            raise ValueError(f"{path}: the comparison template must contain {field}")
-    return template
+    """The comparison template (`compare.template`): ConfigError if missing or without a placeholder."""
+    return read_template(path, ("{instruction}", "{response_a}", "{response_b}"))
 
 
-def render_compare_prompt(template: str, instruction: str, a: str, b: str) -> str:
-    return (
-        template.replace("{instruction}", sanitize(instruction))
-        .replace("{response_a}", sanitize(a))
-        .replace("{response_b}", sanitize(b))
-    )
+def render_compare_prompt(template: str, instruction: str, a: str, b: str, special_tokens: Iterable[str] = ()) -> str:
+    """The comparison prompt: the three texts sanitised (`judge.sanitize`: tags, special tokens, score and
+    `Better answer:` lines neutralised) and filled in one pass."""
+    values = {"{instruction}": instruction, "{response_a}": a, "{response_b}": b}
+    return fill_template(template, {k: sanitize(v, special_tokens) for k, v in values.items()})
 
 
 def verdict(p_first: float, p_second: float) -> Verdict:
@@ -254,12 +250,18 @@ def save_rows(path: Path, rows: list[dict], key: tuple[str, ...]) -> list[dict]:
     return merged
 
 
+def fixed_judge(cfg: RunConfig, judge: str | None = None) -> str:
+    """The model that judges every comparison: `judge` when given, else `compare.judge`, else M0."""
+    return resolve_model(judge or cfg.compare.judge or cfg.model, cfg.cache_dir)
+
+
 def compare_run(cfg: RunConfig, run: RunPaths, judge: str | None = None) -> list[dict]:
-    """M_t vs M0 for every finished model of the run; the judge is M_t unless `judge` names one."""
+    """M_t vs M0 for every finished model of the run, every row judged by the same model (`fixed_judge`)."""
     models = run_models(cfg, run)
     base, rows = models[0], []
+    judge_path = fixed_judge(cfg, judge)
     for label, path in models[1:]:
-        log.info("compare: %s vs %s", label, base[0])
-        rows.append(head_to_head(cfg, run.compare_dir, (label, path), base, judge or path))
+        log.info("compare: %s vs %s (judge %s)", label, base[0], judge_path)
+        rows.append(head_to_head(cfg, run.compare_dir, (label, path), base, judge_path))
         save_rows(run.compare, rows[-1:], ("a", "b", "judge"))
     return rows

@@ -22,10 +22,13 @@ judge score are left out of all four and counted in `unscored_items`.
                   sign(score_j - score_k) == sign(rank_k - rank_j). A judge tie matches only a human
                   tie of the same pair.
     five_best     Yuan et al. 2024's "5-best %": 1 if a response the humans ranked best (lowest rank;
-                  any of them when the humans tie for best) gets the judge's highest score in the
-                  item. When several responses share the judge's highest score it counts if the
-                  human-best one is among them, so an all-equal judge always counts; how often that
-                  happened is reported as `judge_top_ties`.
+                  any of them when the humans tie for best) gets the top of the scale from the judge:
+                  5, or at least 4.5 for a mean or expected score (`FIVE_BEST_AT`). A judge that ties
+                  everything at 3 scores 0 here, not 1.
+    top_is_best   The judge's highest score goes to a human-best response, with judge ties credited
+                  1/|ties|: the share of the responses sharing the judge's top score that the humans
+                  ranked best. [2, 2, 1] vs ranks [1, 2, 3] -> 1/2; an all-equal judge of 3 responses
+                  gets 1/3 (chance), not 1. How often the top was shared: `judge_top_ties`.
     spearman      Spearman's rho between the judge scores and the negated human ranks (positive =
                   agreement): the Pearson correlation of their average ranks (ties get the mean of
                   the positions they span).
@@ -129,14 +132,27 @@ def exact_match(scores: Sequence[float], ranks: Sequence[int]) -> bool:
     return all(_sign(scores[j] - scores[k]) == _sign(ranks[k] - ranks[j]) for j in range(n) for k in range(j + 1, n))
 
 
-def five_best(scores: Sequence[float], ranks: Sequence[int]) -> bool:
-    """A human-best response (lowest rank) has the judge's highest score (shared highest counts).
+FIVE_BEST_AT = 4.5
+"""A score at least this counts as the top of the 5-point scale (5 for integer scores)."""
 
-    [1, 5, 5] vs ranks [2, 1, 3]: the human best (index 1) has 5 = max, True. [5, 3] vs [2, 1]: False.
-    """
+
+def five_best(scores: Sequence[float], ranks: Sequence[int]) -> bool:
+    """A human-best response (lowest rank) gets the top of the scale: a score >= 4.5 (5 when integer).
+
+    [3, 5, 1] vs ranks [2, 1, 3]: the human best scores 5, True. [5, 3] vs [2, 1]: the best scores 3, False.
+    [4.6, 2] vs [1, 2]: an expected score of 4.6, True."""
+    best = min(ranks)
+    return any(s >= FIVE_BEST_AT for s, r in zip(scores, ranks, strict=True) if r == best)
+
+
+def top_is_best(scores: Sequence[float], ranks: Sequence[int]) -> float:
+    """Share of the responses holding the judge's highest score that the humans ranked best (ties 1/|ties|).
+
+    [1, 5, 5] vs ranks [2, 1, 3]: top {1, 2}, human best {1} -> 1/2. [4, 4, 4] vs [1, 2, 3] -> 1/3."""
     top = max(scores)
     best = min(ranks)
-    return any(s == top for s, r in zip(scores, ranks, strict=True) if r == best)
+    holders = [r for s, r in zip(scores, ranks, strict=True) if s == top]
+    return sum(r == best for r in holders) / len(holders)
 
 
 def spearman(scores: Sequence[float], ranks: Sequence[int]) -> float:
@@ -173,9 +189,10 @@ def kendall_tau(scores: Sequence[float], ranks: Sequence[int]) -> float:
 def ranking_metrics(
     judge_scores: Sequence[Sequence[float | None]], human_ranks: Sequence[Sequence[int]]
 ) -> dict[str, Any]:
-    """exact_match, five_best, spearman, kendall_tau per item, averaged over items (module docstring)."""
+    """exact_match, five_best, top_is_best, spearman, kendall_tau per item, averaged over items (module
+    docstring)."""
     _check_shapes(judge_scores, human_ranks)
-    exact, best, rhos, taus = [], [], [], []
+    exact, best, top_best, rhos, taus = [], [], [], [], []
     unscored = top_ties = 0
     for raw, ranks in zip(judge_scores, human_ranks, strict=True):
         scores = [float(s) for s in raw if s is not None and not math.isnan(s)]
@@ -184,6 +201,7 @@ def ranking_metrics(
             continue
         exact.append(exact_match(scores, ranks))
         best.append(five_best(scores, ranks))
+        top_best.append(top_is_best(scores, ranks))
         top_ties += scores.count(max(scores)) > 1
         rhos.append(spearman(scores, ranks))
         taus.append(kendall_tau(scores, ranks))
@@ -192,6 +210,7 @@ def ranking_metrics(
     return {
         "exact_match": _mean(exact),
         "five_best": _mean(best),
+        "top_is_best": _mean(top_best),
         "judge_top_ties": top_ties,
         "spearman": _mean(rhos),
         "n_spearman": len(rhos),

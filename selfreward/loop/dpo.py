@@ -6,8 +6,12 @@ Writes iter_K/model/ (M_{t+1}, fp32 safetensors + tokenizer), iter_K/dpo_log.jso
        trainer log: loss, rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies)
 
 With fewer than `dpo.min_pairs` pairs the step is skipped: M_t is copied to model/ and the
-metrics say `skipped`. On CPU, bf16 autocast needs `use_cpu=True`; gradient checkpointing is
-set from the config (TRL turns it on by default). The model is saved in fp32: DPO updates at
+metrics say `skipped`. The metrics record the optimiser steps (a warning below `dpo.min_steps`), the
+final and mean `rewards/accuracies` and `rewards/margins`, and, measured after training on up to
+`dpo.shift_pairs` pairs, how far M_{t+1} moved from M_t (`policy_shift`).
+
+On CPU, bf16 autocast needs `use_cpu=True`; gradient checkpointing is set from the config (TRL turns
+it on by default). The model is saved in fp32: DPO updates at
 these learning rates are smaller than bf16's resolution for most weights.
 
 Multi-GPU: the stage alone runs under `accelerate launch --config_file configs/accelerate_zero3.yaml
@@ -18,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from selfreward.artifacts import IterPaths, RunPaths, atomic_path, write_jsonl
-from selfreward.config import DPOStageConfig, load_config, train_bf16
+from selfreward.config import ConfigError, DPOStageConfig, load_config, train_bf16
 from selfreward.models import copy_model, lora_config, model_of_iteration, reference_for
 
 log = logging.getLogger(__name__)
@@ -48,9 +54,14 @@ def run(cfg: DPOStageConfig, policy: str, reference: str | None, it: IterPaths, 
 
     dataset = dataset.select_columns(["prompt", "chosen", "rejected"])
     on_gpu = torch.cuda.is_available()
+    grad_accum = per_process_accumulation(cfg.grad_accum)
     tokenizer = AutoTokenizer.from_pretrained(policy)
-    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
-    ref_model = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32) if reference else None
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32, use_safetensors=True)
+    ref_model = (
+        AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32, use_safetensors=True)
+        if reference
+        else None
+    )
     peft_config = None
     if cfg.lora:
         peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
@@ -61,7 +72,8 @@ def run(cfg: DPOStageConfig, policy: str, reference: str | None, it: IterPaths, 
             learning_rate=cfg.learning_rate,
             num_train_epochs=cfg.epochs,
             per_device_train_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum,
+            gradient_accumulation_steps=grad_accum,
+            warmup_steps=cfg.warmup_ratio,
             max_length=cfg.max_length,
             precompute_ref_log_probs=cfg.precompute_ref_log_probs,
             bf16=train_bf16(cfg.precision),
@@ -90,7 +102,83 @@ def run(cfg: DPOStageConfig, policy: str, reference: str | None, it: IterPaths, 
                 trainer.accelerator.unwrap_model(trained).save_pretrained(tmp, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)
             write_jsonl(it.dpo_log, trainer.state.log_history)
-    return dpo_metrics(trainer.state.log_history, result.metrics, len(dataset))
+    metrics = dpo_metrics(trainer.state.log_history, result.metrics, len(dataset))
+    metrics["optimizer_steps"] = trainer.state.global_step
+    metrics["effective_batch"] = cfg.batch_size * grad_accum * trainer.accelerator.num_processes
+    if metrics["optimizer_steps"] < cfg.min_steps:
+        log.warning(
+            "DPO ran %d optimiser steps, fewer than dpo.min_steps=%d: too few to move the model "
+            "(more prompts per iteration, more epochs or a smaller batch give more)",
+            metrics["optimizer_steps"],
+            cfg.min_steps,
+        )
+        metrics["too_few_steps"] = True
+    if trainer.accelerator.is_main_process:
+        del model, ref_model, trainer, trained
+        shift_rows = dataset.select(range(min(cfg.shift_pairs, len(dataset))))
+        metrics["shift"] = policy_shift(policy, str(it.model), shift_rows, cfg.max_length)
+    return metrics
+
+
+def per_process_accumulation(grad_accum: int) -> int:
+    """`grad_accum` divided by the number of processes (WORLD_SIZE under accelerate/torchrun), so the effective
+    batch is the same on 1 or N processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if grad_accum % world:
+        raise ConfigError(
+            f"dpo.grad_accum={grad_accum} is not divisible by the {world} processes: the effective batch "
+            "would change with the number of processes; choose a multiple"
+        )
+    return grad_accum // world
+
+
+def policy_shift(before: str, after: str, pairs: Any, max_length: int) -> dict:
+    """How far the model at `after` moved from `before` on the pairs' answers (teacher-forced, per answer
+    token, prompt + answer cut to `max_length`):
+    - chosen_logp_change, rejected_logp_change: mean over pairs of the per-token mean of
+      log p_after(token) - log p_before(token) (DPO should raise the first relative to the second);
+    - kl_per_token: mean over all answer tokens of KL(p_after || p_before) over the whole vocabulary at that
+      position (exact, not a sampled estimate); 0 for an unchanged model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(after)
+    models = [
+        AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, use_safetensors=True).eval()
+        for p in (before, after)
+    ]
+    change: dict[str, list[float]] = {"chosen": [], "rejected": []}
+    kl_sum, kl_tokens = 0.0, 0
+    for row in pairs:
+        start = len(chat_ids(tokenizer, row["prompt"], add_generation_prompt=True))
+        for side in ("chosen", "rejected"):
+            ids = chat_ids(tokenizer, row["prompt"] + row[side])[:max_length]
+            if len(ids) <= start:
+                continue
+            x = torch.tensor([ids])
+            with torch.inference_mode():
+                old, new = (torch.log_softmax(m(x).logits[0, start - 1 : -1].float(), -1) for m in models)
+            target = x[0, start:].unsqueeze(-1)
+            change[side].append((new.gather(-1, target) - old.gather(-1, target)).mean().item())
+            if side == "chosen":  # KL on the chosen answers' positions (the rejected ones agree closely)
+                kl_sum += (new.exp() * (new - old)).sum().item()
+                kl_tokens += len(ids) - start
+    return {
+        "pairs": len(pairs),
+        "chosen_logp_change": _mean(change["chosen"]),
+        "rejected_logp_change": _mean(change["rejected"]),
+        "kl_per_token": kl_sum / kl_tokens if kl_tokens else None,
+    }
+
+
+def chat_ids(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of `messages` through the chat template."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def dpo_metrics(history: list[dict], train_metrics: dict, pairs: int) -> dict:
@@ -113,6 +201,7 @@ def dpo_metrics(history: list[dict], train_metrics: dict, pairs: int) -> dict:
         "mean_reward_margin": mean("rewards/margins"),
         "last_reward_margin": last("rewards/margins"),
         "mean_reward_accuracy": mean("rewards/accuracies"),
+        "last_reward_accuracy": last("rewards/accuracies"),
         "train_runtime_s": train_metrics.get("train_runtime"),
     }
 

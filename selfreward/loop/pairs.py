@@ -6,18 +6,31 @@ Writes iter_K/pairs.jsonl and iter_K/pairs/ (a `datasets` dataset on disk), both
        metadata: ids, scores, margin, token lengths.
 
 Rules (`select_pair` is pure and unit-tested):
-- candidates without a score (every judge sample failed to parse) are left out;
+- candidates without a score (the judge gave none) are left out;
 - a prompt with fewer than 2 scored candidates gives no pair (`fewer_than_2_scored`);
 - best == worst, or a margin not above `min_margin`, gives no pair (`tie`);
+- only an answer that ended (finish_reason `stop`) can be chosen, unless `allow_truncated_chosen`:
+  the chosen is the best ended answer, and a prompt whose ended answers give no pair above the margin
+  while a cut-off one would have is dropped (`truncated`). A cut-off answer may be the rejected one;
+- the margin must clear the judge's own noise: margin > noise_z * sqrt(se_chosen^2 + se_rejected^2),
+  where a candidate's `se` is the standard error of its mean score over its K judge samples
+  (sample standard deviation / sqrt(parsed samples)), or, with one sample that has a digit
+  distribution (`direct` mode, K = 1), that distribution's standard deviation; else 0. Below it the
+  prompt gives no pair (`within_noise`);
 - length control: among candidates within `tie_tolerance` of the best pick the shortest as
   chosen, among those within it of the worst the longest as rejected (otherwise the first
   best and the first worst in candidate order);
 - a pair whose two responses are identical after tokenisation and truncation to the DPO
   `max_length` is dropped (`identical_after_truncation`).
+
+The metrics also show how much the judge's scores follow answer length: the Pearson correlation of
+score and token count over the scored candidates, and the mean chosen-minus-rejected token count.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +45,10 @@ class Scored:
     text: str
     score: float
     num_tokens: int
+    se: float = 0.0
+    """Standard error of `score` from the judge's own samples (see the module docstring)."""
+    ended: bool = True
+    """False when the answer was cut at `responses.max_tokens` (finish_reason `length`)."""
 
 
 def select_pair(scored: list[Scored], cfg: PairsConfig) -> tuple[Scored, Scored] | str:
@@ -42,17 +59,43 @@ def select_pair(scored: list[Scored], cfg: PairsConfig) -> tuple[Scored, Scored]
     worst = min(s.score for s in scored)
     if best - worst <= cfg.min_margin or best == worst:
         return "tie"
-    top = [s for s in scored if s.score >= best - cfg.tie_tolerance]
+    choosable = scored if cfg.allow_truncated_chosen else [s for s in scored if s.ended]
+    if not choosable or max(s.score for s in choosable) - worst <= cfg.min_margin:
+        return "truncated"
+    best_ended = max(s.score for s in choosable)
+    top = [s for s in choosable if s.score >= best_ended - cfg.tie_tolerance]
     bottom = [s for s in scored if s.score <= worst + cfg.tie_tolerance]
     if cfg.length_control:
         chosen = min(top, key=lambda s: (s.num_tokens, -s.score))
         rejected = max(bottom, key=lambda s: (s.num_tokens, -s.score))
     else:
-        chosen = next(s for s in scored if s.score == best)
+        chosen = next(s for s in choosable if s.score == best_ended)
         rejected = next(s for s in scored if s.score == worst)
     if chosen.candidate_id == rejected.candidate_id or chosen.score <= rejected.score:
         return "tie"
+    if chosen.score - rejected.score <= noise_band(chosen, rejected, cfg.noise_z):
+        return "within_noise"
     return chosen, rejected
+
+
+def noise_band(a: Scored, b: Scored, z: float) -> float:
+    """z * sqrt(se_a^2 + se_b^2): the margin two candidates' scores need before it is not judge noise."""
+    return z * math.sqrt(a.se**2 + b.se**2)
+
+
+def score_se(samples: list[dict]) -> float:
+    """Standard error of a candidate's mean score from its judge samples (rows of `JudgeSample`).
+
+    Examples: scores [3, 4, 5] -> sd 1, se 1/sqrt(3) = 0.577; one sample with digit distribution
+    [0, 0, .5, .5, 0, 0] -> mean 2.5, sd 0.5; one sampled-mode score -> 0 (nothing to estimate from)."""
+    scores = [s["score"] for s in samples if s.get("score") is not None]
+    if len(scores) >= 2:
+        return statistics.stdev(scores) / math.sqrt(len(scores))
+    probs = next((s.get("probs") for s in samples if s.get("score") is not None), None)
+    if len(scores) == 1 and probs:
+        mean = sum(d * p for d, p in enumerate(probs))
+        return math.sqrt(sum(p * (d - mean) ** 2 for d, p in enumerate(probs)))
+    return 0.0
 
 
 def make_pairs(
@@ -66,12 +109,21 @@ def make_pairs(
 
     `identical(prompt, a, b)` says whether two responses are the same as the trainer sees them.
     """
-    scores = {j["candidate_id"]: j["score"] for j in judgements}
+    judged = {j["candidate_id"]: j for j in judgements}
     by_prompt: dict[str, list[Scored]] = {p["prompt_id"]: [] for p in prompts}
     for c in candidates:
-        score = scores.get(c["candidate_id"])
-        if score is not None and c["prompt_id"] in by_prompt:
-            by_prompt[c["prompt_id"]].append(Scored(c["candidate_id"], c["text"], score, c["num_tokens"]))
+        j = judged.get(c["candidate_id"])
+        if j is not None and j["score"] is not None and c["prompt_id"] in by_prompt:
+            by_prompt[c["prompt_id"]].append(
+                Scored(
+                    c["candidate_id"],
+                    c["text"],
+                    j["score"],
+                    c["num_tokens"],
+                    se=score_se(j.get("samples") or []),
+                    ended=c.get("finish_reason", "stop") != "length",
+                )
+            )
     pairs, dropped = [], {}
     for p in prompts:
         result = select_pair(by_prompt[p["prompt_id"]], cfg)
@@ -94,9 +146,28 @@ def make_pairs(
                 margin=chosen.score - rejected.score,
                 chosen_tokens=chosen.num_tokens,
                 rejected_tokens=rejected.num_tokens,
+                noise_band=noise_band(chosen, rejected, cfg.noise_z),
             )
         )
     return pairs, dropped
+
+
+def length_bias(candidates: list[dict], judgements: list[dict], pairs: list[PreferencePair]) -> dict:
+    """How much the scores follow length: Pearson r of score vs token count over the scored candidates
+    (None with fewer than 3 or no spread), and the mean chosen-minus-rejected token count of the pairs."""
+    scores = {j["candidate_id"]: j["score"] for j in judgements}
+    xy = [
+        (c["num_tokens"], scores[c["candidate_id"]]) for c in candidates if scores.get(c["candidate_id"]) is not None
+    ]
+    r = None
+    if len(xy) >= 3 and len({x for x, _ in xy}) > 1 and len({y for _, y in xy}) > 1:
+        r = statistics.correlation([float(x) for x, _ in xy], [float(y) for _, y in xy])
+    diff = [p.chosen_tokens - p.rejected_tokens for p in pairs]
+    return {
+        "score_length_correlation": r,
+        "mean_chosen_minus_rejected_tokens": sum(diff) / len(diff) if diff else None,
+        "truncated_candidates": sum(c.get("finish_reason") == "length" for c in candidates),
+    }
 
 
 def truncation_check(tokenizer, max_length: int) -> Callable[[str, str, str], bool]:
@@ -125,13 +196,15 @@ def run(cfg: PairsConfig, it: IterPaths, tokenizer, max_length: int) -> dict:
     rows = [to_row(p) for p in pairs]
     dataset = datasets.Dataset.from_list(rows) if rows else _empty_dataset()
     with atomic_path(it.pairs_dataset) as tmp:
-        dataset.save_to_disk(str(tmp))
+        dataset.save_to_disk(str(tmp), num_shards=1 if not rows else None)
     write_jsonl(it.pairs, rows)
     n = len(pairs)
     return {
         "pairs": n,
+        "prompts": len(prompts),
         "prompts_without_pair": dropped,
         "ties_dropped": dropped.get("tie", 0),
+        **length_bias(candidates, judgements, pairs),
         "mean_margin": sum(p.margin for p in pairs) / n if n else None,
         "mean_chosen_tokens": sum(p.chosen_tokens for p in pairs) / n if n else None,
         "mean_rejected_tokens": sum(p.rejected_tokens for p in pairs) / n if n else None,
@@ -155,6 +228,11 @@ def _empty_dataset():
             "margin": datasets.Value("float64"),
             "chosen_tokens": datasets.Value("int64"),
             "rejected_tokens": datasets.Value("int64"),
+            "noise_band": datasets.Value("float64"),
         }
     )
-    return datasets.Dataset.from_list([], features=features)
+    # An arrow table with the schema: `from_list([], features=...)` loses the columns in datasets 5.2
+    # ("Keys mismatch" on load), and saving needs num_shards=1 (see `run`).
+    import pyarrow as pa
+
+    return datasets.Dataset(pa.Table.from_pylist([], schema=features.arrow_schema))

@@ -18,7 +18,7 @@ from typing import Any
 
 from selfreward.artifacts import RunPaths, read_jsonl
 from selfreward.config import RunConfig
-from selfreward.inputs import load_seed_pool
+from selfreward.inputs import load_prompt_file, load_seed_pool
 from selfreward.loop import dpo, judge, pairs, prompt_gen, responses, sft
 from selfreward.models import base_model, model_of_iteration, reference_for
 from selfreward.runs import Engine, RunChain, StageRunner, file_digests, open_run, record_invocation
@@ -36,10 +36,15 @@ def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) ->
     stages.metrics["start_model"] = model
     reference = reference_for(cfg, run, k)
     pool = prompt_pool(cfg, run, k)
+    excluded = [p.text for p in load_prompt_file(cfg.prompt_gen.exclude)] if cfg.prompt_gen.exclude else []
     seed = cfg.seed * 1000 + k
     engine = Engine(cfg, model)  # started on first use, serves stages 1-3
 
-    stages.run("prompts", (cfg.prompt_gen, pool), lambda: prompt_gen.run(engine(), cfg.prompt_gen, pool, it, k, seed))
+    stages.run(
+        "prompts",
+        (cfg.prompt_gen, pool, excluded),
+        lambda: prompt_gen.run(engine(), cfg.prompt_gen, pool, it, k, seed, excluded),
+    )
     stages.run("candidates", cfg.responses, lambda: responses.run(engine(), cfg.responses, it, seed))
     stages.run("judgements", cfg.judge, lambda: judge.run(engine(), cfg.judge, it, seed))
     stages.metrics["engine"] = engine.close()  # the engine's memory is released before training

@@ -102,14 +102,21 @@ def build_request(template: str, examples: list[str]) -> str:
 
 
 def generate_prompts(
-    gen: Generator, cfg: PromptGenConfig, pool: list[str], iteration: int, seed: int = 0
+    gen: Generator,
+    cfg: PromptGenConfig,
+    pool: list[str],
+    iteration: int,
+    seed: int = 0,
+    excluded: list[str] | None = None,
 ) -> tuple[list[Prompt], list[RejectedPrompt]]:
-    """Generate and filter until `cfg.num_prompts` are kept or `cfg.max_rounds` have run."""
+    """Generate and filter until `cfg.num_prompts` are kept or `cfg.max_rounds` have run; a prompt that
+    duplicates or nearly duplicates one of `excluded` (the evaluation prompts) is rejected (`eval_prompt`)."""
     if len(pool) < cfg.few_shot:
         raise ValueError(f"the seed pool has {len(pool)} prompts, fewer than few_shot={cfg.few_shot}")
     template = project_file(cfg.template).read_text()
     rng = random.Random(f"{seed}-{iteration}")
     novelty = NoveltyFilter(pool, cfg.similarity_threshold)
+    held_out = NoveltyFilter(excluded or [], cfg.similarity_threshold)
     kept: list[Prompt] = []
     rejected: list[RejectedPrompt] = []
     for round_ in range(cfg.max_rounds):
@@ -140,6 +147,9 @@ def generate_prompts(
             reason = check_text(text, out.finish_reason, cfg)
             detail = ""
             if reason is None:
+                reason, detail = held_out.check(text)
+                reason = "eval_prompt" if reason else None
+            if reason is None:
                 reason, detail = novelty.check(text)
             if reason is None and len(kept) < cfg.num_prompts:
                 novelty.add(text)
@@ -160,8 +170,16 @@ def generate_prompts(
     return kept, rejected
 
 
-def run(gen: Generator, cfg: PromptGenConfig, pool: list[str], it: IterPaths, iteration: int, seed: int = 0) -> dict:
-    kept, rejected = generate_prompts(gen, cfg, pool, iteration, seed)
+def run(
+    gen: Generator,
+    cfg: PromptGenConfig,
+    pool: list[str],
+    it: IterPaths,
+    iteration: int,
+    seed: int = 0,
+    excluded: list[str] | None = None,
+) -> dict:
+    kept, rejected = generate_prompts(gen, cfg, pool, iteration, seed, excluded)
     write_jsonl(it.prompts_rejected, (to_row(r) for r in rejected))
     write_jsonl(it.prompts, (to_row(p) for p in kept))
     reasons: dict[str, int] = {}

@@ -114,7 +114,7 @@ def build_trainer(model_path: str, examples: list[dict], cfg: SFTStageConfig, sc
     fitting = [r for r, n in zip(rows, lengths, strict=True) if n <= cfg.max_length]
     if not fitting:
         raise DataError(f"sft: all {len(rows)} examples are longer than sft.max_length={cfg.max_length} tokens")
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True)
     peft_config = None
     if cfg.lora:
         peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)

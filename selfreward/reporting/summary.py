@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -120,6 +121,12 @@ class Summary:
     mean_score: float | None = None
     score_histogram: list[int] | None = None
     """Candidates per rounded mean score 0..5 (as judge.judgement_metrics counts them)."""
+    mean_digit_mass: float | None = None
+    """Probability modes: mean probability the judge put on the digits 0-5 after `Score: `."""
+    digit_mass_histogram: list[int] | None = None
+    """Judge samples per digit mass [0, 0.1), ..., [0.9, 1.0]."""
+    score_length_correlation: float | None = None
+    """Pearson r of candidate score vs token count (length bias of the judge)."""
     pairs: int | None = None
     prompts_without_pair: int | None = None
     """Kept prompts minus pairs; the reasons come from metrics.json (`drop_reasons`)."""
@@ -135,6 +142,11 @@ class Summary:
     dpo_first_loss: float | None = None
     dpo_last_loss: float | None = None
     dpo_last_margin: float | None = None
+    dpo_last_accuracy: float | None = None
+    dpo_kl_per_token: float | None = None
+    """KL(M_{t+1} || M_t) per answer token on the pairs, measured after training (metrics.json)."""
+    dpo_chosen_logp_change: float | None = None
+    dpo_rejected_logp_change: float | None = None
 
 
 def mean(values: list[float]) -> float | None:
@@ -171,6 +183,18 @@ def summarize(d: IterationFiles) -> Summary:
         s.score_histogram = [0] * (MAX_SCORE + 1)
         for score in scores:
             s.score_histogram[max(0, min(MAX_SCORE, int(round(score))))] += 1
+        masses = [x["digit_mass"] for x in samples if x.get("digit_mass") is not None]
+        if masses:
+            s.mean_digit_mass = mean(masses)
+            s.digit_mass_histogram = [0] * 10
+            for m in masses:
+                s.digit_mass_histogram[min(9, int(m * 10))] += 1
+        if d.candidates is not None:
+            by_id = {j["candidate_id"]: j.get("score") for j in d.judgements}
+            xy = [(c["num_tokens"], by_id.get(c["candidate_id"])) for c in d.candidates if "num_tokens" in c]
+            xy = [(float(x), float(y)) for x, y in xy if y is not None]
+            if len(xy) >= 3 and len({x for x, _ in xy}) > 1 and len({y for _, y in xy}) > 1:
+                s.score_length_correlation = statistics.correlation([x for x, _ in xy], [y for _, y in xy])
     if d.pairs is not None:
         s.pairs = len(d.pairs)
         if s.prompts_kept is not None:
@@ -189,6 +213,12 @@ def summarize(d: IterationFiles) -> Summary:
             s.dpo_first_loss, s.dpo_last_loss = steps[0]["loss"], steps[-1]["loss"]
             margins = [row["rewards/margins"] for row in steps if "rewards/margins" in row]
             s.dpo_last_margin = margins[-1] if margins else None
+            accuracies = [row["rewards/accuracies"] for row in steps if "rewards/accuracies" in row]
+            s.dpo_last_accuracy = accuracies[-1] if accuracies else None
+    shift = d.metrics.get("stages", {}).get("dpo", {}).get("shift") or {}
+    s.dpo_kl_per_token = shift.get("kl_per_token")
+    s.dpo_chosen_logp_change = shift.get("chosen_logp_change")
+    s.dpo_rejected_logp_change = shift.get("rejected_logp_change")
     return s
 
 
@@ -227,19 +257,36 @@ def funnel_rows(s: Summary) -> list[tuple[str, str, str]]:
     dpo = ""
     if s.dpo_first_loss is not None:
         dpo = (
-            f"loss {fmt(s.dpo_first_loss, 4)} → {fmt(s.dpo_last_loss, 4)}, last reward margin {fmt(s.dpo_last_margin)}"
+            f"loss {fmt(s.dpo_first_loss, 4)} → {fmt(s.dpo_last_loss, 4)}, "
+            f"last reward margin {fmt(s.dpo_last_margin)}, last reward accuracy {fmt(s.dpo_last_accuracy)}"
         )
+    shift = ""
+    if s.dpo_kl_per_token is not None:
+        shift = (
+            f"KL(M_t+1 || M_t) {fmt(s.dpo_kl_per_token, 4)} per token; log-prob change chosen "
+            f"{fmt(s.dpo_chosen_logp_change, 4)}, rejected {fmt(s.dpo_rejected_logp_change, 4)} per token"
+        )
+    mass = (
+        ""
+        if s.mean_digit_mass is None
+        else f"mean digit mass {fmt(s.mean_digit_mass)}; per 0.1: {s.digit_mass_histogram}"
+    )
+    bias = "" if s.score_length_correlation is None else f"score vs length r = {fmt(s.score_length_correlation)}"
+    lengths = ""
+    if s.mean_chosen_tokens is not None and s.mean_rejected_tokens is not None:
+        lengths = f"chosen − rejected {fmt(s.mean_chosen_tokens - s.mean_rejected_tokens, 1)} tokens on average"
     return [
         ("prompts generated", fmt(s.prompts_generated), "kept + rejected"),
         ("prompts kept", fmt(s.prompts_kept), ""),
         ("prompts rejected", fmt(s.prompts_rejected), counts(s.rejected_by_reason)),
         ("candidates", fmt(s.candidates), candidates),
-        ("judge samples", fmt(s.judge_samples), ""),
+        ("judge samples", fmt(s.judge_samples), mass),
         ("parse failures", fmt(s.parse_failures), failures),
-        ("candidates scored", fmt(s.scored), "" if s.unscored is None else f"unscored {s.unscored}"),
-        ("pairs", fmt(s.pairs), ""),
+        ("candidates scored", fmt(s.scored), ("" if s.unscored is None else f"unscored {s.unscored}; ") + bias),
+        ("pairs", fmt(s.pairs), lengths),
         ("prompts without pair", fmt(s.prompts_without_pair), counts(s.drop_reasons)),
         ("DPO steps", "skipped" if s.dpo_skipped and not s.dpo_steps else fmt(s.dpo_steps), dpo),
+        ("DPO moved the model", "" if s.dpo_kl_per_token is None else "measured", shift),
     ]
 
 
