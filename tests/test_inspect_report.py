@@ -79,7 +79,8 @@ def make_iteration(run: RunPaths, k: int, scores: list, stages: tuple[str, ...] 
             judgements.append(
                 dict(candidate_id=cid, prompt_id=f"i{k}-p{i}", score=mean, num_parsed=len(parsed), samples=rows)
             )
-    pairs, dropped = make_pairs(prompts, candidates, judgements, PairsConfig())
+    # the rules of the files being inspected (no noise band, cut-off answers allowed): these tests are about inspect
+    pairs, dropped = make_pairs(prompts, candidates, judgements, PairsConfig(noise_z=0.0, allow_truncated_chosen=True))
     stale = {"prompts_kept": STALE, "candidates": STALE, "parse_failure_rate": 0.5, "pairs": STALE}
     metrics: dict = {"iteration": k, "stages": {}}
     if "prompts" in stages:

@@ -266,27 +266,28 @@ def funnel_rows(s: Summary) -> list[tuple[str, str, str]]:
             f"KL(M_t+1 || M_t) {fmt(s.dpo_kl_per_token, 4)} per token; log-prob change chosen "
             f"{fmt(s.dpo_chosen_logp_change, 4)}, rejected {fmt(s.dpo_rejected_logp_change, 4)} per token"
         )
-    mass = (
-        ""
-        if s.mean_digit_mass is None
-        else f"mean digit mass {fmt(s.mean_digit_mass)}; per 0.1: {s.digit_mass_histogram}"
-    )
-    bias = "" if s.score_length_correlation is None else f"score vs length r = {fmt(s.score_length_correlation)}"
-    lengths = ""
+    lengths = None
     if s.mean_chosen_tokens is not None and s.mean_rejected_tokens is not None:
-        lengths = f"chosen − rejected {fmt(s.mean_chosen_tokens - s.mean_rejected_tokens, 1)} tokens on average"
+        lengths = s.mean_chosen_tokens - s.mean_rejected_tokens
     return [
         ("prompts generated", fmt(s.prompts_generated), "kept + rejected"),
         ("prompts kept", fmt(s.prompts_kept), ""),
         ("prompts rejected", fmt(s.prompts_rejected), counts(s.rejected_by_reason)),
         ("candidates", fmt(s.candidates), candidates),
-        ("judge samples", fmt(s.judge_samples), mass),
+        ("judge samples", fmt(s.judge_samples), ""),
+        (
+            "digit mass",
+            fmt(s.mean_digit_mass),
+            f"per 0.1 of mass: {s.digit_mass_histogram}" if s.digit_mass_histogram else "",
+        ),
         ("parse failures", fmt(s.parse_failures), failures),
-        ("candidates scored", fmt(s.scored), ("" if s.unscored is None else f"unscored {s.unscored}; ") + bias),
-        ("pairs", fmt(s.pairs), lengths),
+        ("candidates scored", fmt(s.scored), "" if s.unscored is None else f"unscored {s.unscored}"),
+        ("score vs length r", fmt(s.score_length_correlation), "Pearson r of candidate score and tokens"),
+        ("pairs", fmt(s.pairs), ""),
+        ("chosen − rejected tokens", fmt(lengths, 1), "mean over the pairs"),
         ("prompts without pair", fmt(s.prompts_without_pair), counts(s.drop_reasons)),
         ("DPO steps", "skipped" if s.dpo_skipped and not s.dpo_steps else fmt(s.dpo_steps), dpo),
-        ("DPO moved the model", "" if s.dpo_kl_per_token is None else "measured", shift),
+        ("DPO moved the model", fmt(s.dpo_kl_per_token, 4), shift or "KL(M_t+1 || M_t) per token, after training"),
     ]
 
 
