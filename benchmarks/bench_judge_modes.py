@@ -84,9 +84,8 @@ def main() -> None:
     parser.add_argument("--labels", action="append", default=None, help="label files (default: both shared ones)")
     args = parser.parse_args()
     cfg = RunConfig()
-    models = [("M0", resolve_model(cfg.model, cfg.cache_dir))] + [
-        (m, resolve_model(m, cfg.cache_dir)) for m in args.model
-    ]
+    models = [] if args.no_base else [("M0", resolve_model(cfg.model, cfg.cache_dir))]
+    models += [(m, resolve_model(m, cfg.cache_dir)) for m in args.model]
     label_files = [p for p in (args.labels or LABELS) if Path(p).exists()]
     rows = json.loads(OUT.read_text()).get("rows", []) if OUT.exists() else []
     for name, path in models:

@@ -145,6 +145,10 @@ def test_digit_sample_keeps_the_mass_and_refuses_a_judge_that_would_not_say_a_di
     assert kept.probs == pytest.approx([0, 0, 0.2, 0.6, 0.2, 0])
     low = digit_sample("why", [0, 0, 0.01, 0.03, 0.01, 0], min_mass=0.1)
     assert low.score is None and low.error == "low_digit_mass" and low.digit_mass == pytest.approx(0.05)
+    # the default threshold (judge.min_digit_mass = 0.5): a sample with digit mass 0.1 is unscored
+    default = JudgeConfig().min_digit_mass
+    tenth = digit_sample("why", [0, 0, 0.02, 0.06, 0.02, 0], min_mass=default)
+    assert tenth.digit_mass == pytest.approx(0.1) and tenth.score is None and tenth.error == "low_digit_mass"
 
 
 class DigitJudge(Parrot):
