@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from selfreward.artifacts import DataError, atomic_path, write_jsonl
 from selfreward.config import JudgeConfig, PPOConfig, train_bf16
+from selfreward.loop.dpo import chat_ids as conversation_ids
 from selfreward.loop.judge import judge_texts
 
 if TYPE_CHECKING:
@@ -79,8 +80,9 @@ class JudgeReward(RewardFunction):
 
 def chat_ids(tokenizer: Any, prompt: str, response: str) -> list[int]:
     """Token ids of the (user prompt, assistant response) conversation, as RewardTrainer tokenises a pair."""
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    return conversation_ids(
+        tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    )
 
 
 class ModelReward(RewardFunction):

@@ -172,9 +172,11 @@ def policy_shift(before: str, after: str, pairs: Any, max_length: int) -> dict:
 
 
 def chat_ids(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
-    """Token ids of `messages` through the chat template."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """Token ids of `messages` through the chat template, as TRL's trainers tokenise a conversation."""
+    out = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, add_generation_prompt=add_generation_prompt
+    )
+    return out["input_ids"]
 
 
 def _mean(values: list[float]) -> float | None:
