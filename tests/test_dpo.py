@@ -33,12 +33,21 @@ def test_dpo_changes_every_parameter_and_logs(tmp_path: Path, tiny_model: Path) 
     it = IterPaths(tmp_path)
     make_pairs(it, 4)
     cfg = DPOStageConfig(
-        batch_size=2, grad_accum=1, epochs=1, learning_rate=1e-2, precision="fp32", min_pairs=2, max_length=64
+        batch_size=2,
+        grad_accum=1,
+        epochs=1,
+        max_epochs=2,
+        learning_rate=1e-2,
+        precision="fp32",
+        min_pairs=2,
+        max_length=64,
     )
     metrics = run(cfg, str(tiny_model), None, it)
-    assert metrics["skipped"] is False and metrics["steps"] == 2
-    # 4 pairs / (batch 2 x accumulation 1) = 2 optimiser steps, below min_steps: said in the metrics
-    assert metrics["optimizer_steps"] == 2 and metrics["effective_batch"] == 2 and metrics["too_few_steps"]
+    assert metrics["skipped"] is False and metrics["steps"] == 4
+    # 4 pairs / (batch 2 x accumulation 1) = 2 steps a pass; raised towards min_steps 50 but at most
+    # max_epochs 2 passes: 4 optimiser steps, still below min_steps, which the metrics say
+    assert metrics["optimizer_steps"] == 4 and metrics["effective_batch"] == 2 and metrics["epochs"] == 2
+    assert metrics["too_few_steps"]
     assert metrics["last_reward_accuracy"] is not None and metrics["mean_reward_margin"] is not None
     # how far the model moved, measured on the pairs after training: a real shift at lr 1e-2
     shift = metrics["shift"]
@@ -52,6 +61,19 @@ def test_dpo_changes_every_parameter_and_logs(tmp_path: Path, tiny_model: Path) 
     log = read_jsonl(it.dpo_log)
     assert any("loss" in row and "rewards/margins" in row for row in log)
     assert json.loads((it.model / "config.json").read_text())["torch_dtype" if False else "dtype"] == "float32"
+
+
+def test_small_pair_sets_get_more_passes_up_to_max_epochs() -> None:
+    from selfreward.loop.dpo import planned_steps
+
+    cfg = DPOStageConfig(batch_size=2, grad_accum=1, epochs=3, min_steps=50, max_epochs=8)
+    assert planned_steps(18, cfg, 1, 1) == 50  # 9 a pass: 27 at 3 passes, raised to 50 (5.6 passes)
+    assert planned_steps(40, cfg, 1, 1) == 60  # 3 passes already give 60
+    assert planned_steps(10, cfg, 1, 1) == 40  # 5 a pass: 8 passes give 40, short of 50
+    assert planned_steps(18, cfg, 2, 1) == 40  # accumulation 2: ceil(9 / 2) = 5 a pass
+    assert planned_steps(18, cfg, 1, 3) == 24  # 3 processes: ceil(18 / 6) = 3 a pass, 8 passes
+    exact = DPOStageConfig(batch_size=2, epochs=3, min_steps=50, max_epochs=3)
+    assert planned_steps(18, exact, 1, 1) == 27
 
 
 def test_dpo_with_lora_merges_adapter(tmp_path: Path, tiny_model: Path) -> None:

@@ -35,7 +35,9 @@ def test_min_margin() -> None:
 
 
 def test_first_best_and_first_worst_without_length_control() -> None:
-    chosen, rejected = select_pair([s("a", 5, 50), s("b", 5, 5), s("c", 1, 5), s("d", 1, 80)], PairsConfig())
+    chosen, rejected = select_pair(
+        [s("a", 5, 50), s("b", 5, 5), s("c", 1, 5), s("d", 1, 80)], PairsConfig(length_control=False)
+    )
     assert (chosen.candidate_id, rejected.candidate_id) == ("a", "c")
 
 

@@ -6,7 +6,9 @@ Writes iter_K/model/ (M_{t+1}, fp32 safetensors + tokenizer), iter_K/dpo_log.jso
        trainer log: loss, rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies)
 
 With fewer than `dpo.min_pairs` pairs the step is skipped: M_t is copied to model/ and the
-metrics say `skipped`. The metrics record the optimiser steps (a warning below `dpo.min_steps`), the
+metrics say `skipped`. The stage runs `dpo.epochs` passes over the pairs, more when that gives fewer
+than `dpo.min_steps` optimiser steps (up to `dpo.max_epochs` passes: `planned_steps`). The metrics record
+the optimiser steps and passes (a warning when still below `dpo.min_steps`), the
 final and mean `rewards/accuracies` and `rewards/margins`, and, measured after training on up to
 `dpo.shift_pairs` pairs, how far M_{t+1} moved from M_t (`policy_shift`).
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -55,6 +58,7 @@ def run(cfg: DPOStageConfig, policy: str, reference: str | None, it: IterPaths, 
     dataset = dataset.select_columns(["prompt", "chosen", "rejected"])
     on_gpu = torch.cuda.is_available()
     grad_accum = per_process_accumulation(cfg.grad_accum)
+    steps = planned_steps(len(dataset), cfg, grad_accum, int(os.environ.get("WORLD_SIZE", "1")))
     tokenizer = AutoTokenizer.from_pretrained(policy)
     model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32, use_safetensors=True)
     ref_model = (
@@ -70,7 +74,7 @@ def run(cfg: DPOStageConfig, policy: str, reference: str | None, it: IterPaths, 
             output_dir=scratch,
             beta=cfg.beta,
             learning_rate=cfg.learning_rate,
-            num_train_epochs=cfg.epochs,
+            max_steps=steps,
             per_device_train_batch_size=cfg.batch_size,
             gradient_accumulation_steps=grad_accum,
             warmup_steps=cfg.warmup_ratio,
@@ -105,10 +109,11 @@ def run(cfg: DPOStageConfig, policy: str, reference: str | None, it: IterPaths, 
     metrics = dpo_metrics(trainer.state.log_history, result.metrics, len(dataset))
     metrics["optimizer_steps"] = trainer.state.global_step
     metrics["effective_batch"] = cfg.batch_size * grad_accum * trainer.accelerator.num_processes
+    metrics["epochs"] = round(steps * metrics["effective_batch"] / len(dataset), 2)
     if metrics["optimizer_steps"] < cfg.min_steps:
         log.warning(
             "DPO ran %d optimiser steps, fewer than dpo.min_steps=%d: too few to move the model "
-            "(more prompts per iteration, more epochs or a smaller batch give more)",
+            "(more pairs per iteration, a larger dpo.max_epochs or a smaller batch give more)",
             metrics["optimizer_steps"],
             cfg.min_steps,
         )
@@ -118,6 +123,17 @@ def run(cfg: DPOStageConfig, policy: str, reference: str | None, it: IterPaths, 
         shift_rows = dataset.select(range(min(cfg.shift_pairs, len(dataset))))
         metrics["shift"] = policy_shift(policy, str(it.model), shift_rows, cfg.max_length)
     return metrics
+
+
+def planned_steps(n_pairs: int, cfg: DPOStageConfig, grad_accum: int, processes: int) -> int:
+    """Optimiser steps for `n_pairs`: `epochs` passes, raised to `min_steps` but never past `max_epochs` passes.
+
+    Steps per pass are ceil(ceil(n_pairs / (batch_size * processes)) / grad_accum), as the trainer counts
+    them. Example: 18 pairs, batch 2, accumulation 1, one process -> 9 per pass; epochs 3 give 27, raised
+    to min_steps 50 (5.6 passes, under max_epochs 8)."""
+    per_pass = max(1, math.ceil(math.ceil(n_pairs / (cfg.batch_size * processes)) / grad_accum))
+    at_least = math.ceil(cfg.epochs * per_pass)
+    return max(at_least, min(cfg.min_steps, math.ceil(cfg.max_epochs * per_pass)))
 
 
 def per_process_accumulation(grad_accum: int) -> int:
