@@ -205,6 +205,12 @@ class RunPaths:
         return self.root / "run.log"
 
     @property
+    def tracking(self) -> Path:
+        """TensorBoard event files (`tracking.report_to: tensorboard`): <stage>/ per trainer (iter_1/dpo,
+        iter_0/sft, ppo, ...) and loop/ for the loop's own metrics, the iteration as the step."""
+        return self.root / "tracking"
+
+    @property
     def lock(self) -> Path:
         """flock-ed by the process that runs the loop or a baseline on this run; holds its PID and command."""
         return self.root / ".lock"

@@ -12,6 +12,8 @@ selfreward eft build --labels FILE [--model M] [--out FILE]       # EFT data fro
 selfreward expert-iter --config configs/default.yaml --rounds 2    # baseline: SFT on the best judged answers
 selfreward ppo --config configs/default.yaml [--prompts F] [--pairs-from iterations/<run>/iter_K]  # PPO baseline
 selfreward tiny-model [--out .cache/models/tiny]                  # the tiny random model of configs/tiny.yaml
+selfreward status iterations/default                              # stages done / running / pending, with times
+selfreward push iterations/default --iter 1 --what pairs --repo you/pairs [--private] [--dry-run DIR]
 
 Each subcommand is one `cmd_<name>(args)`; every `errors.UserError` (config, data, a changed stage, a bad
 --where, a run locked by another process) is caught once in `main`, printed as one line, exit code 2.
@@ -148,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="train again even if a finished PPO run exists")
     p.set_defaults(func=cmd_ppo)
 
+    p = sub.add_parser("status", help="which stages of a run are done, running or pending, with their times")
+    p.add_argument("run", help="run folder, e.g. iterations/default")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("push", help="an iteration's pairs or model to the hub (or --dry-run DIR: what would go)")
+    p.add_argument("run", help="run folder, e.g. iterations/default")
+    p.add_argument("--iter", dest="iteration", type=int, required=True, help="iteration K (iter_K/)")
+    p.add_argument("--what", choices=["pairs", "model"], required=True)
+    p.add_argument("--repo", required=True, help="hub repo id, e.g. you/selfreward-pairs-iter1")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--dry-run", default=None, metavar="DIR", help="write what would be uploaded to DIR instead")
+    p.set_defaults(func=cmd_push)
+
     p = sub.add_parser("tiny-model", help="build the tiny random test model that configs/tiny.yaml names (make smoke)")
     _add_config_args(p)
     p.add_argument("--out", default=".cache/models/tiny", help="model folder (default: %(default)s)")
@@ -254,6 +269,44 @@ def cmd_ppo(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     print(run_ppo(cfg, args.prompts, args.pairs_from, argv=["selfreward", *args.argv], force=args.force).root)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    import time
+
+    from selfreward.baselines.expert_iter import ROUND_STAGES
+    from selfreward.loop.pipeline import SEED_STAGES, STAGES
+    from selfreward.runs import lock_holder, run_status
+
+    run = RunPaths(Path(args.run))
+    if not run.root.is_dir():
+        raise UserError(f"{run.root}: no such run folder")
+    cfg = load_config(run.config) if run.config.exists() else RunConfig()
+    found = [int(p.name[5:]) for p in run.root.glob("iter_*") if p.name[5:].isdigit()]
+    layout = [(run.iteration(0), SEED_STAGES)] if cfg.seed_sft or 0 in found else []
+    layout += [(run.iteration(k), STAGES) for k in range(1, max([cfg.iterations, *found]) + 1)]
+    rounds = sorted(int(p.name[6:]) for p in run.expert_iter.glob("round_*") if p.name[6:].isdigit())
+    layout += [(run.expert_round(k), ROUND_STAGES) for k in rounds]
+    holder = lock_holder(run)
+    print(f"{run.root}: " + (f"in use by {holder}" if holder else "not running"))
+    now = time.time()
+    for row in run_status(run, layout):
+        state, extra = row["state"], ""
+        if state == "done":
+            wall = f"{row['wall_s']:.0f} s" if row.get("wall_s") is not None else "?"
+            extra = f"{wall:>8}  finished {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row['finished']))}"
+        elif state == "running" and row.get("since"):
+            extra = f"{'':>8}  for {now - row['since']:.0f} s"
+        print(f"{row['folder']:<20} {row['stage']:<12} {state:<8} {extra}".rstrip())
+    if run.ppo.metrics.exists():
+        print(f"{'ppo':<20} {'train':<12} done")
+
+
+def cmd_push(args: argparse.Namespace) -> None:
+    from selfreward.hub import push
+
+    dry = Path(args.dry_run) if args.dry_run else None
+    print(push(RunPaths(Path(args.run)), args.iteration, args.what, args.repo, args.private, dry))
 
 
 def _eval_config(args: argparse.Namespace) -> tuple[RunConfig, RunPaths]:

@@ -369,6 +369,17 @@ class ExpertIterConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking: every trainer (seed SFT, DPO, reward model, PPO) and the loop's own numbers
+    (prompt funnel, judge scores, digit mass, pair funnel, DPO summary, win rates, judge accuracy) report
+    to one tracker under the run's name (`selfreward.tracking`)."""
+
+    report_to: Literal["none", "tensorboard", "wandb", "trackio", "mlflow"] = "none"
+    """`tensorboard` writes event files under iterations/<run>/tracking/ (offline; `tensorboard --logdir
+    iterations/<run>/tracking`); `wandb`, `trackio` and `mlflow` need their package installed and set up."""
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs. Saved as `iterations/<run>/config.yaml`."""
 
@@ -394,6 +405,7 @@ class RunConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     expert_iter: ExpertIterConfig = field(default_factory=ExpertIterConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def run_dir(self) -> Path:

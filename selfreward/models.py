@@ -129,10 +129,13 @@ def build_tiny_model(out: Path, tokenizer_source: str | Path, seed: int = 0) -> 
     return out
 
 
-def copy_model(src: str | Path, dst: Path) -> None:
-    """Copy a model folder atomically (used when an iteration skips training: M_{t+1} = M_t)."""
+def copy_model(src: str | Path, dst: Path, card: str | None = None) -> None:
+    """Copy a model folder atomically (used when an iteration skips training: M_{t+1} = M_t); `card`, when
+    given, replaces its README.md (the model card that says it is an unchanged copy)."""
     with atomic_path(dst) as tmp:
         shutil.copytree(src, tmp)
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
 
 
 def lora_config(r: int, alpha: int, dropout: float) -> Any:

@@ -68,9 +68,17 @@ class StageRunner:
     """Skips finished stages, runs the rest, records wall time and peak memory in metrics.json."""
 
     def __init__(
-        self, it: IterPaths, force: bool, upstream_ran: bool, chain: str, k: int, names: tuple[str, ...]
+        self,
+        it: IterPaths,
+        force: bool,
+        upstream_ran: bool,
+        chain: str,
+        k: int,
+        names: tuple[str, ...],
+        progress: Progress | None = None,
     ) -> None:
         self.it, self.force, self.ran, self.chain, self.names = it, force, upstream_ran, chain, names
+        self.k, self.progress = k, progress
         old = read_json(it.metrics) if it.metrics.exists() else {}
         self.metrics: dict[str, Any] = {"iteration": k, "stages": old.get("stages", {}), "engine": old.get("engine")}
 
@@ -89,6 +97,8 @@ class StageRunner:
         for later in self.names[self.names.index(name) :]:
             clear_marker(self.it, later)
         log.info("%s/%s: running", self.it.root.name, name)
+        if self.progress is not None:
+            log.info("%s", self.progress.line(self.it, self.k, self.names, name))
         with PeakMemory() as mem:
             start = time.perf_counter()
             stage_metrics = fn()
@@ -111,20 +121,61 @@ class StageRunner:
             write_json(self.it.metrics, self.metrics)
 
 
+class Progress:
+    """The run-level progress line logged as each stage starts, above the libraries' own bars:
+    `[default] iteration 2/3 · stage 3/5 judgements · elapsed 14m02s · ETA 17m10s`. The ETA is the
+    previous iteration's (round's) time for this iteration's remaining stages plus its total for each
+    iteration still to come; none before a first iteration has finished."""
+
+    def __init__(self, run_name: str, unit: str, total: int) -> None:
+        self.run_name, self.unit, self.total = run_name, unit, total
+        self.start = time.perf_counter()
+
+    def line(self, it: IterPaths, k: int, names: tuple[str, ...], name: str) -> str:
+        i = names.index(name)
+        head = f"[{self.run_name}] {self.unit} {k}/{self.total} · stage {i + 1}/{len(names)} {name}"
+        elapsed = f"elapsed {_clock(time.perf_counter() - self.start)}"
+        eta = eta_s(previous_stage_times(it, k), names, i, self.total - k)
+        return f"{head} · {elapsed} · " + (f"ETA {_clock(eta)}" if eta is not None else "ETA unknown")
+
+
+def previous_stage_times(it: IterPaths, k: int) -> dict[str, float]:
+    """Stage wall times of the iteration (round) before `it` (iter_{k-1}, round_{k-1}); {} when none."""
+    prev = it.root.with_name(it.root.name.rsplit("_", 1)[0] + f"_{k - 1}") / it.metrics.name
+    if k < 1 or not prev.exists():
+        return {}
+    return {name: float(s["wall_s"]) for name, s in read_json(prev).get("stages", {}).items() if "wall_s" in s}
+
+
+def eta_s(previous: dict[str, float], names: tuple[str, ...], index: int, iterations_after: int) -> float | None:
+    """Seconds left: the previous iteration's times of stages `names[index:]` plus its whole time for each of
+    `iterations_after` later iterations; None when the previous iteration did not run all of `names`."""
+    if not all(n in previous for n in names):
+        return None
+    return sum(previous[n] for n in names[index:]) + iterations_after * sum(previous[n] for n in names)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}h{m % 60:02d}m{s:02d}s" if m >= 60 else f"{m}m{s:02d}s"
+
+
 class RunChain:
     """The fingerprint chain through a run's iterations: iteration k's stages start from the chain where
     iteration k-1 ended, and a stage that ran makes every later stage run too."""
 
-    def __init__(self, cfg: RunConfig, force: bool) -> None:
+    def __init__(self, cfg: RunConfig, force: bool, progress: Progress | None = None) -> None:
         self.force = force
         self.upstream_ran = False
         self.fingerprint = fingerprint(cfg.model, cfg.seed)
+        self.progress = progress
 
     @contextmanager
     def iteration(self, it: IterPaths, k: int, names: tuple[str, ...]) -> Iterator[StageRunner]:
         """The stages of one iteration (or round) in `it`; totals are written and the chain carried on at
         the end."""
-        stages = StageRunner(it, self.force, self.upstream_ran, self.fingerprint, k, names)
+        progress = self.progress if k >= 1 else None  # the seed SFT is no iteration of the count
+        stages = StageRunner(it, self.force, self.upstream_ran, self.fingerprint, k, names, progress)
         yield stages
         stages.finish()
         self.upstream_ran, self.fingerprint = stages.ran, stages.chain
@@ -317,3 +368,43 @@ def add_log_file(path: Path) -> None:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def lock_holder(run: RunPaths) -> str | None:
+    """Who holds the run's lock (the PID, host and command it wrote), or None when no live process does.
+    Tested with a shared non-blocking flock released at once (a run starting in that instant sees it held)."""
+    if not run.lock.exists():
+        return None
+    with run.lock.open() as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip() or "another process"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+def run_status(run: RunPaths, layout: list[tuple[IterPaths, tuple[str, ...]]]) -> list[dict[str, Any]]:
+    """One row per stage of `layout` (each iteration's folder and stage names, in run order): `done` (its
+    marker exists; with its wall time from metrics.json and when it finished), `running` (the first stage not
+    done while a live process holds the run's lock; with how long since the stage before it finished) or
+    `pending`."""
+    held = lock_holder(run) is not None
+    rows, last_done, running_given = [], None, False
+    for it, names in layout:
+        stages = read_json(it.metrics).get("stages", {}) if it.metrics.exists() else {}
+        for name in names:
+            row: dict[str, Any] = {"folder": str(it.root.relative_to(run.root)), "stage": name}
+            if it.marker(name).exists():
+                last_done = it.marker(name).stat().st_mtime
+                row.update(state="done", wall_s=stages.get(name, {}).get("wall_s"), finished=last_done)
+            elif held and not running_given:
+                running_given = True
+                row.update(state="running", since=last_done)
+            else:
+                row.update(state="pending")
+            rows.append(row)
+    return rows

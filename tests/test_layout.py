@@ -7,7 +7,20 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "selfreward"
-TOP_LEVEL = {"cli", "config", "records", "artifacts", "models", "generation", "inputs", "runs", "errors"}
+TOP_LEVEL = {
+    "cli",
+    "config",
+    "records",
+    "artifacts",
+    "models",
+    "generation",
+    "inputs",
+    "runs",
+    "errors",
+    "cards",
+    "tracking",
+    "hub",
+}
 
 
 def package_imports() -> dict[str, set[str]]:

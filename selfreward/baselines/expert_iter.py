@@ -38,13 +38,15 @@ from selfreward.artifacts import (
     write_json,
     write_jsonl,
 )
+from selfreward.cards import Lineage
 from selfreward.config import RunConfig
 from selfreward.inputs import load_examples, load_prompt_file
 from selfreward.loop import judge, responses, sft
 from selfreward.loop.pipeline import seed_sft
 from selfreward.models import copy_model, model_of_iteration
 from selfreward.records import Candidate, Judgement, Prompt, required_fields, to_row
-from selfreward.runs import Engine, RunChain, StageRunner, open_run
+from selfreward.runs import Engine, Progress, RunChain, StageRunner, open_run
+from selfreward.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +106,7 @@ def write_data(it: IterPaths, threshold: float) -> dict:
     return counts
 
 
-def train(cfg: RunConfig, model: str, it: IterPaths, seed: int) -> dict:
+def train(cfg: RunConfig, model: str, it: IterPaths, seed: int, tracker: Tracker | None = None) -> dict:
     """Stage sft: fine-tune `model` on the kept answers (too few: the model is copied unchanged)."""
     examples = load_examples(it.sft_data)
     if len(examples) < cfg.expert_iter.min_examples:
@@ -112,7 +114,21 @@ def train(cfg: RunConfig, model: str, it: IterPaths, seed: int) -> dict:
         copy_model(model, it.model)
         write_jsonl(it.sft_log, [])
         return {"skipped": True, "examples": len(examples)}
-    return {"skipped": False, **sft.train_sft(model, examples, cfg.sft, it.model, seed, log_path=it.sft_log)}
+    lineage = Lineage(cfg.model, str(it.root.parent.parent), int(it.root.name.split("_")[-1]), model)
+    metrics = sft.train_sft(
+        model,
+        examples,
+        cfg.sft,
+        it.model,
+        seed,
+        log_path=it.sft_log,
+        tracker=tracker,
+        stage=f"expert_iter/{it.root.name}/sft",
+        lineage=lineage,
+        method="expert_iteration",
+        data_file=it.sft_data,
+    )
+    return {"skipped": False, **metrics}
 
 
 def run_round(cfg: RunConfig, it: IterPaths, model: str, prompts: list[Prompt], k: int, stages: StageRunner) -> None:
@@ -128,7 +144,7 @@ def run_round(cfg: RunConfig, it: IterPaths, model: str, prompts: list[Prompt], 
     stages.run("judgements", cfg.judge, lambda: judge.run(engine(), cfg.judge, it, seed))
     stages.metrics["engine"] = engine.close()
     stages.run("sft_data", x.threshold, lambda: write_data(it, x.threshold))
-    stages.run("sft", (cfg.sft, x.min_examples), lambda: train(cfg, model, it, seed))
+    stages.run("sft", (cfg.sft, x.min_examples), lambda: train(cfg, model, it, seed, Tracker.of(cfg)))
 
 
 def prompts_file(cfg: RunConfig, run: RunPaths, override: str | None) -> Path:
@@ -155,7 +171,7 @@ def expert_iterate(
     if cfg.expert_iter.max_prompts:
         rows = rows[: cfg.expert_iter.max_prompts]
     start = time.perf_counter()
-    chain = RunChain(cfg, force)
+    chain = RunChain(cfg, force, Progress(cfg.run_name, "round", rounds))
     seed_sft(cfg, run, chain)
     model = model_of_iteration(cfg, run, 0)
     summary = []
@@ -165,6 +181,8 @@ def expert_iterate(
         with chain.iteration(it, k, ROUND_STAGES) as stages:
             run_round(cfg, it, model, rows, k, stages)
         summary.append(read_json(it.metrics))
+        if stages.ran:
+            Tracker.of(cfg).log("expert_iter", flatten(summary[-1].get("stages", {})), k)
         model = str(it.model)
     wall = time.perf_counter() - start
     write_json(

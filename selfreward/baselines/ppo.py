@@ -36,7 +36,7 @@ import math
 import random
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +65,13 @@ from selfreward.baselines.rl_math import (
     masked_mean,
     whiten,
 )
+from selfreward.cards import Lineage, model_card
 from selfreward.config import ConfigError, PPOConfig, RunConfig, dump_yaml, fingerprint, train_bf16
 from selfreward.generation import open_generator
 from selfreward.inputs import load_prompt_file
 from selfreward.models import lora_config, model_of_iteration, resolve_model
 from selfreward.runs import PeakMemory, manifest, open_run
+from selfreward.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)
 
@@ -435,8 +437,12 @@ class PPOTrainer:
             "update_s": round(stats.seconds, 2),
         }
 
-    def train(self, prompts: list[str], steps: int, log_path: Path | None = None) -> list[dict[str, Any]]:
-        """`steps` updates over prompts cycled in a seeded shuffled order; the log is rewritten after each."""
+    def train(
+        self, prompts: list[str], steps: int, log_path: Path | None = None, tracker: Tracker | None = None
+    ) -> list[dict[str, Any]]:
+        """`steps` updates over prompts cycled in a seeded shuffled order; the log is rewritten after each and
+        every update's numbers go to the `tracker` (stage `ppo`, the update as the step)."""
+        tracker = tracker or Tracker()
         rng = random.Random(self.seed)
         order: list[str] = []
         rows = []
@@ -453,6 +459,7 @@ class PPOTrainer:
             rows.append(row)
             if log_path is not None:
                 write_jsonl(log_path, rows)
+            tracker.log("ppo", flatten(row), row["step"])
             log.info(
                 "ppo step %d/%d: reward %.3f (scaled %.3f) kl %.3f coef %.4f policy %.4f value %.4f (%.0f+%.0f s)",
                 row["step"],
@@ -468,14 +475,17 @@ class PPOTrainer:
             )
         return rows
 
-    def save_policy(self, out: Path) -> None:
-        """The actor (LoRA merged) as a model folder: fp32 safetensors + the starting policy's tokenizer."""
+    def save_policy(self, out: Path, card: str | None = None) -> None:
+        """The actor (LoRA merged) as a model folder: fp32 safetensors + the starting policy's tokenizer, and
+        `card` as its README.md."""
         from transformers import AutoTokenizer
 
         model = self.actor.merge_and_unload() if self.cfg.lora else self.actor
         with atomic_path(out) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             AutoTokenizer.from_pretrained(self.policy_path).save_pretrained(tmp)
+            if card is not None:
+                (tmp / "README.md").write_text(card, encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- the command
@@ -500,7 +510,14 @@ def make_reward(
     if cfg.ppo.reward == "model":
         pairs = IterPaths(Path(pairs_from)) if pairs_from else run.iteration(1)
         rm_metrics = train_reward_model(
-            cfg.ppo, policy, pairs.pairs_dataset, paths.reward_model, paths.reward_model_log, seed
+            cfg.ppo,
+            policy,
+            pairs.pairs_dataset,
+            paths.reward_model,
+            paths.reward_model_log,
+            seed,
+            Tracker.of(cfg),
+            Lineage(cfg.model, str(run.root), 0, policy),
         )
         rm_metrics["pairs_from"] = str(pairs.root)
         return ModelReward(paths.reward_model, cfg.ppo.rm_max_length), rm_metrics, None
@@ -557,8 +574,17 @@ def run_ppo(
         if not kept:
             raise DataError(f"{prompts_path}: every prompt is longer than ppo.max_prompt_tokens")
         log.info("ppo: policy %s, %d prompts from %s, reward %s", policy, len(kept), prompts_path, cfg.ppo.reward)
-        rows = trainer.train(kept, cfg.ppo.steps, paths.log)
-        trainer.save_policy(paths.model)
+        tracker = Tracker.of(cfg)
+        rows = trainer.train(kept, cfg.ppo.steps, paths.log, tracker)
+        lineage = Lineage(cfg.model, str(run.root), 0, policy)
+        data = {
+            "prompts": len(kept),
+            "prompts_file": str(prompts_path),
+            "updates": len(rows),
+            "reward": cfg.ppo.reward,
+        }
+        summary = {"optimizer_steps": trainer.optimizer_steps, "last_row": rows[-1] if rows else None}
+        trainer.save_policy(paths.model, model_card(lineage, "ppo", {"ppo": asdict(cfg.ppo)}, data, summary))
         if gen is not None:
             gen.close()
     wall = time.perf_counter() - start

@@ -11,15 +11,18 @@ Writes (train_reward_model) the reward model folder (fp32 safetensors + tokenize
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selfreward.artifacts import DataError, atomic_path, write_jsonl
+from selfreward.cards import Lineage, model_card
 from selfreward.config import JudgeConfig, PPOConfig, train_bf16
 from selfreward.loop.dpo import chat_ids as conversation_ids
 from selfreward.loop.judge import judge_texts
+from selfreward.tracking import Tracker
 
 if TYPE_CHECKING:
     from selfreward.generation import Generator
@@ -121,7 +124,14 @@ class ModelReward(RewardFunction):
 
 
 def train_reward_model(
-    cfg: PPOConfig, base_model: str, pairs_dir: Path, out: Path, log_path: Path, seed: int = 0
+    cfg: PPOConfig,
+    base_model: str,
+    pairs_dir: Path,
+    out: Path,
+    log_path: Path,
+    seed: int = 0,
+    tracker: Tracker | None = None,
+    lineage: Lineage | None = None,
 ) -> dict:
     """Train a reward model (AutoModelForSequenceClassification, num_labels=1, on `base_model`'s backbone)
     with TRL's RewardTrainer on the pairs dataset `pairs_dir` (an iteration's `pairs/`); writes it to `out`
@@ -130,6 +140,9 @@ def train_reward_model(
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
+
+    tracker = tracker or Tracker()
+    lineage = lineage or Lineage(base_model, str(Path(out).parent), 0, base_model)
 
     if not (Path(pairs_dir) / "dataset_info.json").exists():
         raise DataError(f"{pairs_dir}: not a pairs dataset (run the loop's pairs stage first, or pass --pairs-from)")
@@ -158,19 +171,24 @@ def train_reward_model(
             gradient_checkpointing=False,
             logging_steps=1,
             save_strategy="no",
-            report_to=[],
             seed=seed,
+            **tracker.trainer_args("ppo/reward_model"),
         )
-        trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        with tracker.trainer_env("ppo/reward_model"):
+            trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
         used = len(trainer.train_dataset)
         if used == 0:
             raise DataError(f"{pairs_dir}: every pair is longer than ppo.rm_max_length={cfg.rm_max_length}")
         result = trainer.train()
+        steps = [h for h in trainer.state.log_history if "loss" in h]
+        summary = {"steps": len(steps), "last": steps[-1] if steps else None}
+        data = {"pairs": str(pairs_dir), "pairs_used": used}
+        card = model_card(lineage, "reward_model", {"ppo": dataclasses.asdict(cfg)}, data, summary)
         with atomic_path(out) as tmp:
             trainer.model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            (tmp / "README.md").write_text(card, encoding="utf-8")
         write_jsonl(log_path, trainer.state.log_history)
-    steps = [h for h in trainer.state.log_history if "loss" in h]
     return {
         "pairs": len(dataset),
         "pairs_used": used,

@@ -54,6 +54,7 @@ from selfreward.inputs import load_prompt_file
 from selfreward.loop.judge import choice_token_ids, fill_template, judge_texts, read_template, sanitize
 from selfreward.models import resolve_model
 from selfreward.records import Prompt
+from selfreward.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)
 
@@ -264,4 +265,13 @@ def compare_run(cfg: RunConfig, run: RunPaths, judge: str | None = None) -> list
         log.info("compare: %s vs %s (judge %s)", label, base[0], judge_path)
         rows.append(head_to_head(cfg, run.compare_dir, (label, path), base, judge_path))
         save_rows(run.compare, rows[-1:], ("a", "b", "judge"))
+        log_row(Tracker.of(cfg), "compare", rows[-1], label, f"_vs_{base[0]}")
     return rows
+
+
+def log_row(tracker: Tracker, prefix: str, row: dict, label: str, suffix: str = "") -> None:
+    """A result row of the model `label` to the tracker's `eval/` at step t for M_t: iter_k's model is
+    M_{k+1}, so `iter_k` logs at k + 1; M0 and models from elsewhere at step 0."""
+    step = int(label.split("_")[1]) + 1 if label.startswith("iter_") and label[5:].isdigit() else 0
+    scalars = {f"{prefix}/{k}{suffix}": v for k, v in flatten(row).items()}
+    tracker.log("eval", scalars, step)

@@ -32,6 +32,7 @@ from selfreward.generation import open_generator
 from selfreward.inputs import LabelledItem, load_labels
 from selfreward.loop.judge import judge_texts
 from selfreward.models import resolve_model
+from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,8 @@ def judge_eval(
         name = labels if limit is None else f"{labels}[:{limit}]"  # a subset is its own row
         rows.append(evaluate(cfg, label, path, name, items, run, pairwise))
         compare.save_rows(run.judge_eval, rows[-1:], ("model", "labels", "judge_mode", "samples"))
+        tag = f"_{Path(name).stem}_{cfg.judge.mode}"
+        compare.log_row(Tracker.of(cfg), "judge_eval", rows[-1], label, tag)
     return rows
 
 

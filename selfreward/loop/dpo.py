@@ -23,6 +23,7 @@ Multi-GPU: the stage alone runs under `accelerate launch --config_file configs/a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -31,14 +32,28 @@ from pathlib import Path
 from typing import Any
 
 from selfreward.artifacts import IterPaths, RunPaths, atomic_path, write_jsonl
+from selfreward.cards import Lineage, model_card
 from selfreward.config import ConfigError, DPOStageConfig, load_config, train_bf16
 from selfreward.models import copy_model, lora_config, model_of_iteration, reference_for
+from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DPOStageConfig, policy: str, reference: str | None, it: IterPaths, seed: int = 0) -> dict:
-    """Train M_{t+1} from `policy` (M_t) on `it.pairs_dataset`; `reference` None means M_t itself."""
+def run(
+    cfg: DPOStageConfig,
+    policy: str,
+    reference: str | None,
+    it: IterPaths,
+    seed: int = 0,
+    tracker: Tracker | None = None,
+    lineage: Lineage | None = None,
+) -> dict:
+    """Train M_{t+1} from `policy` (M_t) on `it.pairs_dataset`; `reference` None means M_t itself. The model
+    folder gets a model card (`lineage`: where it comes from; by default just `policy`)."""
+    tracker = tracker or Tracker()
+    lineage = lineage or Lineage(policy, str(it.root.parent), 0, policy)
+    card_config = {"dpo": dataclasses.asdict(cfg), "reference": reference or policy}
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -51,9 +66,14 @@ def run(cfg: DPOStageConfig, policy: str, reference: str | None, it: IterPaths, 
             len(dataset),
             cfg.min_pairs,
         )
-        copy_model(policy, it.model)
+        skipped = {
+            "skipped": True,
+            "reason": f"{len(dataset)} pairs < min_pairs {cfg.min_pairs}",
+            "pairs": len(dataset),
+        }
+        copy_model(policy, it.model, card=model_card(lineage, "dpo", card_config, pairs_data(it, 0), skipped))
         write_jsonl(it.dpo_log, [])
-        return {"skipped": True, "reason": f"{len(dataset)} pairs < min_pairs {cfg.min_pairs}", "pairs": len(dataset)}
+        return skipped
 
     dataset = dataset.select_columns(["prompt", "chosen", "rejected"])
     on_gpu = torch.cuda.is_available()
@@ -85,19 +105,24 @@ def run(cfg: DPOStageConfig, policy: str, reference: str | None, it: IterPaths, 
             gradient_checkpointing=cfg.gradient_checkpointing,
             logging_steps=cfg.logging_steps,
             save_strategy="no",
-            report_to="none",
             seed=seed,
             disable_tqdm=False,
+            **tracker.trainer_args(f"{it.root.name}/dpo"),
         )
-        trainer = DPOTrainer(
-            model=model,
-            ref_model=ref_model,
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
+        with tracker.trainer_env(f"{it.root.name}/dpo"):
+            trainer = DPOTrainer(
+                model=model,
+                ref_model=ref_model,
+                args=args,
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                peft_config=peft_config,
+            )
         result = trainer.train()
+        metrics = dpo_metrics(trainer.state.log_history, result.metrics, len(dataset))
+        metrics["optimizer_steps"] = trainer.state.global_step
+        metrics["effective_batch"] = cfg.batch_size * grad_accum * trainer.accelerator.num_processes
+        metrics["epochs"] = round(steps * metrics["effective_batch"] / len(dataset), 2)
         trained = trainer.model
         if cfg.lora:
             trained = trained.merge_and_unload()
@@ -105,11 +130,9 @@ def run(cfg: DPOStageConfig, policy: str, reference: str | None, it: IterPaths, 
             with atomic_path(it.model) as tmp:
                 trainer.accelerator.unwrap_model(trained).save_pretrained(tmp, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)
+                card = model_card(lineage, "dpo", card_config, pairs_data(it, len(dataset)), metrics)
+                (tmp / "README.md").write_text(card, encoding="utf-8")
             write_jsonl(it.dpo_log, trainer.state.log_history)
-    metrics = dpo_metrics(trainer.state.log_history, result.metrics, len(dataset))
-    metrics["optimizer_steps"] = trainer.state.global_step
-    metrics["effective_batch"] = cfg.batch_size * grad_accum * trainer.accelerator.num_processes
-    metrics["epochs"] = round(steps * metrics["effective_batch"] / len(dataset), 2)
     if metrics["optimizer_steps"] < cfg.min_steps:
         log.warning(
             "DPO ran %d optimiser steps, fewer than dpo.min_steps=%d: too few to move the model "
@@ -123,6 +146,11 @@ def run(cfg: DPOStageConfig, policy: str, reference: str | None, it: IterPaths, 
         shift_rows = dataset.select(range(min(cfg.shift_pairs, len(dataset))))
         metrics["shift"] = policy_shift(policy, str(it.model), shift_rows, cfg.max_length)
     return metrics
+
+
+def pairs_data(it: IterPaths, used: int) -> dict[str, Any]:
+    """The training data of a DPO model card: the pairs folder and how many pairs were used."""
+    return {"pairs": str(it.pairs_dataset), "pairs_used": used}
 
 
 def planned_steps(n_pairs: int, cfg: DPOStageConfig, grad_accum: int, processes: int) -> int:

@@ -1,7 +1,8 @@
 """Stage 4: per prompt, the best-scored candidate (chosen) vs the worst-scored (rejected).
 
 Reads  iter_K/prompts.jsonl, candidates.jsonl, judgements.jsonl
-Writes iter_K/pairs.jsonl and iter_K/pairs/ (a `datasets` dataset on disk), both in TRL's
+Writes iter_K/pairs.jsonl and iter_K/pairs/ (a `datasets` dataset on disk, with a dataset card
+       README.md: counts, rules, the judge and its template's sha256), both in TRL's
        conversational preference format (`prompt`, `chosen`, `rejected` as message lists) with
        metadata: ids, scores, margin, token lengths.
 
@@ -29,13 +30,15 @@ score and token count over the scored candidates, and the mean chosen-minus-reje
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from selfreward.artifacts import IterPaths, atomic_path, read_jsonl, write_jsonl
-from selfreward.config import PairsConfig
+from selfreward.cards import Lineage, dataset_card, sha256_file
+from selfreward.config import JudgeConfig, PairsConfig
 from selfreward.records import Candidate, Judgement, PreferencePair, Prompt, required_fields, to_row
 
 
@@ -186,7 +189,16 @@ def truncation_check(tokenizer, max_length: int) -> Callable[[str, str, str], bo
     return identical
 
 
-def run(cfg: PairsConfig, it: IterPaths, tokenizer, max_length: int) -> dict:
+def run(
+    cfg: PairsConfig,
+    it: IterPaths,
+    tokenizer,
+    max_length: int,
+    judge: JudgeConfig | None = None,
+    lineage: Lineage | None = None,
+) -> dict:
+    """The stage: pairs.jsonl and pairs/ with its dataset card (`judge`: how the candidates were judged,
+    `lineage`: by which model of which run)."""
     import datasets
 
     prompts = read_jsonl(it.prompts, required_fields(Prompt))
@@ -195,11 +207,8 @@ def run(cfg: PairsConfig, it: IterPaths, tokenizer, max_length: int) -> dict:
     pairs, dropped = make_pairs(prompts, candidates, judgements, cfg, truncation_check(tokenizer, max_length))
     rows = [to_row(p) for p in pairs]
     dataset = datasets.Dataset.from_list(rows) if rows else _empty_dataset()
-    with atomic_path(it.pairs_dataset) as tmp:
-        dataset.save_to_disk(str(tmp), num_shards=1 if not rows else None)
-    write_jsonl(it.pairs, rows)
     n = len(pairs)
-    return {
+    metrics = {
         "pairs": n,
         "prompts": len(prompts),
         "prompts_without_pair": dropped,
@@ -209,6 +218,27 @@ def run(cfg: PairsConfig, it: IterPaths, tokenizer, max_length: int) -> dict:
         "mean_chosen_tokens": sum(p.chosen_tokens for p in pairs) / n if n else None,
         "mean_rejected_tokens": sum(p.rejected_tokens for p in pairs) / n if n else None,
     }
+    card = pairs_card(cfg, judge or JudgeConfig(), lineage or Lineage("unknown", str(it.root.parent), 0, ""), metrics)
+    with atomic_path(it.pairs_dataset) as tmp:
+        dataset.save_to_disk(str(tmp), num_shards=1 if not rows else None)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+    write_jsonl(it.pairs, rows)
+    return metrics
+
+
+def pairs_card(cfg: PairsConfig, judge: JudgeConfig, lineage: Lineage, metrics: dict) -> str:
+    """The dataset card of pairs/: counts, the pairing rules, the judge (model, mode, K, template hash)."""
+    counts = {k: metrics[k] for k in ("pairs", "prompts", "prompts_without_pair")}
+    judged_by = {
+        "model": lineage.parent,
+        "mode": judge.mode,
+        "samples": judge.samples,
+        "temperature": judge.temperature,
+        "template": judge.template,
+        "template_sha256": sha256_file(judge.template),
+    }
+    rest = {k: v for k, v in metrics.items() if k not in counts}
+    return dataset_card(lineage, judged_by, dataclasses.asdict(cfg), counts, rest)
 
 
 def _empty_dataset():

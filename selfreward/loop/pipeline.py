@@ -16,12 +16,14 @@ import logging
 import time
 from typing import Any
 
-from selfreward.artifacts import RunPaths, read_jsonl
+from selfreward.artifacts import RunPaths, read_json, read_jsonl
+from selfreward.cards import Lineage
 from selfreward.config import RunConfig
 from selfreward.inputs import load_prompt_file, load_seed_pool
 from selfreward.loop import dpo, judge, pairs, prompt_gen, responses, sft
 from selfreward.models import base_model, model_of_iteration, reference_for
-from selfreward.runs import Engine, RunChain, StageRunner, file_digests, open_run, record_invocation
+from selfreward.runs import Engine, Progress, RunChain, StageRunner, file_digests, open_run, record_invocation
+from selfreward.tracking import Tracker, log_iteration
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,17 @@ def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) ->
     stages.run("candidates", cfg.responses, lambda: responses.run(engine(), cfg.responses, it, seed))
     stages.run("judgements", cfg.judge, lambda: judge.run(engine(), cfg.judge, it, seed))
     stages.metrics["engine"] = engine.close()  # the engine's memory is released before training
+    lineage = Lineage(cfg.model, str(run.root), k, model)
     stages.run(
         "pairs",
         (cfg.pairs, cfg.dpo.max_length),
-        lambda: pairs.run(cfg.pairs, it, tokenizer(model), cfg.dpo.max_length),
+        lambda: pairs.run(cfg.pairs, it, tokenizer(model), cfg.dpo.max_length, cfg.judge, lineage),
     )
-    stages.run("dpo", (cfg.dpo, reference), lambda: dpo.run(cfg.dpo, model, reference, it, seed))
+    stages.run(
+        "dpo",
+        (cfg.dpo, reference),
+        lambda: dpo.run(cfg.dpo, model, reference, it, seed, Tracker.of(cfg), lineage),
+    )
 
 
 def run_seed_sft(cfg: RunConfig, run: RunPaths, stages: StageRunner) -> None:
@@ -68,7 +75,7 @@ def run_seed_sft(cfg: RunConfig, run: RunPaths, stages: StageRunner) -> None:
         file_digests([cfg.seed_data.instructions, cfg.seed_data.ranked, cfg.judge.template, cfg.sft.eft_data]),
     )
     stages.run("sft_data", data_inputs, lambda: sft.write_data(cfg.seed_data, cfg.judge, cfg.sft, it, cfg.seed))
-    stages.run("sft", cfg.sft, lambda: sft.run(cfg.sft, base, it, cfg.seed))
+    stages.run("sft", cfg.sft, lambda: sft.run(cfg.sft, base, it, cfg.seed, Tracker.of(cfg)))
 
 
 def seed_sft(cfg: RunConfig, run: RunPaths, chain: RunChain) -> None:
@@ -84,12 +91,14 @@ def iterate(cfg: RunConfig, iterations: int, force: bool = False, argv: list[str
     run = open_run(cfg)
     record_invocation(cfg, run, argv)
     start = time.perf_counter()
-    chain = RunChain(cfg, force)
+    chain = RunChain(cfg, force, Progress(cfg.run_name, "iteration", iterations))
     seed_sft(cfg, run, chain)
     for k in range(1, iterations + 1):
         log.info("iteration %d/%d: %s", k, iterations, run.iteration(k).root)
         with chain.iteration(run.iteration(k), k, STAGES) as stages:
             run_iteration(cfg, run, k, stages)
+        if stages.ran:
+            log_iteration(Tracker.of(cfg), k, read_json(run.iteration(k).metrics))
     log.info("done: %d iterations in %s (%.0f s this invocation)", iterations, run.root, time.perf_counter() - start)
     return run
 

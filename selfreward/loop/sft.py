@@ -22,6 +22,7 @@ Run alone: the stages run as iter_0 of `selfreward iterate` (config `seed_sft: t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import tempfile
@@ -29,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from selfreward.artifacts import DataError, IterPaths, atomic_path, write_jsonl
+from selfreward.cards import Lineage, model_card
 from selfreward.config import JudgeConfig, SeedConfig, SFTStageConfig, train_bf16
 from selfreward.inputs import load_examples, load_instructions
 from selfreward.loop import eft
 from selfreward.models import lora_config
+from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +90,21 @@ def write_data(
 # --------------------------------------------------------------------------- training
 
 
-def run(cfg: SFTStageConfig, model: str, it: IterPaths, seed: int = 0) -> dict:
+def run(cfg: SFTStageConfig, model: str, it: IterPaths, seed: int = 0, tracker: Tracker | None = None) -> dict:
     """Stage sft: train M1 from `model` (M0) on iter_0/sft_data.jsonl."""
-    return train_sft(model, load_examples(it.sft_data), cfg, it.model, seed, log_path=it.sft_log)
+    lineage = Lineage(model, str(it.root.parent), 0, model)
+    return train_sft(
+        model,
+        load_examples(it.sft_data),
+        cfg,
+        it.model,
+        seed,
+        log_path=it.sft_log,
+        tracker=tracker,
+        stage=f"{it.root.name}/sft",
+        lineage=lineage,
+        data_file=it.sft_data,
+    )
 
 
 def to_prompt_completion(example: dict) -> dict:
@@ -98,7 +113,15 @@ def to_prompt_completion(example: dict) -> dict:
     return {"prompt": example["messages"][:-1], "completion": example["messages"][-1:]}
 
 
-def build_trainer(model_path: str, examples: list[dict], cfg: SFTStageConfig, scratch: str, seed: int = 0) -> Any:
+def build_trainer(
+    model_path: str,
+    examples: list[dict],
+    cfg: SFTStageConfig,
+    scratch: str,
+    seed: int = 0,
+    tracker: Tracker | None = None,
+    stage: str = "sft",
+) -> Any:
     """An SFTTrainer with its dataset tokenised (`trainer.train_dataset` has input_ids and labels, -100
     where no loss is taken); examples longer than `cfg.max_length` are left out (`trainer.dropped_too_long`)."""
     import datasets
@@ -106,6 +129,7 @@ def build_trainer(model_path: str, examples: list[dict], cfg: SFTStageConfig, sc
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    tracker = tracker or Tracker()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = [to_prompt_completion(e) for e in examples]
     lengths = [
@@ -133,17 +157,18 @@ def build_trainer(model_path: str, examples: list[dict], cfg: SFTStageConfig, sc
         gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps,
         save_strategy="no",
-        report_to="none",
         seed=seed,
         disable_tqdm=False,
+        **tracker.trainer_args(stage),
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(fitting),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+    with tracker.trainer_env(stage):
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=datasets.Dataset.from_list(fitting),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
     trainer.dropped_too_long = len(rows) - len(fitting)
     return trainer
 
@@ -155,26 +180,37 @@ def train_sft(
     out_dir: Path,
     seed: int = 0,
     log_path: Path | None = None,
+    tracker: Tracker | None = None,
+    stage: str = "sft",
+    lineage: Lineage | None = None,
+    method: str = "sft",
+    data_file: Path | None = None,
 ) -> dict:
     """Fine-tune `model_path` on chat `examples` ({"messages": [..., assistant]}) and save the result to
-    `out_dir` (fp32 safetensors + tokenizer, written atomically); every trainer log goes to `log_path`."""
+    `out_dir` (fp32 safetensors + tokenizer and a model card from `lineage`, written atomically); every
+    trainer log goes to `log_path` and to the `tracker` as `stage`."""
+    lineage = lineage or Lineage(model_path, str(Path(out_dir).parent), 0, model_path)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sft-", dir=out_dir.parent) as scratch:
-        trainer = build_trainer(model_path, examples, cfg, scratch, seed)
+        trainer = build_trainer(model_path, examples, cfg, scratch, seed, tracker, stage)
         if trainer.dropped_too_long:
             log.warning("sft: %d examples longer than %d tokens left out", trainer.dropped_too_long, cfg.max_length)
         result = trainer.train()
         trained = trainer.model
         if cfg.lora:
             trained = trained.merge_and_unload()
+        metrics = sft_metrics(trainer.state, result.metrics, len(examples), trainer.dropped_too_long)
         if trainer.accelerator.is_main_process:
             with atomic_path(out_dir) as tmp:
                 trainer.accelerator.unwrap_model(trained).save_pretrained(tmp, safe_serialization=True)
                 trainer.processing_class.save_pretrained(tmp)
+                data = {"examples": len(examples), "file": str(data_file) if data_file else None}
+                card = model_card(lineage, method, {"sft": dataclasses.asdict(cfg)}, data, metrics)
+                (tmp / "README.md").write_text(card, encoding="utf-8")
             if log_path is not None:
                 write_jsonl(log_path, trainer.state.log_history)
-    return sft_metrics(trainer.state, result.metrics, len(examples), trainer.dropped_too_long)
+    return metrics
 
 
 def sft_metrics(state: Any, train_metrics: dict, examples: int, dropped_too_long: int) -> dict:
