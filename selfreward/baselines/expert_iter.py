@@ -32,6 +32,8 @@ from selfreward.artifacts import (
     DataError,
     IterPaths,
     RunPaths,
+    file_digest,
+    model_digest,
     project_file,
     read_json,
     read_jsonl,
@@ -42,10 +44,10 @@ from selfreward.cards import Lineage
 from selfreward.config import RunConfig
 from selfreward.inputs import load_examples, load_prompt_file
 from selfreward.loop import judge, responses, sft
-from selfreward.loop.pipeline import seed_sft
+from selfreward.loop.pipeline import engine_settings, seed_sft
 from selfreward.models import copy_model, model_of_iteration
 from selfreward.records import Candidate, Judgement, Prompt, required_fields, to_row
-from selfreward.runs import Engine, Progress, RunChain, StageRunner, open_run
+from selfreward.runs import Engine, Progress, RunChain, StageRunner, file_digests, open_run
 from selfreward.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,7 @@ def train(cfg: RunConfig, model: str, it: IterPaths, seed: int, tracker: Tracker
         lineage=lineage,
         method="expert_iteration",
         data_file=it.sft_data,
+        checkpoints=it.checkpoints("sft"),
     )
     return {"skipped": False, **metrics}
 
@@ -139,12 +142,34 @@ def run_round(cfg: RunConfig, it: IterPaths, model: str, prompts: list[Prompt], 
     engine = Engine(cfg, model)
     stages.metrics["start_model"] = model
     rows = [to_row(p) for p in prompts]
+    start = model_digest(model)
+    gen_settings = engine_settings(cfg)
     stages.run("prompts", rows, lambda: {"prompts": write_jsonl(it.prompts, rows)})
-    stages.run("candidates", responses_cfg, lambda: responses.run(engine(), responses_cfg, it, seed))
-    stages.run("judgements", cfg.judge, lambda: judge.run(engine(), cfg.judge, it, seed))
+    stages.run(
+        "candidates",
+        (responses_cfg, gen_settings),
+        lambda: responses.run(engine(), responses_cfg, it, seed),
+        inputs=lambda: (start, file_digest(it.prompts)),
+    )
+    stages.run(
+        "judgements",
+        (cfg.judge, file_digests([cfg.judge.template]), gen_settings),
+        lambda: judge.run(engine(), cfg.judge, it, seed),
+        inputs=lambda: (start, file_digest(it.candidates)),
+    )
     stages.metrics["engine"] = engine.close()
-    stages.run("sft_data", x.threshold, lambda: write_data(it, x.threshold))
-    stages.run("sft", (cfg.sft, x.min_examples), lambda: train(cfg, model, it, seed, Tracker.of(cfg)))
+    stages.run(
+        "sft_data",
+        x.threshold,
+        lambda: write_data(it, x.threshold),
+        inputs=lambda: [file_digest(p) for p in (it.prompts, it.candidates, it.judgements)],
+    )
+    stages.run(
+        "sft",
+        (cfg.sft, x.min_examples),
+        lambda: train(cfg, model, it, seed, Tracker.of(cfg)),
+        inputs=lambda: (start, file_digest(it.sft_data)),
+    )
 
 
 def prompts_file(cfg: RunConfig, run: RunPaths, override: str | None) -> Path:

@@ -49,6 +49,7 @@ from selfreward.artifacts import (
     PPOPaths,
     RunPaths,
     atomic_path,
+    model_digest,
     read_json,
     write_json,
     write_jsonl,
@@ -549,7 +550,8 @@ def run_ppo(
     prompts_path = Path(prompts_file) if prompts_file else run.iteration(1).prompts
     prompts = [p.text for p in load_prompt_file(prompts_path)]
     policy = start_policy(cfg, run)
-    key = fingerprint(cfg.ppo, cfg.judge, policy, prompts, pairs_from, cfg.seed)
+    # the start policy's weights (iter_0 retrained: a new PPO run), not only its path
+    key = fingerprint(cfg.ppo, cfg.judge, policy, model_digest(policy), prompts, pairs_from, cfg.seed)
     if paths.metrics.exists() and (paths.model / "config.json").exists() and not force:
         if read_json(paths.metrics).get("fingerprint") == key:
             log.info("ppo: %s is finished with the same settings; nothing to do (--force trains again)", paths.root)

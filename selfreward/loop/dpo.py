@@ -2,7 +2,8 @@
 
 Reads  iter_K/pairs/ (datasets on disk), the model folder of M_t (and, when `dpo.reference: initial`,
        of the run's first model: M1 of the seed SFT, or M0 with `seed_sft: false`)
-Writes iter_K/model/ (M_{t+1}, fp32 safetensors + tokenizer), iter_K/dpo_log.jsonl (every
+Writes iter_K/model/ (M_{t+1}, fp32 safetensors + tokenizer + model card README.md), iter_K/checkpoints/dpo/
+       while it trains (every `dpo.save_steps`; a killed stage resumes there), iter_K/dpo_log.jsonl (every
        trainer log: loss, rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies)
 
 With fewer than `dpo.min_pairs` pairs the step is skipped: M_t is copied to model/ and the
@@ -27,13 +28,22 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from selfreward.artifacts import IterPaths, RunPaths, atomic_path, write_jsonl
+from selfreward.artifacts import (
+    IterPaths,
+    RunPaths,
+    atomic_path,
+    file_digest,
+    model_digest,
+    resume_checkpoint,
+    write_jsonl,
+)
 from selfreward.cards import Lineage, model_card
-from selfreward.config import ConfigError, DPOStageConfig, load_config, train_bf16
+from selfreward.config import ConfigError, DPOStageConfig, fingerprint, load_config, train_bf16
 from selfreward.models import copy_model, lora_config, model_of_iteration, reference_for
 from selfreward.tracking import Tracker
 
@@ -78,7 +88,8 @@ def run(
     dataset = dataset.select_columns(["prompt", "chosen", "rejected"])
     on_gpu = torch.cuda.is_available()
     grad_accum = per_process_accumulation(cfg.grad_accum)
-    steps = planned_steps(len(dataset), cfg, grad_accum, int(os.environ.get("WORLD_SIZE", "1")))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps = planned_steps(len(dataset), cfg, grad_accum, world)
     tokenizer = AutoTokenizer.from_pretrained(policy)
     model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32, use_safetensors=True)
     ref_model = (
@@ -89,9 +100,13 @@ def run(
     peft_config = None
     if cfg.lora:
         peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    # checkpoints on one process only: ranks preparing the folder together would race
+    keep = it.checkpoints("dpo") if cfg.save_steps > 0 and world == 1 else None
+    key = fingerprint(cfg, policy, model_digest(policy), reference, file_digest(it.pairs), seed)
+    resume = resume_checkpoint(keep, key) if keep is not None else None
     with tempfile.TemporaryDirectory(prefix="dpo-", dir=it.root) as scratch:
         args = DPOConfig(
-            output_dir=scratch,
+            output_dir=str(keep or scratch),
             beta=cfg.beta,
             learning_rate=cfg.learning_rate,
             max_steps=steps,
@@ -104,7 +119,9 @@ def run(
             use_cpu=not on_gpu,
             gradient_checkpointing=cfg.gradient_checkpointing,
             logging_steps=cfg.logging_steps,
-            save_strategy="no",
+            save_strategy="steps" if keep else "no",
+            save_steps=cfg.save_steps or 500,
+            save_total_limit=1,
             seed=seed,
             disable_tqdm=False,
             **tracker.trainer_args(f"{it.root.name}/dpo"),
@@ -118,8 +135,12 @@ def run(
                 processing_class=tokenizer,
                 peft_config=peft_config,
             )
-        result = trainer.train()
+        if resume is not None:
+            log.info("dpo: resuming from %s", resume)
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         metrics = dpo_metrics(trainer.state.log_history, result.metrics, len(dataset))
+        if resume is not None:
+            metrics["resumed_from_step"] = int(resume.name.split("-")[1])
         metrics["optimizer_steps"] = trainer.state.global_step
         metrics["effective_batch"] = cfg.batch_size * grad_accum * trainer.accelerator.num_processes
         metrics["epochs"] = round(steps * metrics["effective_batch"] / len(dataset), 2)
@@ -133,6 +154,8 @@ def run(
                 card = model_card(lineage, "dpo", card_config, pairs_data(it, len(dataset)), metrics)
                 (tmp / "README.md").write_text(card, encoding="utf-8")
             write_jsonl(it.dpo_log, trainer.state.log_history)
+            if keep is not None:
+                shutil.rmtree(keep, ignore_errors=True)
     if metrics["optimizer_steps"] < cfg.min_steps:
         log.warning(
             "DPO ran %d optimiser steps, fewer than dpo.min_steps=%d: too few to move the model "

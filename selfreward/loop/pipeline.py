@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from selfreward.artifacts import RunPaths, read_json, read_jsonl
+from selfreward.artifacts import RunPaths, file_digest, model_digest, read_json, read_jsonl
 from selfreward.cards import Lineage
 from selfreward.config import RunConfig
 from selfreward.inputs import load_prompt_file, load_seed_pool
@@ -42,25 +42,49 @@ def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) ->
     seed = cfg.seed * 1000 + k
     engine = Engine(cfg, model)  # started on first use, serves stages 1-3
 
+    gen_settings = engine_settings(cfg)
+    templates = file_digests([cfg.prompt_gen.template, cfg.seed_data.instructions])
+    start = model_digest(model)
+
+    # `config` (what the user chose) is refused when it changed; `inputs` (what earlier stages made) redo
     stages.run(
         "prompts",
-        (cfg.prompt_gen, pool, excluded),
+        (cfg.prompt_gen, excluded, templates, gen_settings),
         lambda: prompt_gen.run(engine(), cfg.prompt_gen, pool, it, k, seed, excluded),
+        inputs=lambda: (start, pool),
     )
-    stages.run("candidates", cfg.responses, lambda: responses.run(engine(), cfg.responses, it, seed))
-    stages.run("judgements", cfg.judge, lambda: judge.run(engine(), cfg.judge, it, seed))
+    stages.run(
+        "candidates",
+        (cfg.responses, gen_settings),
+        lambda: responses.run(engine(), cfg.responses, it, seed),
+        inputs=lambda: (start, file_digest(it.prompts)),
+    )
+    stages.run(
+        "judgements",
+        (cfg.judge, file_digests([cfg.judge.template]), gen_settings),
+        lambda: judge.run(engine(), cfg.judge, it, seed),
+        inputs=lambda: (start, file_digest(it.candidates)),
+    )
     stages.metrics["engine"] = engine.close()  # the engine's memory is released before training
     lineage = Lineage(cfg.model, str(run.root), k, model)
     stages.run(
         "pairs",
         (cfg.pairs, cfg.dpo.max_length),
         lambda: pairs.run(cfg.pairs, it, tokenizer(model), cfg.dpo.max_length, cfg.judge, lineage),
+        inputs=lambda: [file_digest(p) for p in (it.prompts, it.candidates, it.judgements)],
     )
     stages.run(
         "dpo",
         (cfg.dpo, reference),
         lambda: dpo.run(cfg.dpo, model, reference, it, seed, Tracker.of(cfg), lineage),
+        inputs=lambda: (start, model_digest(reference) if reference else None, file_digest(it.pairs)),
     )
+
+
+def engine_settings(cfg: RunConfig) -> tuple:
+    """The engine settings that change what a generation stage writes (the engine, the weights' dtype, and
+    the context length, which decides which prompts are `too_long`)."""
+    return (cfg.engine.backend, cfg.engine.dtype, cfg.engine.max_model_len)
 
 
 def run_seed_sft(cfg: RunConfig, run: RunPaths, stages: StageRunner) -> None:
@@ -75,7 +99,12 @@ def run_seed_sft(cfg: RunConfig, run: RunPaths, stages: StageRunner) -> None:
         file_digests([cfg.seed_data.instructions, cfg.seed_data.ranked, cfg.judge.template, cfg.sft.eft_data]),
     )
     stages.run("sft_data", data_inputs, lambda: sft.write_data(cfg.seed_data, cfg.judge, cfg.sft, it, cfg.seed))
-    stages.run("sft", cfg.sft, lambda: sft.run(cfg.sft, base, it, cfg.seed, Tracker.of(cfg)))
+    stages.run(
+        "sft",
+        cfg.sft,
+        lambda: sft.run(cfg.sft, base, it, cfg.seed, Tracker.of(cfg)),
+        inputs=lambda: (model_digest(base), file_digest(it.sft_data)),
+    )
 
 
 def seed_sft(cfg: RunConfig, run: RunPaths, chain: RunChain) -> None:
@@ -89,9 +118,9 @@ def seed_sft(cfg: RunConfig, run: RunPaths, chain: RunChain) -> None:
 def iterate(cfg: RunConfig, iterations: int, force: bool = False, argv: list[str] | None = None) -> RunPaths:
     """Run (or resume) iterations 1..`iterations` of the run `cfg.run_dir`."""
     run = open_run(cfg)
-    record_invocation(cfg, run, argv)
     start = time.perf_counter()
-    chain = RunChain(cfg, force, Progress(cfg.run_name, "iteration", iterations))
+    progress = Progress(cfg.run_name, "iteration", iterations)
+    chain = RunChain(cfg, force, progress, before_first_run=lambda: record_invocation(cfg, run, argv))
     seed_sft(cfg, run, chain)
     for k in range(1, iterations + 1):
         log.info("iteration %d/%d: %s", k, iterations, run.iteration(k).root)

@@ -8,7 +8,8 @@ Writes iter_0/sft_data.jsonl: {"messages": [user, assistant], "source": "ift" | 
 
 Stage `sft`
 Reads  iter_0/sft_data.jsonl, the base model M0
-Writes iter_0/model/ (M1, fp32 safetensors + tokenizer), iter_0/sft_log.jsonl (every trainer log)
+Writes iter_0/model/ (M1, fp32 safetensors + tokenizer + model card README.md), iter_0/checkpoints/sft/ while
+       it trains (every `sft.save_steps`; a killed stage resumes there), iter_0/sft_log.jsonl (every trainer log)
 
 The loss covers the assistant's reply only (`sft.assistant_only_loss`): each example goes to TRL in the
 conversational prompt-completion format (prompt = the messages before the last, completion = the last,
@@ -25,13 +26,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from selfreward.artifacts import DataError, IterPaths, atomic_path, write_jsonl
+from selfreward.artifacts import DataError, IterPaths, atomic_path, model_digest, resume_checkpoint, write_jsonl
 from selfreward.cards import Lineage, model_card
-from selfreward.config import JudgeConfig, SeedConfig, SFTStageConfig, train_bf16
+from selfreward.config import JudgeConfig, SeedConfig, SFTStageConfig, fingerprint, train_bf16
 from selfreward.inputs import load_examples, load_instructions
 from selfreward.loop import eft
 from selfreward.models import lora_config
@@ -104,6 +106,7 @@ def run(cfg: SFTStageConfig, model: str, it: IterPaths, seed: int = 0, tracker: 
         stage=f"{it.root.name}/sft",
         lineage=lineage,
         data_file=it.sft_data,
+        checkpoints=it.checkpoints("sft"),
     )
 
 
@@ -121,9 +124,11 @@ def build_trainer(
     seed: int = 0,
     tracker: Tracker | None = None,
     stage: str = "sft",
+    save_steps: int = 0,
 ) -> Any:
     """An SFTTrainer with its dataset tokenised (`trainer.train_dataset` has input_ids and labels, -100
-    where no loss is taken); examples longer than `cfg.max_length` are left out (`trainer.dropped_too_long`)."""
+    where no loss is taken); examples longer than `cfg.max_length` are left out (`trainer.dropped_too_long`).
+    With `save_steps`, a checkpoint every that many steps in `scratch` (only the newest kept)."""
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -156,7 +161,9 @@ def build_trainer(
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=1,
         seed=seed,
         disable_tqdm=False,
         **tracker.trainer_args(stage),
@@ -185,18 +192,28 @@ def train_sft(
     lineage: Lineage | None = None,
     method: str = "sft",
     data_file: Path | None = None,
+    checkpoints: Path | None = None,
 ) -> dict:
     """Fine-tune `model_path` on chat `examples` ({"messages": [..., assistant]}) and save the result to
     `out_dir` (fp32 safetensors + tokenizer and a model card from `lineage`, written atomically); every
-    trainer log goes to `log_path` and to the `tracker` as `stage`."""
+    trainer log goes to `log_path` and to the `tracker` as `stage`. With `checkpoints` and `sft.save_steps`,
+    trainer checkpoints go there and a run killed mid-training resumes from the newest complete one
+    made for the same config, start model and data; they are removed once the model is saved."""
     lineage = lineage or Lineage(model_path, str(Path(out_dir).parent), 0, model_path)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    keep = checkpoints if checkpoints is not None and cfg.save_steps > 0 else None
     with tempfile.TemporaryDirectory(prefix="sft-", dir=out_dir.parent) as scratch:
-        trainer = build_trainer(model_path, examples, cfg, scratch, seed, tracker, stage)
+        key = fingerprint(cfg, model_path, model_digest(model_path), examples, seed)
+        resume = resume_checkpoint(keep, key) if keep is not None else None
+        trainer = build_trainer(
+            model_path, examples, cfg, str(keep or scratch), seed, tracker, stage, cfg.save_steps if keep else 0
+        )
         if trainer.dropped_too_long:
             log.warning("sft: %d examples longer than %d tokens left out", trainer.dropped_too_long, cfg.max_length)
-        result = trainer.train()
+        if resume is not None:
+            log.info("sft: resuming from %s", resume)
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         trained = trainer.model
         if cfg.lora:
             trained = trained.merge_and_unload()
@@ -210,6 +227,10 @@ def train_sft(
                 (tmp / "README.md").write_text(card, encoding="utf-8")
             if log_path is not None:
                 write_jsonl(log_path, trainer.state.log_history)
+            if keep is not None:
+                shutil.rmtree(keep, ignore_errors=True)
+    if resume is not None:
+        metrics["resumed_from_step"] = int(resume.name.split("-")[1])
     return metrics
 
 
