@@ -94,7 +94,10 @@ def test_push_dry_run_writes_what_would_be_uploaded(run: RunPaths, tmp_path: Pat
     import datasets
 
     out = tmp_path / "upload"
-    assert main(["push", str(run.root), "--iter", "1", "--what", "pairs", "--repo", "me/pairs", "--dry-run", str(out)]) == 0
+    assert (
+        main(["push", str(run.root), "--iter", "1", "--what", "pairs", "--repo", "me/pairs", "--dry-run", str(out)])
+        == 0
+    )
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["README.md", "data/train-00000-of-00001.parquet"]
     pushed = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train")
@@ -103,15 +106,37 @@ def test_push_dry_run_writes_what_would_be_uploaded(run: RunPaths, tmp_path: Pat
     assert (out / "README.md").read_text() == (run.iteration(1).pairs_dataset / "README.md").read_text()
 
     model_out = tmp_path / "model"
-    assert main(["push", str(run.root), "--iter", "1", "--what", "model", "--repo", "me/m", "--dry-run", str(model_out)]) == 0
+    assert (
+        main(["push", str(run.root), "--iter", "1", "--what", "model", "--repo", "me/m", "--dry-run", str(model_out)])
+        == 0
+    )
     assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in model_out.iterdir()}
     # again into the same folder, or a real push offline: one line, exit 2, nothing written
     capsys.readouterr()
-    assert main(["push", str(run.root), "--iter", "1", "--what", "model", "--repo", "me/m", "--dry-run", str(model_out)]) == 2
+    assert (
+        main(["push", str(run.root), "--iter", "1", "--what", "model", "--repo", "me/m", "--dry-run", str(model_out)])
+        == 2
+    )
     assert main(["push", str(run.root), "--iter", "1", "--what", "pairs", "--repo", "me/pairs"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "exists" in err[0] and "HF_HUB_OFFLINE" in err[1]
-    assert main(["push", str(run.root), "--iter", "2", "--what", "pairs", "--repo", "me/pairs", "--dry-run", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "push",
+                str(run.root),
+                "--iter",
+                "2",
+                "--what",
+                "pairs",
+                "--repo",
+                "me/pairs",
+                "--dry-run",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "x").exists()
 
 
