@@ -43,7 +43,7 @@ IOMP     = $(wildcard $(VENV)/lib/libiomp5.so)
 PRELOAD  = $(strip $(TCMALLOC) $(IOMP))
 RUN_ENV  = $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
 
-.PHONY: install iterate smoke bench-judge test test-slow bench report judge-eval compare baselines lint format clean-venv
+.PHONY: install iterate smoke gpu-smoke bench-judge test test-slow bench report judge-eval compare baselines lint format clean-venv
 
 install: $(STAMP)
 
@@ -75,6 +75,19 @@ endif
 
 iterate: $(STAMP)
 	$(RUN_ENV) $(PY) -m selfreward iterate --config $(CONFIG) --iterations $(N) $(ARGS)
+
+# On a GPU machine (make install ENGINE=gpu first): every stage of the tiny config on vLLM (CUDA) and GPU
+# training in bf16, then the DPO stage on every visible GPU under accelerate. Not run yet: no GPU was lent.
+gpu-smoke: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m selfreward tiny-model --config configs/tiny.yaml
+	rm -rf iterations/gpu-smoke
+	HF_HUB_OFFLINE=1 $(PY) -m selfreward iterate --config configs/tiny.yaml run_name=gpu-smoke engine.backend=vllm \
+		engine.dtype=bfloat16 engine.kv_cache_gib=2 sft.precision=bf16 dpo.precision=bf16
+	HF_HUB_OFFLINE=1 $(PY) -m selfreward iterate --config configs/tiny.yaml run_name=gpu-smoke engine.backend=vllm \
+		engine.dtype=bfloat16 engine.kv_cache_gib=2 sft.precision=bf16 dpo.precision=bf16 --iterations 3 \
+		launch.num_processes=$$($(PY) -c "import torch; print(max(1, torch.cuda.device_count()))")
+	$(PY) -m selfreward status iterations/gpu-smoke
+	$(PY) -m selfreward inspect iterations/gpu-smoke
 
 # A fresh iterations/smoke each time, so every stage runs (and is seen running).
 smoke: $(STAMP)

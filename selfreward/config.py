@@ -375,6 +375,20 @@ class ExpertIterConfig:
 
 
 @dataclass
+class LaunchConfig:
+    """How the training stages of the loop (seed SFT, DPO) run."""
+
+    separate_process: bool = True
+    """Train in a child process (`python -m selfreward.loop.sft|dpo`), so the loop's own process never holds
+    a trainer's memory into the next iteration's generation stages (measured: 10.5 GiB kept in-process)."""
+    num_processes: int = 1
+    """More than 1: the child is `accelerate launch --num_processes N` (with `--cpu` and gloo on a machine
+    without a GPU); `dpo.grad_accum` is divided by N so the effective batch stays the same."""
+    accelerate_config: str = ""
+    """An accelerate config file for `accelerate launch --config_file` (e.g. configs/accelerate_zero3.yaml)."""
+
+
+@dataclass
 class TrackingConfig:
     """Experiment tracking: every trainer (seed SFT, DPO, reward model, PPO) and the loop's own numbers
     (prompt funnel, judge scores, digit mass, pair funnel, DPO summary, win rates, judge accuracy) report
@@ -411,6 +425,7 @@ class RunConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     expert_iter: ExpertIterConfig = field(default_factory=ExpertIterConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
@@ -587,7 +602,7 @@ RANGES: dict[str, list[str]] = {
         "sft.batch_size sft.grad_accum sft.max_length sft.lora_r sft.lora_alpha sft.logging_steps "
         "ppo.rm_batch_size ppo.rm_max_length ppo.steps ppo.rollout_batch_size ppo.minibatch_size ppo.ppo_epochs "
         "ppo.max_new_tokens ppo.max_prompt_tokens ppo.kl_horizon ppo.lora_r ppo.lora_alpha "
-        "compare.max_tokens expert_iter.rounds expert_iter.samples expert_iter.min_examples"
+        "compare.max_tokens expert_iter.rounds expert_iter.samples expert_iter.min_examples launch.num_processes"
     ).split(),
     "non_negative": (
         "iterations seed prompt_gen.min_chars dpo.min_steps dpo.shift_pairs sft.max_examples expert_iter.max_prompts "
@@ -618,8 +633,9 @@ INPUT_FILES = (
     "judge.template",
     "compare.template",
     "sft.eft_data",
+    "launch.accelerate_config",
 )
-OPTIONAL_FILES = {"prompt_gen.exclude", "sft.eft_data"}
+OPTIONAL_FILES = {"prompt_gen.exclude", "sft.eft_data", "launch.accelerate_config"}
 RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 

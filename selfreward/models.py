@@ -153,6 +153,11 @@ def base_model(cfg: RunConfig) -> str:
     return resolve_model(cfg.model, cfg.cache_dir)
 
 
+def iteration_seed(cfg: RunConfig, k: int) -> int:
+    """The seed of iteration (or round) k's sampling and training."""
+    return cfg.seed * 1000 + k
+
+
 def model_of_iteration(cfg: RunConfig, run: RunPaths, k: int) -> str:
     """The model iteration k + 1 starts from: the model folder written by iteration k. For k = 0 that is
     M1 of the seed SFT (iter_0/model) when `seed_sft` is on, else the configured model M0."""

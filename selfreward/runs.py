@@ -16,6 +16,7 @@ manifest.json, run.log); never a stage's data.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import hashlib
 import logging
@@ -26,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,7 +50,7 @@ from selfreward.artifacts import (
     write_text,
 )
 from selfreward.cards import library_versions
-from selfreward.config import RunConfig, dump_yaml, fingerprint
+from selfreward.config import RunConfig, dump_yaml, fingerprint, load_config
 from selfreward.errors import UserError
 from selfreward.generation import Generator, open_generator
 from selfreward.models import check_model
@@ -396,6 +398,76 @@ def add_log_file(path: Path) -> None:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
+
+
+# --------------------------------------------------------------------------- training in a child process
+
+
+class StageFailed(UserError):
+    """A training stage run in a child process exited with an error (its own log says why)."""
+
+
+def training_command(cfg: RunConfig, module: str, args: list[str]) -> list[str]:
+    """`python -m module args`, or under `accelerate launch` when `launch.num_processes` > 1 (with `--cpu`
+    on a machine without a GPU: gloo) or an accelerate config file is given."""
+    launch = cfg.launch
+    if launch.num_processes == 1 and not launch.accelerate_config:
+        return [sys.executable, "-m", module, *args]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(launch.num_processes)]
+    if launch.accelerate_config:
+        cmd += ["--config_file", str(project_file(launch.accelerate_config))]
+    if not _cuda_visible():
+        cmd += ["--cpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [*cmd, "-m", module, *args]
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def train_in_child(cfg: RunConfig, run: RunPaths, module: str, args: list[str]) -> dict:
+    """Run a training stage's module (`selfreward.loop.sft`, `selfreward.loop.dpo`) in a child process with
+    this invocation's resolved config, wait for it, and return the metrics it wrote. The child logs to the
+    same terminal and run.log; its memory is counted in the stage's peak (the process tree) and freed
+    when it exits."""
+    with tempfile.TemporaryDirectory(prefix=".launch.", dir=run.root) as scratch:
+        config, metrics = Path(scratch) / "config.yaml", Path(scratch) / "metrics.json"
+        config.write_text(dump_yaml(cfg), encoding="utf-8")
+        cmd = training_command(
+            cfg, module, ["--run", str(run.root), "--config", str(config), "--metrics-out", str(metrics), *args]
+        )
+        log.info("training in a child process: %s", shlex.join(cmd))
+        rc = subprocess.run(cmd).returncode
+        if rc != 0 or not metrics.exists():
+            raise StageFailed(f"{module} exited with code {rc}; its log is above and in {run.log}")
+        return read_json(metrics)
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every training stage's `python -m` entry takes (`train_in_child` passes them)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--run", required=True, help="iterations/<run>")
+    parser.add_argument("--config", default=None, help="resolved config (default: the run's config.yaml)")
+    parser.add_argument("--metrics-out", default=None, help="write the stage's metrics here (JSON)")
+    return parser
+
+
+def stage_setup(args: argparse.Namespace) -> tuple[RunConfig, RunPaths]:
+    """The config and run of a stage run alone; its log goes to stderr and the run's run.log."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run = RunPaths(Path(args.run))
+    cfg = load_config(args.config or run.config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        add_log_file(run.log)
+    return cfg, run
+
+
+def write_stage_metrics(path: str | None, metrics: dict) -> None:
+    """The stage's metrics for the parent (`train_in_child`); written by the main process only."""
+    if path and int(os.environ.get("RANK", "0")) == 0:
+        write_json(Path(path), metrics)
 
 
 # --------------------------------------------------------------------------- status

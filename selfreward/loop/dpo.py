@@ -23,19 +23,16 @@ Multi-GPU: the stage alone runs under `accelerate launch --config_file configs/a
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
 import os
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Any
 
 from selfreward.artifacts import (
     IterPaths,
-    RunPaths,
     atomic_path,
     file_digest,
     model_digest,
@@ -43,8 +40,9 @@ from selfreward.artifacts import (
     write_jsonl,
 )
 from selfreward.cards import Lineage, model_card
-from selfreward.config import ConfigError, DPOStageConfig, fingerprint, load_config, train_bf16
-from selfreward.models import copy_model, lora_config, model_of_iteration, reference_for
+from selfreward.config import ConfigError, DPOStageConfig, fingerprint, train_bf16
+from selfreward.models import copy_model, iteration_seed, lora_config, model_of_iteration, reference_for
+from selfreward.runs import stage_parser, stage_setup, write_stage_metrics
 from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -147,9 +145,13 @@ def run(
         trained = trainer.model
         if cfg.lora:
             trained = trained.merge_and_unload()
+        # every process takes part: under ZeRO-3 this gathers the sharded weights (DDP: each has them all)
+        state = None if cfg.lora else trainer.accelerator.get_state_dict(trainer.model_wrapped)
         if trainer.accelerator.is_main_process:
             with atomic_path(it.model) as tmp:
-                trainer.accelerator.unwrap_model(trained).save_pretrained(tmp, safe_serialization=True)
+                trainer.accelerator.unwrap_model(trained).save_pretrained(
+                    tmp, state_dict=state, safe_serialization=True
+                )
                 tokenizer.save_pretrained(tmp)
                 card = model_card(lineage, "dpo", card_config, pairs_data(it, len(dataset)), metrics)
                 (tmp / "README.md").write_text(card, encoding="utf-8")
@@ -276,15 +278,19 @@ def dpo_metrics(history: list[dict], train_metrics: dict, pairs: int) -> dict:
 
 
 def main() -> None:
-    """Run the DPO stage of one iteration alone (e.g. under `accelerate launch`)."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--run", required=True, help="iterations/<run>")
+    """Run the DPO stage of one iteration alone: in the loop's child process (`launch.separate_process`), or
+    under `accelerate launch` (`launch.num_processes`, or by hand)."""
+    parser = stage_parser(main.__doc__)
     parser.add_argument("--iter", type=int, required=True)
     args = parser.parse_args()
-    run_paths = RunPaths(Path(args.run))
-    cfg = load_config(run_paths.config)
-    policy = model_of_iteration(cfg, run_paths, args.iter - 1)
-    run(cfg.dpo, policy, reference_for(cfg, run_paths, args.iter), run_paths.iteration(args.iter), cfg.seed)
+    cfg, run_paths = stage_setup(args)
+    k = args.iter
+    policy = model_of_iteration(cfg, run_paths, k - 1)
+    lineage = Lineage(cfg.model, str(run_paths.root), k, policy)
+    reference = reference_for(cfg, run_paths, k)
+    it = run_paths.iteration(k)
+    metrics = run(cfg.dpo, policy, reference, it, iteration_seed(cfg, k), Tracker.of(cfg), lineage)
+    write_stage_metrics(args.metrics_out, metrics)
 
 
 if __name__ == "__main__":

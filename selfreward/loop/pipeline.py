@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from selfreward.artifacts import RunPaths, file_digest, model_digest, read_json, read_jsonl
@@ -21,8 +22,17 @@ from selfreward.cards import Lineage
 from selfreward.config import RunConfig
 from selfreward.inputs import load_prompt_file, load_seed_pool
 from selfreward.loop import dpo, judge, pairs, prompt_gen, responses, sft
-from selfreward.models import base_model, model_of_iteration, reference_for
-from selfreward.runs import Engine, Progress, RunChain, StageRunner, file_digests, open_run, record_invocation
+from selfreward.models import base_model, iteration_seed, model_of_iteration, reference_for
+from selfreward.runs import (
+    Engine,
+    Progress,
+    RunChain,
+    StageRunner,
+    file_digests,
+    open_run,
+    record_invocation,
+    train_in_child,
+)
 from selfreward.tracking import Tracker, log_iteration
 
 log = logging.getLogger(__name__)
@@ -39,7 +49,7 @@ def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) ->
     reference = reference_for(cfg, run, k)
     pool = prompt_pool(cfg, run, k)
     excluded = [p.text for p in load_prompt_file(cfg.prompt_gen.exclude)] if cfg.prompt_gen.exclude else []
-    seed = cfg.seed * 1000 + k
+    seed = iteration_seed(cfg, k)
     engine = Engine(cfg, model)  # started on first use, serves stages 1-3
 
     gen_settings = engine_settings(cfg)
@@ -76,9 +86,24 @@ def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) ->
     stages.run(
         "dpo",
         (cfg.dpo, reference),
-        lambda: dpo.run(cfg.dpo, model, reference, it, seed, Tracker.of(cfg), lineage),
+        lambda: train(
+            cfg,
+            run,
+            "selfreward.loop.dpo",
+            ["--iter", str(k)],
+            lambda: dpo.run(cfg.dpo, model, reference, it, seed, Tracker.of(cfg), lineage),
+        ),
         inputs=lambda: (start, model_digest(reference) if reference else None, file_digest(it.pairs)),
     )
+
+
+def train(cfg: RunConfig, run: RunPaths, module: str, args: list[str], inline: Callable[[], dict]) -> dict:
+    """A training stage: in a child process (`launch.*`: `python -m module`, or `accelerate launch` for
+    several processes), or `inline` in this process."""
+    launch = cfg.launch
+    if launch.separate_process or launch.num_processes > 1 or launch.accelerate_config:
+        return train_in_child(cfg, run, module, args)
+    return inline()
 
 
 def engine_settings(cfg: RunConfig) -> tuple:
@@ -102,7 +127,9 @@ def run_seed_sft(cfg: RunConfig, run: RunPaths, stages: StageRunner) -> None:
     stages.run(
         "sft",
         cfg.sft,
-        lambda: sft.run(cfg.sft, base, it, cfg.seed, Tracker.of(cfg)),
+        lambda: train(
+            cfg, run, "selfreward.loop.sft", [], lambda: sft.run(cfg.sft, base, it, cfg.seed, Tracker.of(cfg))
+        ),
         inputs=lambda: (model_digest(base), file_digest(it.sft_data)),
     )
 

@@ -36,7 +36,8 @@ from selfreward.cards import Lineage, model_card
 from selfreward.config import JudgeConfig, SeedConfig, SFTStageConfig, fingerprint, train_bf16
 from selfreward.inputs import load_examples, load_instructions
 from selfreward.loop import eft
-from selfreward.models import lora_config
+from selfreward.models import base_model, lora_config
+from selfreward.runs import stage_parser, stage_setup, write_stage_metrics
 from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -218,9 +219,13 @@ def train_sft(
         if cfg.lora:
             trained = trained.merge_and_unload()
         metrics = sft_metrics(trainer.state, result.metrics, len(examples), trainer.dropped_too_long)
+        # every process takes part: under ZeRO-3 this gathers the sharded weights (DDP: each has them all)
+        state = None if cfg.lora else trainer.accelerator.get_state_dict(trainer.model_wrapped)
         if trainer.accelerator.is_main_process:
             with atomic_path(out_dir) as tmp:
-                trainer.accelerator.unwrap_model(trained).save_pretrained(tmp, safe_serialization=True)
+                trainer.accelerator.unwrap_model(trained).save_pretrained(
+                    tmp, state_dict=state, safe_serialization=True
+                )
                 trainer.processing_class.save_pretrained(tmp)
                 data = {"examples": len(examples), "file": str(data_file) if data_file else None}
                 card = model_card(lineage, method, {"sft": dataclasses.asdict(cfg)}, data, metrics)
@@ -246,3 +251,16 @@ def sft_metrics(state: Any, train_metrics: dict, examples: int, dropped_too_long
         "last_loss": steps[-1]["loss"] if steps else None,
         "train_runtime_s": train_metrics.get("train_runtime"),
     }
+
+
+def main() -> None:
+    """Run the seed SFT (iter_0's sft stage) alone, in the loop's child process (`launch.separate_process`)
+    or under `accelerate launch`."""
+    args = stage_parser(main.__doc__).parse_args()
+    cfg, run_paths = stage_setup(args)
+    metrics = run(cfg.sft, base_model(cfg), run_paths.iteration(0), cfg.seed, Tracker.of(cfg))
+    write_stage_metrics(args.metrics_out, metrics)
+
+
+if __name__ == "__main__":
+    main()
