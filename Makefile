@@ -43,7 +43,7 @@ IOMP     = $(wildcard $(VENV)/lib/libiomp5.so)
 PRELOAD  = $(strip $(TCMALLOC) $(IOMP))
 RUN_ENV  = $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
 
-.PHONY: install iterate smoke gpu-smoke bench-judge test test-slow bench report judge-eval compare baselines lint format clean-venv
+.PHONY: install iterate smoke gpu-smoke bench-judge bench-train test test-slow bench report judge-eval compare baselines lint format clean-venv
 
 install: $(STAMP)
 
@@ -104,6 +104,10 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_engines.py $(BENCH_ARGS)
+
+# Training against the machine's GEMM ceiling: SFT and DPO seconds per step, tokens/s, GFLOP/s.
+bench-train: $(STAMP)
+	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_train.py $(BENCH_ARGS)
 
 # Judge modes (direct / probabilities / sampled): accuracy vs the shared human labels, digit mass, speed.
 bench-judge: $(STAMP)
