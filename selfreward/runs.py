@@ -50,7 +50,7 @@ from selfreward.artifacts import (
     write_text,
 )
 from selfreward.cards import library_versions
-from selfreward.config import RunConfig, dump_yaml, fingerprint, load_config
+from selfreward.config import ConfigError, RunConfig, dump_yaml, fingerprint, load_config
 from selfreward.errors import UserError
 from selfreward.generation import Generator, open_generator
 from selfreward.models import check_model
@@ -443,6 +443,18 @@ def train_in_child(cfg: RunConfig, run: RunPaths, module: str, args: list[str]) 
         if rc != 0 or not metrics.exists():
             raise StageFailed(f"{module} exited with code {rc}; its log is above and in {run.log}")
         return read_json(metrics)
+
+
+def per_process_accumulation(grad_accum: int, key: str) -> int:
+    """`grad_accum` (the config's `key`) divided by the number of processes (WORLD_SIZE under accelerate or
+    torchrun), so the effective batch, and the step count, are the same on 1 or N processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if grad_accum % world:
+        raise ConfigError(
+            f"{key}={grad_accum} is not divisible by the {world} processes: the effective batch "
+            "would change with the number of processes; choose a multiple"
+        )
+    return grad_accum // world
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:

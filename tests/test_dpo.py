@@ -106,13 +106,13 @@ def test_policy_shift_is_zero_for_an_unchanged_model(tmp_path: Path, tiny_model:
 def test_accumulation_is_divided_by_the_number_of_processes(monkeypatch) -> None:
     """Effective batch = batch x accumulation x processes stays constant: 8 on 1 process is 2 on 4."""
     from selfreward.config import ConfigError
-    from selfreward.loop.dpo import per_process_accumulation
+    from selfreward.runs import per_process_accumulation
 
-    assert per_process_accumulation(8) == 8
+    assert per_process_accumulation(8, "dpo.grad_accum") == 8
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert per_process_accumulation(8) == 2
+    assert per_process_accumulation(8, "dpo.grad_accum") == 2
     with pytest.raises(ConfigError, match="not divisible by the 4 processes"):
-        per_process_accumulation(6)
+        per_process_accumulation(6, "dpo.grad_accum")
 
 
 def test_no_pairs_skips_dpo_and_copies_the_model(tmp_path: Path, tiny_model: Path) -> None:

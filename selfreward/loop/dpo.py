@@ -40,9 +40,9 @@ from selfreward.artifacts import (
     write_jsonl,
 )
 from selfreward.cards import Lineage, model_card
-from selfreward.config import ConfigError, DPOStageConfig, fingerprint, train_bf16
+from selfreward.config import DPOStageConfig, fingerprint, train_bf16
 from selfreward.models import copy_model, iteration_seed, lora_config, model_of_iteration, reference_for
-from selfreward.runs import stage_parser, stage_setup, write_stage_metrics
+from selfreward.runs import per_process_accumulation, stage_parser, stage_setup, write_stage_metrics
 from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def run(
 
     dataset = dataset.select_columns(["prompt", "chosen", "rejected"])
     on_gpu = torch.cuda.is_available()
-    grad_accum = per_process_accumulation(cfg.grad_accum)
+    grad_accum = per_process_accumulation(cfg.grad_accum, "dpo.grad_accum")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps = planned_steps(len(dataset), cfg, grad_accum, world)
     tokenizer = AutoTokenizer.from_pretrained(policy)
@@ -187,18 +187,6 @@ def planned_steps(n_pairs: int, cfg: DPOStageConfig, grad_accum: int, processes:
     per_pass = max(1, math.ceil(math.ceil(n_pairs / (cfg.batch_size * processes)) / grad_accum))
     at_least = math.ceil(cfg.epochs * per_pass)
     return max(at_least, min(cfg.min_steps, math.ceil(cfg.max_epochs * per_pass)))
-
-
-def per_process_accumulation(grad_accum: int) -> int:
-    """`grad_accum` divided by the number of processes (WORLD_SIZE under accelerate/torchrun), so the effective
-    batch is the same on 1 or N processes."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if grad_accum % world:
-        raise ConfigError(
-            f"dpo.grad_accum={grad_accum} is not divisible by the {world} processes: the effective batch "
-            "would change with the number of processes; choose a multiple"
-        )
-    return grad_accum // world
 
 
 def policy_shift(before: str, after: str, pairs: Any, max_length: int) -> dict:

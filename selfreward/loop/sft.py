@@ -37,7 +37,7 @@ from selfreward.config import JudgeConfig, SeedConfig, SFTStageConfig, fingerpri
 from selfreward.inputs import load_examples, load_instructions
 from selfreward.loop import eft
 from selfreward.models import base_model, lora_config
-from selfreward.runs import stage_parser, stage_setup, write_stage_metrics
+from selfreward.runs import per_process_accumulation, stage_parser, stage_setup, write_stage_metrics
 from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def build_trainer(
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_accumulation_steps=per_process_accumulation(cfg.grad_accum, "sft.grad_accum"),
         max_length=cfg.max_length,
         completion_only_loss=cfg.assistant_only_loss,
         packing=False,
