@@ -351,7 +351,8 @@ def record_invocation(cfg: RunConfig, run: RunPaths, argv: list[str] | None) -> 
     record = manifest(argv or sys.argv)
     write_text(run.config, dump_yaml(cfg))
     write_json(run.manifest, record)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
     write_json(run.invocations / f"{stamp}-{os.getpid()}.json", {"config": dump_yaml(cfg), "manifest": record})
 
 

@@ -135,9 +135,13 @@ def test_rerun_does_nothing_and_missing_marker_redoes_only_that_stage(run: RunPa
 
 
 def test_changed_config_is_refused_unless_forced(run: RunPaths, tiny_model: Path) -> None:
+    config, manifest = run.config.read_text(), run.manifest.read_text()
     changed = tiny_config(run.root.parent, tiny_model, "judge.samples=3")
     with pytest.raises(StageChanged, match="iter_1/judgements"):
         iterate(changed, 2)
+    # a refused invocation leaves the record of the one that made the files
+    assert run.config.read_text() == config and run.manifest.read_text() == manifest
+    assert "samples: 2" in config
     assert read_jsonl(run.iteration(1).judgements)[0]["samples"].__len__() == 2  # nothing was overwritten
     with pytest.raises(StageChanged, match="iter_0/sft was made"):
         iterate(tiny_config(run.root.parent, tiny_model, "sft.learning_rate=0.5"), 2)
@@ -160,3 +164,27 @@ def test_without_seed_sft_iteration_1_starts_from_the_model(tmp_path: Path, tiny
     assert model_of_iteration(cfg, run, 0) == str(tiny_model)
     a, b = weights(run.iteration(1).model), weights(tiny_model)
     assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_a_changed_model_redoes_the_next_iteration_in_a_new_invocation(tmp_path: Path, tiny_model: Path) -> None:
+    """Upstream state comes from files, not memory: M_2 replaced after iteration 1 finished (as when its DPO
+    was redone and the run killed right after) makes the next invocation redo all of iteration 2."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = tiny_config(tmp_path, tiny_model)
+    run = iterate(cfg, 2)
+    invocations = sorted(run.invocations.glob("*.json"))
+    assert len(invocations) == 1 and "config" in json.loads(invocations[0].read_text())
+    iterate(cfg, 2)  # nothing to do: no new invocation record
+    assert sorted(run.invocations.glob("*.json")) == invocations
+    path = run.iteration(1).model / "model.safetensors"
+    tensors = load_file(path)
+    save_file({k: v + 0.01 for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+    before = {s: run.iteration(2).marker(s).read_text() for s in STAGES}
+    iteration_1 = {s: run.iteration(1).marker(s).stat().st_mtime_ns for s in STAGES}
+    iterate(cfg, 2)
+    after = {s: run.iteration(2).marker(s).read_text() for s in STAGES}
+    assert all(after[s] != before[s] for s in STAGES)  # every stage of iteration 2 ran again ...
+    assert {s: run.iteration(1).marker(s).stat().st_mtime_ns for s in STAGES} == iteration_1  # ... not iteration 1
+    assert json.loads(after["prompts"])["fingerprint"] == json.loads(before["prompts"])["fingerprint"]  # same config
+    assert len(sorted(run.invocations.glob("*.json"))) == 2
