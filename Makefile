@@ -43,7 +43,7 @@ IOMP     = $(wildcard $(VENV)/lib/libiomp5.so)
 PRELOAD  = $(strip $(TCMALLOC) $(IOMP))
 RUN_ENV  = $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
 
-.PHONY: install iterate smoke gpu-smoke bench-judge bench-train test test-slow bench report judge-eval compare baselines lint format clean-venv
+.PHONY: install iterate reason smoke gpu-smoke bench-judge bench-train test test-slow bench report judge-eval compare baselines lint format clean-venv
 
 install: $(STAMP)
 
@@ -121,6 +121,10 @@ judge-eval: $(STAMP)
 
 compare: $(STAMP)
 	$(RUN_ENV) $(PY) -m selfreward compare --run $(RUN) $(ARGS)
+
+# Problems with checkable answers: every method from the same start, one table (reason/reason.json).
+reason: $(STAMP)
+	$(RUN_ENV) $(PY) -m selfreward reason --config configs/reason.yaml $(ARGS)
 
 # The loop, PPO and expert iteration skip what they have finished with the same settings.
 baselines: $(STAMP)

@@ -256,6 +256,12 @@ class RunPaths:
         """Every round's metrics and the final model folder."""
         return self.expert_iter / "metrics.json"
 
+    @property
+    def reason(self) -> Path:
+        """reason/: problems with checkable answers (`selfreward reason`): problems_train.jsonl,
+        problems_test.jsonl, init/ (the start model), <method>/round_K/, eval/, reason.json."""
+        return self.root / "reason"
+
     def expert_round(self, k: int) -> IterPaths:
         """expert_iter/round_K/ (K >= 1): prompts, candidates, judgements, sft_data, model/, sft_log, metrics."""
         return IterPaths(self.expert_iter / f"round_{k}")

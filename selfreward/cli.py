@@ -12,6 +12,7 @@ selfreward eft build --labels FILE [--model M] [--out FILE]       # EFT data fro
 selfreward expert-iter --config configs/default.yaml --rounds 2    # baseline: SFT on the best judged answers
 selfreward ppo --config configs/default.yaml [--prompts F] [--pairs-from iterations/<run>/iter_K]  # PPO baseline
 selfreward tiny-model [--out .cache/models/tiny]                  # the tiny random model of configs/tiny.yaml
+selfreward reason --config configs/reason.yaml                   # EI / RCRL / DPO on problems with answers
 selfreward status iterations/default                              # stages done / running / pending, with times
 selfreward push iterations/default --iter 1 --what pairs --repo you/pairs [--private] [--dry-run DIR]
 
@@ -150,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="train again even if a finished PPO run exists")
     p.set_defaults(func=cmd_ppo)
 
+    p = sub.add_parser("reason", help="problems with checkable answers: EI, RCRL, DPO (verifier / judge pairs)")
+    _add_config_args(p)
+    p.add_argument("--force", action="store_true", help="redo finished stages whose config changed")
+    p.set_defaults(func=cmd_reason)
+
     p = sub.add_parser("status", help="which stages of a run are done, running or pending, with their times")
     p.add_argument("run", help="run folder, e.g. iterations/default")
     p.set_defaults(func=cmd_status)
@@ -269,6 +275,26 @@ def cmd_ppo(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     print(run_ppo(cfg, args.prompts, args.pairs_from, argv=["selfreward", *args.argv], force=args.force).root)
+
+
+def cmd_reason(args: argparse.Namespace) -> None:
+    import json
+
+    from selfreward.baselines.reason import reason
+
+    cfg = load_config(args.config, args.overrides)
+    run = reason(cfg, force=args.force)
+    rows = json.loads((run.reason / "reason.json").read_text())["rows"]
+    k = cfg.reason.samples
+    head = f"{'method':<18} {'round':>5} {'maj@1':>22} {f'maj@{k}':>8} {f'pass@{k}':>8} {f'rerank@{k}':>9}"
+    print(f"{head} {'judge acc':>9}")
+    for r in rows:
+        m1 = r["maj@1"]
+        print(
+            f"{r['method']:<18} {r['round']:>5} {m1['value']:>6.3f} [{m1['ci_low']:.3f}, {m1['ci_high']:.3f}] "
+            f"{r[f'maj@{k}']['value']:>8.3f} {r[f'pass@{k}']['value']:>8.3f} {r[f'rerank@{k}']['value']:>9.3f} "
+            f"{r['judge_accuracy']['accuracy']:>9.3f}"
+        )
 
 
 def cmd_status(args: argparse.Namespace) -> None:

@@ -375,6 +375,37 @@ class ExpertIterConfig:
 
 
 @dataclass
+class ReasonConfig:
+    """Problems with checkable answers (`selfreward reason`, Havrilla et al. 2024): every method in `methods`
+    from the same start, on the same training problems with the same sampling budget, measured on the
+    held-out problems after every round."""
+
+    problems: str = ""
+    """A problems file ({prompt, answer} or GSM8K {question, answer ... #### N}) split into train and test;
+    empty: our generator (`reasoning.problems`, `max_number`, `steps`)."""
+    train_problems: int = 64
+    test_problems: int = 60
+    max_number: int = 20
+    steps: int = 2
+    """Generator difficulty: the largest number, and operations per problem (1-4)."""
+    samples: int = 4
+    """k: answers per problem, to train on (every round) and to measure maj@k, pass@k, rerank@k."""
+    temperature: float = 0.7
+    max_tokens: int = 128
+    rounds: int = 2
+    methods: list[str] = field(default_factory=lambda: ["expert_iteration", "rcrl", "dpo_verifier", "dpo_judge"])
+    """Any of `expert_iteration` (every correct sample, de-duplicated, accumulated over rounds, each round
+    fine-tuned from the start model), `rcrl` (return-conditioned: SFT on every sample behind a reward token,
+    sampled behind the `correct` token), `dpo_verifier` (DPO on a correct vs an incorrect answer per
+    problem), `dpo_judge` (DPO on the self-judge's best vs worst answer: self-rewarding on these problems)."""
+    sft_init: bool = True
+    """Start from M0 fine-tuned on the training problems' worked solutions (the paper's SFT initialisation);
+    false: start from M0."""
+    judge_mode: Literal["sampled", "probabilities", "direct"] = "direct"
+    """How the model judges its answers for `dpo_judge` and rerank@k (the rubric of `judge.template`)."""
+
+
+@dataclass
 class LaunchConfig:
     """How the training stages of the loop (seed SFT, DPO) run."""
 
@@ -425,6 +456,7 @@ class RunConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     expert_iter: ExpertIterConfig = field(default_factory=ExpertIterConfig)
+    reason: ReasonConfig = field(default_factory=ReasonConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -602,11 +634,12 @@ RANGES: dict[str, list[str]] = {
         "sft.batch_size sft.grad_accum sft.max_length sft.lora_r sft.lora_alpha sft.logging_steps "
         "ppo.rm_batch_size ppo.rm_max_length ppo.steps ppo.rollout_batch_size ppo.minibatch_size ppo.ppo_epochs "
         "ppo.max_new_tokens ppo.max_prompt_tokens ppo.kl_horizon ppo.lora_r ppo.lora_alpha "
-        "compare.max_tokens expert_iter.rounds expert_iter.samples expert_iter.min_examples launch.num_processes"
+        "compare.max_tokens expert_iter.rounds expert_iter.samples expert_iter.min_examples launch.num_processes "
+        "reason.samples reason.max_tokens reason.rounds reason.max_number"
     ).split(),
     "non_negative": (
         "iterations seed prompt_gen.min_chars dpo.min_steps dpo.shift_pairs sft.max_examples expert_iter.max_prompts "
-        "dpo.save_steps sft.save_steps "
+        "dpo.save_steps sft.save_steps reason.train_problems reason.test_problems "
         "pairs.min_margin pairs.noise_z pairs.tie_tolerance ppo.init_kl_coef "
         "prompt_gen.temperature responses.temperature judge.temperature compare.temperature"
     ).split(),
@@ -634,8 +667,9 @@ INPUT_FILES = (
     "compare.template",
     "sft.eft_data",
     "launch.accelerate_config",
+    "reason.problems",
 )
-OPTIONAL_FILES = {"prompt_gen.exclude", "sft.eft_data", "launch.accelerate_config"}
+OPTIONAL_FILES = {"prompt_gen.exclude", "sft.eft_data", "launch.accelerate_config", "reason.problems"}
 RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 

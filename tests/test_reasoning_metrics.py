@@ -1,4 +1,4 @@
-"""Metrics over verified answers (`evaluation/reasoning_metrics.py`) against hand-worked numbers."""
+"""Metrics over verified answers (`reasoning/metrics.py`) against hand-worked numbers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from math import comb
 
 import pytest
 
-from selfreward.evaluation.reasoning_metrics import (
+from selfreward.reasoning.metrics import (
     bootstrap_ci,
     is_correct,
     judge_accuracy_on_pairs,

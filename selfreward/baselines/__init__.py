@@ -4,7 +4,9 @@
     expert_iter  expert iteration: sample, score, fine-tune on the best answers
     rl_math      the pure maths (GAE, whitening, KL controllers, reward scaling), tested by hand
     rewards      reward sources: the loop's judge, a TRL reward model
+    reason       problems with checkable answers: expert iteration, return-conditioned RL, DPO with
+                 verifier or self-judge pairs, each measured by maj@1 / maj@k / pass@k / rerank@k
 
-May import the top-level modules and `loop/` (they share its stages and seed SFT); never `evaluation/`
-or `reporting/`.
+May import the top-level modules, `loop/` (they share its stages and seed SFT) and `reasoning/` (problems,
+verifier, metrics); never `evaluation/` or `reporting/`.
 """

@@ -4,7 +4,6 @@
     judge_eval     a model as judge vs human labels (`selfreward judge-eval`)
     compare        head-to-head win rates on held-out prompts (`selfreward compare`)
     methods        the loop vs the baselines from the same start (`selfreward compare-methods`)
-    reasoning_metrics  pass@k, maj@k, rerank@k, judge accuracy on (correct, incorrect) pairs (pure)
 
 May import the top-level modules, `loop/` (the judge is the loop's judge) and `reasoning/` (the
 verifier); never `baselines/` or `reporting/`. Results go to the run folder's judge_eval.json,

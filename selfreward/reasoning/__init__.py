@@ -7,8 +7,11 @@ Reinforcement Learning"): a reward that needs no judge, because the final answer
     verifier   pure functions: extract a final answer from a model's text, read it as an exact number,
                compare it with the reference (`verify` -> Verdict with the reason when unreadable)
 
-Metrics over verified answers (pass@k, maj@k, rerank@k, judge accuracy on correct/incorrect pairs) live
-in `evaluation/reasoning_metrics.py`.
+    metrics    pure metrics over verified answers: pass@k (unbiased), maj@k, rerank@k, judge accuracy on
+               (correct, incorrect) pairs, bootstrap intervals
+
+The methods that train on these problems (expert iteration, return-conditioned RL, DPO with verifier or
+judge pairs) are `baselines/reason.py`.
 
 Import rule: may import the top-level modules (`artifacts`, `records`, `errors`, `config`, ...), never
 `loop/`, `baselines/`, `evaluation/` or `reporting/`. Nothing here loads a model.
