@@ -300,32 +300,42 @@ def cmd_reason(args: argparse.Namespace) -> None:
 def cmd_status(args: argparse.Namespace) -> None:
     import time
 
+    from selfreward.artifacts import IterPaths
     from selfreward.baselines.expert_iter import ROUND_STAGES
+    from selfreward.baselines.reason import INIT_STAGES
+    from selfreward.baselines.reason import ROUND_STAGES as REASON_STAGES
     from selfreward.loop.pipeline import SEED_STAGES, STAGES
-    from selfreward.runs import lock_holder, run_status
+    from selfreward.runs import holder_command, lock_holder, run_status
 
     run = RunPaths(Path(args.run))
     if not run.root.is_dir():
         raise UserError(f"{run.root}: no such run folder")
     cfg = load_config(run.config) if run.config.exists() else RunConfig()
-    found = [int(p.name[5:]) for p in run.root.glob("iter_*") if p.name[5:].isdigit()]
-    layout = [(run.iteration(0), SEED_STAGES)] if cfg.seed_sft or 0 in found else []
-    layout += [(run.iteration(k), STAGES) for k in range(1, max([cfg.iterations, *found]) + 1)]
-    rounds = sorted(int(p.name[6:]) for p in run.expert_iter.glob("round_*") if p.name[6:].isdigit())
-    layout += [(run.expert_round(k), ROUND_STAGES) for k in rounds]
+
+    def numbered(folder: Path, prefix: str) -> list[int]:
+        return sorted(int(p.name[len(prefix) :]) for p in folder.glob(f"{prefix}*") if p.name[len(prefix) :].isdigit())
+
+    found = numbered(run.root, "iter_")
+    layout = [("iterate", run.iteration(0), SEED_STAGES)] if cfg.seed_sft or 0 in found else []
+    layout += [("iterate", run.iteration(k), STAGES) for k in range(1, max([cfg.iterations, *found]) + 1)]
+    layout += [("expert-iter", run.expert_round(k), ROUND_STAGES) for k in numbered(run.expert_iter, "round_")]
+    if run.reason.is_dir():
+        layout.append(("reason", IterPaths(run.reason / "init"), INIT_STAGES))
+        for method in sorted(p for p in run.reason.iterdir() if p.is_dir() and p.name not in ("init", "eval")):
+            layout += [("reason", IterPaths(method / f"round_{k}"), REASON_STAGES) for k in numbered(method, "round_")]
     holder = lock_holder(run)
     print(f"{run.root}: " + (f"in use by {holder}" if holder else "not running"))
     now = time.time()
-    for row in run_status(run, layout):
+    for row in run_status(run, layout, holder_command(holder)):
         state, extra = row["state"], ""
         if state == "done":
             wall = f"{row['wall_s']:.0f} s" if row.get("wall_s") is not None else "?"
             extra = f"{wall:>8}  finished {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row['finished']))}"
         elif state == "running" and row.get("since"):
             extra = f"{'':>8}  for {now - row['since']:.0f} s"
-        print(f"{row['folder']:<20} {row['stage']:<12} {state:<8} {extra}".rstrip())
+        print(f"{row['folder']:<28} {row['stage']:<12} {state:<8} {extra}".rstrip())
     if run.ppo.metrics.exists():
-        print(f"{'ppo':<20} {'train':<12} done")
+        print(f"{'ppo':<28} {'train':<12} done")
 
 
 def cmd_push(args: argparse.Namespace) -> None:

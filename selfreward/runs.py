@@ -334,6 +334,14 @@ def lock_run(run: RunPaths) -> None:
     _HELD_LOCKS[key] = f
 
 
+def release_run(run: RunPaths) -> None:
+    """Give up this process's lock on the run (`lock_run`), e.g. when a notebook or test is done with it."""
+    f = _HELD_LOCKS.pop(run.root.resolve(), None)
+    if f is not None:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
 def remove_stale_temps(root: Path) -> None:
     """Remove what an interrupted run left under `root` (`artifacts.stale_temps`: atomic writes' temporary
     folders, trainers' scratch folders), logging each. Call it only with the run's lock held."""
@@ -409,16 +417,31 @@ class StageFailed(UserError):
 
 
 def training_command(cfg: RunConfig, module: str, args: list[str]) -> list[str]:
-    """`python -m module args`, or under `accelerate launch` when `launch.num_processes` > 1 (with `--cpu`
-    on a machine without a GPU: gloo) or an accelerate config file is given."""
+    """`python -m module args`, or on several processes: `accelerate launch` on GPUs (with the accelerate
+    config file when one is given, whose process count wins unless `launch.num_processes` > 1), and
+    torchrun on a machine without a GPU (accelerate's own CPU launcher starts one process only; under
+    torchrun, LOCAL_RANK and WORLD_SIZE make accelerate use MULTI_CPU with gloo)."""
     launch = cfg.launch
     if launch.num_processes == 1 and not launch.accelerate_config:
         return [sys.executable, "-m", module, *args]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(launch.num_processes)]
+    if not _cuda_visible():
+        n = str(launch.num_processes)
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            n,
+            "-m",
+            module,
+            *args,
+        ]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if launch.accelerate_config:
         cmd += ["--config_file", str(project_file(launch.accelerate_config))]
-    if not _cuda_visible():
-        cmd += ["--cpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if launch.num_processes > 1 or not launch.accelerate_config:
+        cmd += ["--num_processes", str(launch.num_processes)]
     return [*cmd, "-m", module, *args]
 
 
@@ -440,7 +463,10 @@ def train_in_child(cfg: RunConfig, run: RunPaths, module: str, args: list[str]) 
             cfg, module, ["--run", str(run.root), "--config", str(config), "--metrics-out", str(metrics), *args]
         )
         log.info("training in a child process: %s", shlex.join(cmd))
-        rc = subprocess.run(cmd).returncode
+        # the child shares the run's lock (the flock is on the open file), so a new invocation cannot take
+        # the run while a training child of a parent that died is still writing into it
+        held = _HELD_LOCKS.get(run.root.resolve())
+        rc = subprocess.run(cmd, pass_fds=(held.fileno(),) if held else ()).returncode
         if rc != 0 or not metrics.exists():
             raise StageFailed(f"{module} exited with code {rc}; its log is above and in {run.log}")
         return read_json(metrics)
@@ -500,24 +526,34 @@ def lock_holder(run: RunPaths) -> str | None:
     return None
 
 
-def run_status(run: RunPaths, layout: list[tuple[IterPaths, tuple[str, ...]]]) -> list[dict[str, Any]]:
-    """One row per stage of `layout` (each iteration's folder and stage names, in run order): `done` (its
-    marker exists; with its wall time from metrics.json and when it finished), `running` (the first stage not
-    done while a live process holds the run's lock; with how long since the stage before it finished) or
+def run_status(
+    run: RunPaths, layout: list[tuple[str, IterPaths, tuple[str, ...]]], running: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per stage of `layout` (each entry: the command it belongs to (`iterate`, `expert-iter`,
+    `reason`), the iteration's folder and its stage names, in run order): `done` (its marker exists; with its
+    wall time from metrics.json and when it finished), `running` (the first stage not done of the command
+    `running`, the one that holds the run's lock; with how long since the stage before it finished) or
     `pending`."""
-    held = lock_holder(run) is not None
     rows, last_done, running_given = [], None, False
-    for it, names in layout:
+    for command, it, names in layout:
         stages = read_json(it.metrics).get("stages", {}) if it.metrics.exists() else {}
         for name in names:
             row: dict[str, Any] = {"folder": str(it.root.relative_to(run.root)), "stage": name}
             if it.marker(name).exists():
                 last_done = it.marker(name).stat().st_mtime
                 row.update(state="done", wall_s=stages.get(name, {}).get("wall_s"), finished=last_done)
-            elif held and not running_given:
+            elif command == running and not running_given:
                 running_given = True
                 row.update(state="running", since=last_done)
             else:
                 row.update(state="pending")
             rows.append(row)
     return rows
+
+
+def holder_command(holder: str | None) -> str | None:
+    """Which command holds the lock, from what it wrote there (`PID n on host (selfreward iterate ...)`)."""
+    for command in ("expert-iter", "reason", "iterate", "ppo"):
+        if holder and f" {command}" in holder:
+            return command
+    return None

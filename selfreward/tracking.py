@@ -47,8 +47,8 @@ class Tracker:
 
     @contextmanager
     def trainer_env(self, stage: str) -> Iterator[None]:
-        """Around building a trainer: TensorBoard's callback reads its folder, wandb and MLflow their project,
-        from the environment when the callback is made. Restored afterwards."""
+        """Around building a trainer (TensorBoard's callback reads its folder from the environment then) and
+        around `trainer.train()` (wandb and MLflow read their project when training starts). Restored after."""
         wanted = {"TENSORBOARD_LOGGING_DIR": str(self.log_dir / stage)}
         for key in ("WANDB_PROJECT", "MLFLOW_EXPERIMENT_NAME"):
             wanted[key] = os.environ.get(key, self.run_name)

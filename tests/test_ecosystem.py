@@ -13,7 +13,7 @@ from selfreward.artifacts import RunPaths, read_jsonl
 from selfreward.cli import main
 from selfreward.config import load_config
 from selfreward.loop.pipeline import STAGES, iterate
-from selfreward.runs import eta_s
+from selfreward.runs import eta_s, release_run
 from selfreward.tracking import flatten
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,9 @@ def run(tmp_path_factory, tiny_model: Path) -> RunPaths:
     tmp = tmp_path_factory.mktemp("eco")
     overrides = [f"model={tiny_model}", f"output_dir={tmp}", "run_name=eco", "iterations=2"]
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [*overrides, "tracking.report_to=tensorboard"])
-    return iterate(cfg, 1)  # iteration 2 of 2 is left pending
+    run = iterate(cfg, 1)  # iteration 2 of 2 is left pending
+    release_run(run)  # as when the `selfreward iterate` process has ended
+    return run
 
 
 def scalars(folder: Path) -> dict[str, dict[int, float]]:

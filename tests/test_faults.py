@@ -56,7 +56,7 @@ def run_and_kill(cmd: list[str], run: Path, at: str) -> bool:
     )
     try:
         while proc.poll() is None:
-            if (run / at).exists():
+            if complete(run / at):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return True
@@ -65,6 +65,19 @@ def run_and_kill(cmd: list[str], run: Path, at: str) -> bool:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def complete(path: Path) -> bool:
+    """The path exists and, for a JSON file (a checkpoint's trainer_state.json), is fully written."""
+    if not path.exists():
+        return False
+    if path.suffix != ".json":
+        return True
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def markers(run: RunPaths) -> dict[str, tuple]:
@@ -104,7 +117,7 @@ def test_runs_killed_in_different_stages_resume_to_the_uninterrupted_result(tmp_
         if "checkpoint" in at:  # training went on from the checkpoint, not from step 0
             k, stage = (0, "sft") if "sft" in at else (1, "dpo")
             metrics = json.loads(run.iteration(k).metrics.read_text())["stages"][stage]
-            assert metrics["resumed_from_step"] == 1, where
+            assert metrics["resumed_from_step"] >= 1, where  # 1, or 2 when step 2 was saved before the kill
         assert not (run.iteration(0).root / "checkpoints" / "sft").exists()  # removed once the model is saved
         assert not (run.iteration(1).root / "checkpoints" / "dpo").exists()
     assert killed == len(KILL_AT)  # every kill point was reached before the run ended

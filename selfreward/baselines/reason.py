@@ -40,6 +40,7 @@ from selfreward.artifacts import (
     write_json,
     write_jsonl,
 )
+from selfreward.cards import Lineage
 from selfreward.config import ConfigError, RunConfig
 from selfreward.generation import SamplingSpec
 from selfreward.loop import dpo, sft
@@ -71,6 +72,13 @@ CORRECT, INCORRECT = "<reward: correct>", "<reward: incorrect>"
 def user_turn(problem: Problem, token: str = "") -> str:
     """The prompt a model sees for a problem (with a return-conditioning token in front for `rcrl`)."""
     return f"{token}\n{problem.prompt}{ASK}" if token else f"{problem.prompt}{ASK}"
+
+
+def sampling(cfg: RunConfig) -> dict:
+    """What a sampling or measuring stage depends on in the reason section: not `rounds` or `methods`, so a
+    run can be extended by a round or a method without redoing what is done."""
+    r = dataclasses.asdict(cfg.reason)
+    return {k: v for k, v in r.items() if k not in ("rounds", "methods")}
 
 
 def problems(cfg: RunConfig) -> tuple[list[Problem], list[Problem]]:
@@ -255,7 +263,7 @@ def run_round(
     seed = cfg.seed * 1000 + 700 + k
     token = CORRECT if method == "rcrl" else ""
     engine = Engine(cfg, model)
-    settings = (cfg.reason, cfg.judge, engine_settings(cfg))
+    settings = (sampling(cfg), cfg.judge, engine_settings(cfg))
     digest = model_digest(model)
 
     def do_samples() -> dict:
@@ -330,18 +338,20 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
             stages.run(
                 "sft_data", [p.problem_id for p in train_rows], lambda: {"examples": write_jsonl(init.sft_data, data)}
             )
+            init_cfg = dataclasses.replace(cfg.sft, save_steps=0)
+            lineage = Lineage(cfg.model, str(run.root), 0, base)
             stages.run(
                 "sft",
                 cfg.sft,
                 lambda: {
                     "examples": len(data),
-                    **sft.train_sft(base, data, dataclasses.replace(cfg.sft, save_steps=0), init.model, cfg.seed),
+                    **sft.train_sft(base, data, init_cfg, init.model, cfg.seed, lineage=lineage),
                 },
                 inputs=lambda: (model_digest(base), file_digest(init.sft_data)),
             )
         stages.run(
             "eval",
-            (cfg.reason, cfg.judge, engine_settings(cfg)),
+            (sampling(cfg), cfg.judge, engine_settings(cfg)),
             lambda: measure(cfg, start, test, "", cfg.seed, init.root / "eval.jsonl"),
             inputs=lambda: model_digest(start),
         )

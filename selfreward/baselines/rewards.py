@@ -179,7 +179,8 @@ def train_reward_model(
         used = len(trainer.train_dataset)
         if used == 0:
             raise DataError(f"{pairs_dir}: every pair is longer than ppo.rm_max_length={cfg.rm_max_length}")
-        result = trainer.train()
+        with tracker.trainer_env("ppo/reward_model"):  # wandb/MLflow read their project when training starts
+            result = trainer.train()
         steps = [h for h in trainer.state.log_history if "loss" in h]
         summary = {"steps": len(steps), "last": steps[-1] if steps else None}
         data = {"pairs": str(pairs_dir), "pairs_used": used}

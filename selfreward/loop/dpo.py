@@ -135,11 +135,13 @@ def run(
             )
         if resume is not None:
             log.info("dpo: resuming from %s", resume)
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        with tracker.trainer_env(f"{it.root.name}/dpo"):  # wandb/MLflow read their project when training starts
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         metrics = dpo_metrics(trainer.state.log_history, result.metrics, len(dataset))
         if resume is not None:
             metrics["resumed_from_step"] = int(resume.name.split("-")[1])
         metrics["optimizer_steps"] = trainer.state.global_step
+        metrics["processes"] = trainer.accelerator.num_processes
         metrics["effective_batch"] = cfg.batch_size * grad_accum * trainer.accelerator.num_processes
         metrics["epochs"] = round(steps * metrics["effective_batch"] / len(dataset), 2)
         trained = trainer.model

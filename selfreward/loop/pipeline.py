@@ -124,11 +124,16 @@ def run_seed_sft(cfg: RunConfig, run: RunPaths, stages: StageRunner) -> None:
         file_digests([cfg.seed_data.instructions, cfg.seed_data.ranked, cfg.judge.template, cfg.sft.eft_data]),
     )
     stages.run("sft_data", data_inputs, lambda: sft.write_data(cfg.seed_data, cfg.judge, cfg.sft, it, cfg.seed))
+    lineage = Lineage(cfg.model, str(run.root), 0, base)  # M0 as configured: the card's base model and licence
     stages.run(
         "sft",
         cfg.sft,
         lambda: train(
-            cfg, run, "selfreward.loop.sft", [], lambda: sft.run(cfg.sft, base, it, cfg.seed, Tracker.of(cfg))
+            cfg,
+            run,
+            "selfreward.loop.sft",
+            [],
+            lambda: sft.run(cfg.sft, base, it, cfg.seed, Tracker.of(cfg), lineage),
         ),
         inputs=lambda: (model_digest(base), file_digest(it.sft_data)),
     )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import shutil
 import tempfile
@@ -93,9 +94,17 @@ def write_data(
 # --------------------------------------------------------------------------- training
 
 
-def run(cfg: SFTStageConfig, model: str, it: IterPaths, seed: int = 0, tracker: Tracker | None = None) -> dict:
-    """Stage sft: train M1 from `model` (M0) on iter_0/sft_data.jsonl."""
-    lineage = Lineage(model, str(it.root.parent), 0, model)
+def run(
+    cfg: SFTStageConfig,
+    model: str,
+    it: IterPaths,
+    seed: int = 0,
+    tracker: Tracker | None = None,
+    lineage: Lineage | None = None,
+) -> dict:
+    """Stage sft: train M1 from `model` (M0, resolved to a folder) on iter_0/sft_data.jsonl; `lineage` names M0
+    as configured (the embedded name or hub id, which the model card's base model and licence need)."""
+    lineage = lineage or Lineage(model, str(it.root.parent), 0, model)
     return train_sft(
         model,
         load_examples(it.sft_data),
@@ -203,7 +212,9 @@ def train_sft(
     lineage = lineage or Lineage(model_path, str(Path(out_dir).parent), 0, model_path)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    keep = checkpoints if checkpoints is not None and cfg.save_steps > 0 else None
+    # checkpoints on one process only: ranks preparing the folder together would race
+    one_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    keep = checkpoints if checkpoints is not None and cfg.save_steps > 0 and one_process else None
     with tempfile.TemporaryDirectory(prefix="sft-", dir=out_dir.parent) as scratch:
         key = fingerprint(cfg, model_path, model_digest(model_path), examples, seed)
         resume = resume_checkpoint(keep, key) if keep is not None else None
@@ -214,11 +225,13 @@ def train_sft(
             log.warning("sft: %d examples longer than %d tokens left out", trainer.dropped_too_long, cfg.max_length)
         if resume is not None:
             log.info("sft: resuming from %s", resume)
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        with (tracker or Tracker()).trainer_env(stage):  # wandb/MLflow read their project when training starts
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         trained = trainer.model
         if cfg.lora:
             trained = trained.merge_and_unload()
         metrics = sft_metrics(trainer.state, result.metrics, len(examples), trainer.dropped_too_long)
+        metrics["processes"] = trainer.accelerator.num_processes
         # every process takes part: under ZeRO-3 this gathers the sharded weights (DDP: each has them all)
         state = None if cfg.lora else trainer.accelerator.get_state_dict(trainer.model_wrapped)
         if trainer.accelerator.is_main_process:
@@ -258,7 +271,9 @@ def main() -> None:
     or under `accelerate launch`."""
     args = stage_parser(main.__doc__).parse_args()
     cfg, run_paths = stage_setup(args)
-    metrics = run(cfg.sft, base_model(cfg), run_paths.iteration(0), cfg.seed, Tracker.of(cfg))
+    base = base_model(cfg)
+    lineage = Lineage(cfg.model, str(run_paths.root), 0, base)
+    metrics = run(cfg.sft, base, run_paths.iteration(0), cfg.seed, Tracker.of(cfg), lineage)
     write_stage_metrics(args.metrics_out, metrics)
 
 
