@@ -354,6 +354,10 @@ class CompareConfig:
     """The one judge of every comparison (a model name, folder or hub id); '' is the run's M0 (`model`).
     Never the model being judged: a model judging its own answers prefers them, and a different judge per
     row would make the rows incomparable."""
+    judge_mode: Literal["sampled", "probabilities", "direct"] = "probabilities"
+    """How the fixed judge scores each answer for the rubric view. Not `judge.mode`: the default judge, M0,
+    writes no `Score:` line when sampled (98-99% unscored, so every rubric verdict was a tie), and after the
+    `Score: ` prefill it still puts ~80% of its mass on a digit."""
 
 
 @dataclass

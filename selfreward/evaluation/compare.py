@@ -19,8 +19,8 @@ other answer is preferred in both; tie: the preference follows the position (pos
     win_rate = (wins + ties / 2) / pairs
 
 Rubric view (`rubric_*` fields): the same judge also scores each answer alone with the loop's rubric
-(`judge.judge_texts`, K samples averaged); the higher mean wins, equal or unscored is a tie. It cannot
-be position-biased, which matters for small judges: the 135M model picked the same letter in both
+(`judge.judge_texts`, K samples averaged, in `compare.judge_mode`); the higher mean wins, equal or unscored
+is a tie. It cannot be position-biased, which matters for small judges: the 135M model picked the same letter in both
 positions for every pair (position_consistency 0), so its pairwise verdicts were all ties.
 
 Length-controlled view: the same win rate over the pairs whose answers have similar length,
@@ -32,6 +32,7 @@ hand; `n_length_matched` says how many pairs it rests on (few pairs, wide uncert
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -208,7 +209,10 @@ def head_to_head(cfg: RunConfig, out_dir: Path, a: tuple[str, str], b: tuple[str
         probs = both_orders(gen, template, items)
         if None in probs:  # checked before the rubric pass, which would be wasted
             raise DataError(f"{cfg.compare.prompts}: a comparison prompt does not fit in engine.max_model_len")
-        rubric = judge_texts(gen, cfg.judge, [(q, x) for q, x, _ in items] + [(q, y) for q, _, y in items], cfg.seed)
+        rubric_judge = dataclasses.replace(cfg.judge, mode=cfg.compare.judge_mode)
+        rubric = judge_texts(
+            gen, rubric_judge, [(q, x) for q, x, _ in items] + [(q, y) for q, _, y in items], cfg.seed
+        )
     verdicts = [verdict(*p) for p in probs]
     scores = list(zip([j.score for j in rubric[: len(items)]], [j.score for j in rubric[len(items) :]], strict=True))
     rubric_verdicts = [rubric_verdict(sa, sb) for sa, sb in scores]
@@ -233,7 +237,8 @@ def head_to_head(cfg: RunConfig, out_dir: Path, a: tuple[str, str], b: tuple[str
             )
         ),
     )
-    row = {"a": a[0], "b": b[0], "judge": judge, **summarize(verdicts, lengths, cfg.compare.length_tolerance)}
+    row = {"a": a[0], "b": b[0], "judge": judge, "rubric_judge_mode": cfg.compare.judge_mode}
+    row.update(summarize(verdicts, lengths, cfg.compare.length_tolerance))
     rubric_summary = summarize(rubric_verdicts, lengths, cfg.compare.length_tolerance)
     row.update(
         {f"rubric_{k}": rubric_summary[k] for k in ("win", "tie", "loss", "win_rate", "length_matched_win_rate")}
