@@ -158,6 +158,8 @@ def test_status_of_a_half_finished_run(run: RunPaths, capsys) -> None:
     # another process holding the run's lock: the first stage not done is the running one
     with run.lock.open("a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.seek(0)
+        f.truncate()
         f.write("PID 4242 on host (selfreward iterate)\n")
         f.flush()
         lines = status_lines(run, capsys)
@@ -167,8 +169,14 @@ def test_status_of_a_half_finished_run(run: RunPaths, capsys) -> None:
 
 
 def test_progress_line_and_eta(run: RunPaths) -> None:
-    log = run.log.read_text()
-    assert "[eco] iteration 1/1 · stage 1/5 prompts" in log and "stage 5/5 dpo" in log
+    """Where iteration 2 of 2 would be at its judging stage: ETA = iteration 1's judging, pairs and DPO times."""
+    from selfreward.runs import Progress, _clock
+
+    times = {n: s["wall_s"] for n, s in json.loads(run.iteration(1).metrics.read_text())["stages"].items()}
+    line = Progress("eco", "iteration", 2).line(run.iteration(2), 2, STAGES, "judgements")
+    eta = _clock(times["judgements"] + times["pairs"] + times["dpo"])
+    assert line.startswith("[eco] iteration 2/2 · stage 3/5 judgements · elapsed 0m0") and line.endswith(f"ETA {eta}")
+    assert Progress("eco", "iteration", 2).line(run.iteration(1), 1, STAGES, "prompts").endswith("ETA unknown")
     previous = {"a": 10.0, "b": 20.0}
     assert eta_s(previous, ("a", "b"), 1, 2) == 20 + 2 * 30
     assert eta_s({"a": 10.0}, ("a", "b"), 0, 0) is None
