@@ -460,7 +460,7 @@ def train_in_child(cfg: RunConfig, run: RunPaths, module: str, args: list[str]) 
         config, metrics = Path(scratch) / "config.yaml", Path(scratch) / "metrics.json"
         config.write_text(dump_yaml(cfg), encoding="utf-8")
         cmd = training_command(
-            cfg, module, ["--run", str(run.root), "--config", str(config), "--metrics-out", str(metrics), *args]
+            cfg, module, ["--run-dir", str(run.root), "--config", str(config), "--metrics-out", str(metrics), *args]
         )
         log.info("training in a child process: %s", shlex.join(cmd))
         # the child shares the run's lock (the flock is on the open file), so a new invocation cannot take
@@ -487,7 +487,8 @@ def per_process_accumulation(grad_accum: int, key: str) -> int:
 def stage_parser(description: str) -> argparse.ArgumentParser:
     """The arguments every training stage's `python -m` entry takes (`train_in_child` passes them)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--run", required=True, help="iterations/<run>")
+    # --run-dir for launchers: torchrun takes `--run` as an abbreviation of its own --run-path
+    parser.add_argument("--run", "--run-dir", dest="run", required=True, help="iterations/<run>")
     parser.add_argument("--config", default=None, help="resolved config (default: the run's config.yaml)")
     parser.add_argument("--metrics-out", default=None, help="write the stage's metrics here (JSON)")
     return parser
