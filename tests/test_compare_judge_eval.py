@@ -204,7 +204,8 @@ def test_judge_prompt_longer_than_the_context_is_unscored_not_truncated(tiny_mod
     from selfreward.loop.judge import judge_texts
 
     gen = HFGenerator(str(tiny_model), EngineConfig(backend="transformers", dtype="float32", max_model_len=800))
-    cfg = JudgeConfig(samples=2, max_tokens=8, min_digit_mass=0.0)  # a random model has ~no digit mass
+    # probabilities mode: a random model writes no score line; it has ~no digit mass either
+    cfg = JudgeConfig(mode="probabilities", samples=2, max_tokens=8, min_digit_mass=0.0)
     short, long = judge_texts(gen, cfg, [("Say hi.", "Hi!"), ("Say hi.", "hello " * 2000)])
     assert short.score is not None and short.num_parsed == 2
     assert long.score is None and long.num_parsed == 0
