@@ -53,8 +53,8 @@ from selfreward import cli
 
 def slow(args):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    print(child.pid, flush=True)
-    try:
+    try:  # the pid is printed inside `try`, so the test's SIGTERM cannot arrive before it
+        print(child.pid, flush=True)
         time.sleep(120)
     finally:
         print("unwound", flush=True)
