@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_judge_modes import cpu_flags  # same folder: `python benchmarks/bench_train.py`
 from transformers import TrainerCallback
 
 from selfreward.artifacts import IterPaths, write_json
@@ -24,14 +25,6 @@ from selfreward.loop.dpo import chat_ids
 from selfreward.models import resolve_model
 
 OUT = Path(__file__).resolve().parent / "results" / "train.json"
-
-
-def cpu_flags() -> dict:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
-    return {"model": model, "flags": [f for f in wanted if f in flags]}
 
 
 def gemm_gflops(dtype_name: str, n: int = 2048, seconds: float = 3.0) -> float:

@@ -8,14 +8,12 @@ Writes nothing itself: the stages write `model_card(...)` into every model/ (see
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from selfreward.artifacts import project_file
 from selfreward.config import EMBEDDED_MODEL
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -78,10 +76,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def sha256_file(path: str | Path) -> str:
-    return hashlib.sha256(project_file(str(path)).read_bytes()).hexdigest()
 
 
 def _block(title: str, obj: Any) -> str:

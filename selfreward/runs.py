@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import hashlib
 import logging
 import os
 import platform
@@ -41,6 +40,7 @@ from selfreward.artifacts import (
     IterPaths,
     RunPaths,
     clear_marker,
+    file_digest,
     project_file,
     read_json,
     read_marker,
@@ -366,7 +366,7 @@ def record_invocation(cfg: RunConfig, run: RunPaths, argv: list[str] | None) -> 
 
 def file_digests(paths: list[str]) -> list[str | None]:
     """sha256 of each file's bytes (None for an empty path): a stage's fingerprint follows its input files."""
-    return [hashlib.sha256(project_file(p).read_bytes()).hexdigest() if p else None for p in paths]
+    return [file_digest(project_file(p)) if p else None for p in paths]
 
 
 def manifest(argv: list[str]) -> dict:

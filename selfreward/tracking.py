@@ -12,6 +12,7 @@ Writes with `tensorboard`, iterations/<run>/tracking/: <stage>/ per trainer (ite
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Iterator
@@ -107,8 +108,6 @@ class Tracker:
 
 
 def _run_id(run_name: str, stage: str) -> str:
-    import hashlib
-
     return hashlib.sha1(f"{run_name}/{stage}".encode()).hexdigest()[:16]
 
 

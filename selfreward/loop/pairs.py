@@ -36,8 +36,8 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from selfreward.artifacts import IterPaths, atomic_path, read_jsonl, write_jsonl
-from selfreward.cards import Lineage, dataset_card, sha256_file
+from selfreward.artifacts import IterPaths, atomic_path, file_digest, project_file, read_jsonl, write_jsonl
+from selfreward.cards import Lineage, dataset_card
 from selfreward.config import JudgeConfig, PairsConfig
 from selfreward.records import Candidate, Judgement, PreferencePair, Prompt, required_fields, to_row
 
@@ -235,7 +235,7 @@ def pairs_card(cfg: PairsConfig, judge: JudgeConfig, lineage: Lineage, metrics: 
         "samples": judge.samples,
         "temperature": judge.temperature,
         "template": judge.template,
-        "template_sha256": sha256_file(judge.template),
+        "template_sha256": file_digest(project_file(judge.template)),
     }
     rest = {k: v for k, v in metrics.items() if k not in counts}
     return dataset_card(lineage, judged_by, dataclasses.asdict(cfg), counts, rest)
