@@ -23,6 +23,7 @@ template already holds them) and return the same records.
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import os
 import time
@@ -226,6 +227,22 @@ def configure_vllm_cpu_env(cfg: EngineConfig, cache_dir: Path) -> None:
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 
+def vllm_dtype(cfg: EngineConfig, on_gpu: bool) -> str:
+    """The vLLM engine's dtype: `engine.dtype`, except that `auto` with `reproducible` on a CPU is float32
+    (bf16 on CPU is not batch-invariant, so a redone stage would sample other text)."""
+    if cfg.dtype == "auto" and cfg.reproducible and not on_gpu:
+        return "float32"
+    return resolve_dtype(cfg.dtype)
+
+
+def request_seed(seed: int, i: int) -> int:
+    """The seed of the `i`-th prompt of a call seeded `seed`. vLLM seeds the n samples of a request
+    `seed + j`, so `seed + i` would give prompt i's sample 1 the noise of prompt i+1's sample 0; a hash
+    keeps the streams apart."""
+    digest = hashlib.sha256(f"{seed}:{i}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1
+
+
 class VLLMGenerator(Generator):
     """vLLM offline engine (prefix caching on)."""
 
@@ -240,9 +257,10 @@ class VLLMGenerator(Generator):
             configure_vllm_cpu_env(cfg, cache_dir)
         from vllm import LLM
 
+        dtype = vllm_dtype(cfg, on_gpu)
         kwargs: dict[str, Any] = dict(
             model=model_path,
-            dtype=resolve_dtype(cfg.dtype),
+            dtype=dtype,
             max_model_len=cfg.max_model_len,
             enable_prefix_caching=True,
             enforce_eager=cfg.enforce_eager,
@@ -256,10 +274,16 @@ class VLLMGenerator(Generator):
             kwargs.update(
                 tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization
             )
+        elif cfg.reproducible:
+            # vllm-cpu 0.32 crashes on per-request seeds once a prompt's prefill is split into chunks (it
+            # rewinds the request's generator: "CPU Generator does not use offset"); without chunked
+            # prefill every prompt is prefilled whole, which needs a token budget of a whole context.
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(cfg.max_model_len, 4096))
+        self.dtype = dtype
         self.llm = LLM(**kwargs)
-        # vllm-cpu 0.32 crashes on per-request seeds once a prompt's prefill is split into chunks
-        # ("CPU Generator does not use offset"); on CPU, sampling is seeded once per engine instead.
-        self.per_request_seeds = on_gpu
+        # Per-request seeds: a request's draws depend on its own seed only, not on what else the engine
+        # ran before or beside it (a resumed stage samples what the uninterrupted one did).
+        self.per_request_seeds = on_gpu or cfg.reproducible
 
     def _params(self, spec: SamplingSpec, i: int) -> Any:
         from vllm import SamplingParams
@@ -270,7 +294,7 @@ class VLLMGenerator(Generator):
             top_p=spec.top_p if spec.temperature > 0 else 1.0,
             max_tokens=spec.max_tokens,
             stop=spec.stop or None,
-            seed=None if spec.seed is None or not self.per_request_seeds else spec.seed + i,
+            seed=None if spec.seed is None or not self.per_request_seeds else request_seed(spec.seed, i),
         )
 
     def _complete(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
@@ -329,9 +353,15 @@ def open_generator(cfg: EngineConfig, model_path: str, cache_dir: Path, seed: in
     if cfg.backend in ("auto", "vllm"):
         if cfg.backend == "vllm" or vllm_available():
             try:
-                gen: Generator = VLLMGenerator(model_path, cfg, cache_dir, seed=seed)
-                log.info("engine: vLLM on %s (started in %.0f s)", model_path, time.perf_counter() - start)
-                return gen
+                vgen = VLLMGenerator(model_path, cfg, cache_dir, seed=seed)
+                log.info(
+                    "engine: vLLM on %s (%s, %s; started in %.0f s)",
+                    model_path,
+                    vgen.dtype,
+                    "per-request seeds" if vgen.per_request_seeds else "one engine seed",
+                    time.perf_counter() - start,
+                )
+                return vgen
             except Exception as e:
                 if cfg.backend == "vllm":
                     raise

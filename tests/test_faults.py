@@ -16,6 +16,8 @@ import pytest
 from selfreward.artifacts import RunPaths, read_jsonl
 from selfreward.loop.pipeline import SEED_STAGES, STAGES
 
+from .conftest import requires_vllm
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
@@ -29,8 +31,9 @@ KILL_AT = {
 ROWS = ("prompts", "candidates", "judgements", "pairs")
 
 
-def command(tiny_model: Path, out: Path) -> list[str]:
+def command(tiny_model: Path, out: Path, *extra: str) -> list[str]:
     overrides = [f"model={tiny_model}", f"output_dir={out}", "run_name=fault", "sft.save_steps=1", "dpo.save_steps=1"]
+    overrides += extra
     return [
         sys.executable,
         "-m",
@@ -121,3 +124,22 @@ def test_runs_killed_in_different_stages_resume_to_the_uninterrupted_result(tmp_
         assert not (run.iteration(0).root / "checkpoints" / "sft").exists()  # removed once the model is saved
         assert not (run.iteration(1).root / "checkpoints" / "dpo").exists()
     assert killed == len(KILL_AT)  # every kill point was reached before the run ended
+
+
+@requires_vllm
+def test_stages_redone_in_a_new_vllm_engine_sample_what_the_uninterrupted_run_did(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """Killed once prompts are written: candidates and judging are redone in a fresh vLLM engine, where the
+    uninterrupted run made them in the engine that had just generated the prompts (other batches before,
+    a warm prefix cache). `engine.reproducible` (the default) makes the rows the same."""
+    vllm = ["engine.backend=vllm", "engine.kv_cache_gib=1"]
+    reference = RunPaths(tmp_path / "ref" / "fault")
+    run_to_end(command(tiny_model, tmp_path / "ref", *vllm))
+    run = RunPaths(tmp_path / "kill" / "fault")
+    assert run_and_kill(command(tiny_model, tmp_path / "kill", *vllm), run.root, "iter_1/.stages/prompts.json")
+    assert not run.iteration(1).judgements.exists()  # killed before judging finished
+    run_to_end(command(tiny_model, tmp_path / "kill", *vllm))
+    for name in ROWS:
+        assert read_jsonl(getattr(run.iteration(1), name)) == read_jsonl(getattr(reference.iteration(1), name)), name
+    assert markers(run) == markers(reference)

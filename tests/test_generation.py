@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from selfreward.config import EngineConfig
-from selfreward.generation import HFGenerator, SamplingSpec, VLLMGenerator
+from selfreward.config import EngineConfig, resolve_dtype
+from selfreward.generation import HFGenerator, SamplingSpec, VLLMGenerator, request_seed, vllm_dtype
 
 from .conftest import CACHE, requires_vllm
 
@@ -94,5 +95,29 @@ def test_vllm_engine_matches_transformers(tiny_model: Path, hf) -> None:
         for a, b in zip(gen.token_probs(prompts, ids), hf.token_probs(prompts, ids), strict=True):
             assert a == pytest.approx(b, rel=2e-2)
             assert sum(a) == pytest.approx(sum(b), rel=2e-2)
+        # per-request seeds: a prompt's samples do not depend on the other prompts of the call, their order,
+        # or what the engine ran before (the prefix cache now holds these prompts)
+        spec = SamplingSpec(n=3, temperature=1.0, max_tokens=10, seed=7)
+        chats = [[{"role": "user", "content": f"Say something about {t}."}] for t in ("rain", "salt", "maps", "ice")]
+        whole = gen.chat(chats, spec)
+        alone = gen.chat([chats[0]], spec)
+        other_neighbour = gen.chat([chats[0], [{"role": "user", "content": "Count to five."}]], spec)
+        assert [c.text for c in alone[0]] == [c.text for c in whole[0]] == [c.text for c in other_neighbour[0]]
+        assert [c.text for c in gen.chat(chats, dataclasses.replace(spec, seed=8))[0]] != [c.text for c in whole[0]]
+        assert len({c.text for c in whole[0]}) > 1  # the n samples of one request are not one stream
     finally:
         gen.close()
+
+
+def test_reproducible_vllm_on_cpu_runs_in_float32_unless_a_dtype_is_given() -> None:
+    assert vllm_dtype(EngineConfig(dtype="auto"), on_gpu=False) == "float32"
+    assert vllm_dtype(EngineConfig(dtype="bfloat16"), on_gpu=False) == "bfloat16"
+    assert vllm_dtype(EngineConfig(dtype="auto", reproducible=False), on_gpu=False) == resolve_dtype("auto")
+    assert vllm_dtype(EngineConfig(dtype="auto"), on_gpu=True) == resolve_dtype("auto")
+
+
+def test_request_seeds_keep_the_samples_of_neighbouring_prompts_apart() -> None:
+    # vLLM seeds sample j of a request `seed + j`: no two (prompt, sample) pairs may share a stream
+    streams = {request_seed(0, i) + j for i in range(500) for j in range(8)}
+    assert len(streams) == 500 * 8
+    assert request_seed(0, 3) == request_seed(0, 3) != request_seed(1, 3)

@@ -109,7 +109,7 @@ def train(cfg: RunConfig, run: RunPaths, module: str, args: list[str], inline: C
 def engine_settings(cfg: RunConfig) -> tuple:
     """The engine settings that change what a generation stage writes (the engine, the weights' dtype, and
     the context length, which decides which prompts are `too_long`)."""
-    return (cfg.engine.backend, cfg.engine.dtype, cfg.engine.max_model_len)
+    return (cfg.engine.backend, cfg.engine.dtype, cfg.engine.max_model_len, cfg.engine.reproducible)
 
 
 def run_seed_sft(cfg: RunConfig, run: RunPaths, stages: StageRunner) -> None:
