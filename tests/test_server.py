@@ -75,3 +75,50 @@ def test_vllm_serve_matches_the_in_process_engine(tiny_model: Path, embedded_mod
     assert server.process.poll() is not None  # stopped with the generator that started it
     with pytest.raises(httpx.HTTPError):
         httpx.get(server.base_url + "/models", timeout=2)
+
+
+@pytest.mark.slow
+@requires_vllm
+def test_the_loop_on_a_launched_server_stops_it_on_sigterm_and_resumes(tmp_path: Path, tiny_model: Path) -> None:
+    """One tiny iteration with `engine.backend=server`: SIGTERM while the server generates takes the server and
+    its engine processes down with the loop; the re-run finishes the iteration with the same files as any."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from selfreward.artifacts import RunPaths
+
+    from .conftest import ROOT
+
+    cmd = [sys.executable, "-m", "selfreward", "iterate", "--config", "configs/tiny.yaml", "--iterations", "1"]
+    cmd += [f"model={tiny_model}", f"output_dir={tmp_path}", "run_name=served", "engine.backend=server"]
+    cmd += ["engine.launch_server=true", "engine.kv_cache_gib=1"]
+    run = RunPaths(tmp_path / "served")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    loop = psutil.Process(proc.pid)
+    server: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 600
+        while not server and time.monotonic() < deadline and proc.poll() is None:
+            # the iteration's server is up once the seed SFT is done and prompt generation has begun
+            if run.iteration(0).marker("sft").exists():
+                server = [p for p in loop.children(recursive=True) if "api_server" in " ".join(p.cmdline())]
+            time.sleep(0.5)
+        assert server, "the loop never started a server"
+        tree = server + server[0].children(recursive=True)
+        time.sleep(5)
+        proc.terminate()
+        assert proc.wait(timeout=120) == 143
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        assert not alive, [p.cmdline()[:3] for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    it = run.iteration(1)
+    assert it.pairs.exists() and it.model.exists()
+    metrics = json.loads(it.metrics.read_text())
+    assert metrics["stages"]["candidates"]["candidates"] > 0
