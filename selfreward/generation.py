@@ -16,6 +16,8 @@ template already holds them) and return the same records.
   engine process; `close()` shuts that process down so its memory is released before training.
   Code that creates one must sit under `if __name__ == "__main__":` (vLLM spawns processes).
 - `HFGenerator`: transformers `generate`, batched, left padding, prompts sorted by length.
+- `ServerGenerator`: an OpenAI-compatible server (`vllm serve`), started here for the model
+  (`server.VLLMServer`) or given by `engine.base_url`.
 
 `open_generator(engine_cfg, model_path)` picks one (`backend: auto` tries vLLM first) and logs it.
 """
@@ -31,7 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from selfreward.config import EngineConfig, resolve_dtype
+from selfreward.server import ServerError, VLLMServer
 
 log = logging.getLogger(__name__)
 
@@ -348,10 +353,7 @@ class ServerGenerator(Generator):
     engine_name = "server"
 
     def __init__(self, model_path: str, cfg: EngineConfig, cache_dir: Path, seed: int = 0) -> None:
-        import httpx
         import torch
-
-        from selfreward.server import VLLMServer
 
         super().__init__(model_path, cfg)
         self.server: VLLMServer | None = None
@@ -376,8 +378,6 @@ class ServerGenerator(Generator):
 
     def _check_model(self) -> None:
         """The server serves this stage's model, under `model_name` (its id) or from `model_path` (root)."""
-        from selfreward.server import ServerError
-
         models = self._request("GET", "/models")["data"]
         if not any(self.model_name == m.get("id") or self.model_path == m.get("root") for m in models):
             served = ", ".join(f"{m.get('id')} ({m.get('root')})" for m in models) or "nothing"
@@ -390,10 +390,6 @@ class ServerGenerator(Generator):
         )
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
-        import httpx
-
-        from selfreward.server import ServerError
-
         try:
             response = self.client.request(method, path, json=body)
         except httpx.HTTPError as e:

@@ -68,3 +68,24 @@ def test_fingerprint_changes_with_config() -> None:
     assert fingerprint(a.judge) == fingerprint(b.judge)
     b.judge.samples = 7
     assert fingerprint(a.judge) != fingerprint(b.judge)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["engine.backend=server"], "engine.backend is 'server': set engine.launch_server=true or engine.base_url"),
+        (["engine.backend=server", "engine.base_url=gpu-box:8000"], "engine.base_url must start with http://"),
+        (["engine.server_concurrency=0"], "engine.server_concurrency must be"),
+        (["engine.server_args=--foo"], "engine.server_args"),
+    ],
+)
+def test_server_settings_are_checked(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def test_a_server_config_loads() -> None:
+    cfg = load_config(None, ["engine.backend=server", "engine.base_url=http://gpu-box:8000/v1"])
+    assert cfg.engine.base_url == "http://gpu-box:8000/v1" and not cfg.engine.launch_server
+    cfg = load_config(None, ["engine.backend=server", "engine.launch_server=true", 'engine.server_args=[--x, "2"]'])
+    assert cfg.engine.server_args == ["--x", "2"]

@@ -14,6 +14,7 @@ TOP_LEVEL = {
     "artifacts",
     "models",
     "generation",
+    "server",
     "inputs",
     "runs",
     "errors",
