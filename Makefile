@@ -76,18 +76,12 @@ endif
 iterate: $(STAMP)
 	$(RUN_ENV) $(PY) -m selfreward iterate --config $(CONFIG) --iterations $(N) $(ARGS)
 
-# On a GPU machine (make install ENGINE=gpu first): every stage of the tiny config on vLLM (CUDA) and GPU
-# training in bf16, then the DPO stage on every visible GPU under accelerate. Not run yet: no GPU was lent.
-gpu-smoke: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m selfreward tiny-model --config configs/tiny.yaml
-	rm -rf iterations/gpu-smoke
-	HF_HUB_OFFLINE=1 $(PY) -m selfreward iterate --config configs/tiny.yaml run_name=gpu-smoke engine.backend=vllm \
-		engine.dtype=bfloat16 engine.kv_cache_gib=2 sft.precision=bf16 dpo.precision=bf16
-	HF_HUB_OFFLINE=1 $(PY) -m selfreward iterate --config configs/tiny.yaml run_name=gpu-smoke engine.backend=vllm \
-		engine.dtype=bfloat16 engine.kv_cache_gib=2 sft.precision=bf16 dpo.precision=bf16 --iterations 3 \
-		launch.num_processes=$$($(PY) -c "import torch; print(max(1, torch.cuda.device_count()))")
-	$(PY) -m selfreward status iterations/gpu-smoke
-	$(PY) -m selfreward inspect iterations/gpu-smoke
+# On a GPU machine, offline, ~10 min (benchmarks/gpu_smoke.py): installs ENGINE=gpu, one short iteration of the
+# embedded model on vLLM/CUDA in bf16, the engine benchmark, DPO on every GPU (DDP, then FSDP2) when there are 2+,
+# the generation stages on a launched vllm serve; one JSON: benchmarks/results/gpu_smoke.json. Not run yet.
+gpu-smoke:
+	$(MAKE) install ENGINE=gpu
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/gpu_smoke.py
 
 # A fresh iterations/smoke each time, so every stage runs (and is seen running).
 smoke: $(STAMP)

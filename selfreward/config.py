@@ -443,10 +443,14 @@ class LaunchConfig:
     """Train in a child process (`python -m selfreward.loop.sft|dpo`), so the loop's own process never holds
     a trainer's memory into the next iteration's generation stages (measured: 10.5 GiB kept in-process)."""
     num_processes: int = 1
-    """More than 1: the child is `accelerate launch --num_processes N` (with `--cpu` and gloo on a machine
-    without a GPU); `dpo.grad_accum` is divided by N so the effective batch stays the same."""
+    """More than 1: the child is `accelerate launch --num_processes N` on GPUs, `torchrun --nproc_per_node N`
+    (gloo) on a machine without one; `dpo.grad_accum` and `sft.grad_accum` are divided by N so the effective
+    batch stays the same."""
     accelerate_config: str = ""
     """An accelerate config file for `accelerate launch --config_file` (e.g. configs/accelerate_zero3.yaml)."""
+    fsdp: bool = False
+    """Shard the training stages with FSDP2 (accelerate's plugin through its environment variables: full
+    shard, decoder layers wrapped, full state dict on save), on GPUs or on CPU processes (gloo)."""
 
 
 @dataclass

@@ -172,3 +172,37 @@ def reference_for(cfg: RunConfig, run: RunPaths, k: int) -> str | None:
     if cfg.dpo.reference == "initial" and k > 1:
         return model_of_iteration(cfg, run, 0)
     return None
+
+
+# --------------------------------------------------------------------------- saving a trained model
+
+
+def save_trained(trainer: Any, out: Path, base: str, lora: bool, write_extra: Any) -> None:
+    """Save a trainer's model as full safetensors weights into `out` (atomically), on any backend (one
+    process, DDP, FSDP, DeepSpeed ZeRO-2/3). Every process must call it: gathering sharded weights is
+    collective. Full fine-tuning: `accelerator.get_state_dict` gathers the whole state on all ranks and the
+    main process saves it. LoRA: `trainer.save_model` writes the gathered adapter, then the main process
+    merges it into the base weights `base` (merging a sharded model in place would merge shards).
+    `write_extra(folder)` adds the tokenizer, card, ... on the main process."""
+    acc = trainer.accelerator
+    adapter = out.parent / f".adapter-{out.name}"  # the same path on every process
+    if lora:
+        trainer.save_model(str(adapter))
+        state = None
+    else:
+        state = acc.get_state_dict(trainer.model_wrapped)
+    if acc.is_main_process:
+        with atomic_path(out) as tmp:
+            if lora:
+                from peft import PeftModel
+                from transformers import AutoModelForCausalLM
+
+                dtype = acc.unwrap_model(trainer.model).dtype
+                model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, use_safetensors=True)
+                merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+                merged.save_pretrained(tmp, safe_serialization=True)
+            else:
+                acc.unwrap_model(trainer.model).save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            write_extra(tmp)
+        shutil.rmtree(adapter, ignore_errors=True)
+    acc.wait_for_everyone()

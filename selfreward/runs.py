@@ -451,6 +451,25 @@ def _cuda_visible() -> bool:
     return torch.cuda.is_available()
 
 
+def launch_env(cfg: RunConfig) -> dict[str, str]:
+    """Environment of a training child: with `launch.fsdp`, accelerate's FSDP plugin (FSDP2, full shard,
+    each decoder layer wrapped, a full state dict gathered for saving), which the trainers pick up."""
+    if not cfg.launch.fsdp:
+        return {}
+    if not _cuda_visible():
+        raise ConfigError(
+            "launch.fsdp: accelerate enables FSDP on accelerators only (its state picks FSDP for multi-GPU/XPU/"
+            "NPU..., never MULTI_CPU), so on this machine it would train DDP; leave launch.fsdp=false here"
+        )
+    return {
+        "ACCELERATE_USE_FSDP": "true",
+        "FSDP_VERSION": "2",
+        "FSDP_RESHARD_AFTER_FORWARD": "true",
+        "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+        "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
+    }
+
+
 def train_in_child(cfg: RunConfig, run: RunPaths, module: str, args: list[str]) -> dict:
     """Run a training stage's module (`selfreward.loop.sft`, `selfreward.loop.dpo`) in a child process with
     this invocation's resolved config, wait for it, and return the metrics it wrote. The child logs to the
@@ -466,7 +485,8 @@ def train_in_child(cfg: RunConfig, run: RunPaths, module: str, args: list[str]) 
         # the child shares the run's lock (the flock is on the open file), so a new invocation cannot take
         # the run while a training child of a parent that died is still writing into it
         held = _HELD_LOCKS.get(run.root.resolve())
-        rc = subprocess.run(cmd, pass_fds=(held.fileno(),) if held else ()).returncode
+        env = {**os.environ, **launch_env(cfg)}
+        rc = subprocess.run(cmd, pass_fds=(held.fileno(),) if held else (), env=env).returncode
         if rc != 0 or not metrics.exists():
             raise StageFailed(f"{module} exited with code {rc}; its log is above and in {run.log}")
         return read_json(metrics)

@@ -41,15 +41,18 @@ def assert_close(a: dict, b: dict, atol: float) -> float:
     return worst
 
 
-@pytest.mark.parametrize("stage", ["dpo", "sft"])
+@pytest.mark.parametrize("stage", ["dpo", "sft", "dpo-lora"])
 def test_two_cpu_processes_save_the_full_model_equal_to_one(tmp_path: Path, tiny_model: Path, stage: str) -> None:
+    """`dpo-lora`: the adapter is saved by the trainer (gathered) and merged into the base weights after."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    stage, lora = stage.removesuffix("-lora"), stage.endswith("-lora")
     module, args = f"selfreward.loop.{stage}", (["--iter", "1"] if stage == "dpo" else [])
     models = {}
     metrics = {}
     for processes in (2, 1):
         cfg = config(tmp_path, tiny_model, f"p{processes}", processes)
+        cfg.dpo.lora = lora
         run = RunPaths(cfg.run_dir)
         if processes == 2:
             cmd = training_command(cfg, module, args)
@@ -63,15 +66,18 @@ def test_two_cpu_processes_save_the_full_model_equal_to_one(tmp_path: Path, tiny
         metrics[processes] = train_in_child(cfg, run, module, args)
         models[processes] = it.model
     assert metrics[2]["processes"] == 2 and metrics[1]["processes"] == 1  # really two processes (gloo)
+    assert metrics[2]["distributed_type"] == "MULTI_CPU"
     if stage == "dpo":  # accumulation 2 on 1 process = 1 per process on 2: batch 2 x 1 x 2 = 4 either way
         assert metrics[2]["effective_batch"] == metrics[1]["effective_batch"] == 4
         assert metrics[2]["optimizer_steps"] == metrics[1]["optimizer_steps"] == 2
     else:
         assert metrics[2]["steps"] == metrics[1]["steps"] == 2
     two, one = weights(models[2]), weights(models[1])
+    assert two.keys() == weights(tiny_model).keys()  # merged: the base model's tensors, no adapter left
+    assert not list(models[2].parent.glob(".adapter-*"))
     assert any(not (two[k] == weights(tiny_model)[k]).all() for k in two)  # it trained
     worst = assert_close(two, one, atol=1e-4)
-    print(f"{stage}: largest |2-process - 1-process| weight difference {worst:.2e}")
+    print(f"{stage}{' (LoRA)' if lora else ''}: largest |2-process - 1-process| weight difference {worst:.2e}")
     model = AutoModelForCausalLM.from_pretrained(models[2], use_safetensors=True)  # it loads and generates
     tok = AutoTokenizer.from_pretrained(models[2])
     out = model.generate(**tok("Hello", return_tensors="pt"), max_new_tokens=3, do_sample=False)

@@ -128,3 +128,18 @@ def test_atomic_path_flushes_the_files_and_the_parent_folder(tmp_path: Path, mon
         (tmp / "w").write_text("1")
     assert any(p.endswith("/model/w") for p in synced)  # the file, while still in its temporary folder
     assert synced[-1] == str(tmp_path)  # the parent folder, after the rename
+
+
+def test_fsdp_on_a_machine_without_a_gpu_is_refused_not_turned_into_ddp() -> None:
+    import torch
+
+    from selfreward.config import ConfigError
+    from selfreward.runs import launch_env
+
+    cfg = load_config(None, ["launch.fsdp=true", "launch.num_processes=2"])
+    if torch.cuda.is_available():
+        assert launch_env(cfg)["ACCELERATE_USE_FSDP"] == "true"
+    else:
+        with pytest.raises(ConfigError, match="launch.fsdp: accelerate enables FSDP on accelerators only"):
+            launch_env(cfg)
+    assert launch_env(load_config(None, ["launch.num_processes=2"])) == {}

@@ -29,11 +29,11 @@ import math
 import os
 import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from selfreward.artifacts import (
     IterPaths,
-    atomic_path,
     file_digest,
     model_digest,
     resume_checkpoint,
@@ -41,7 +41,7 @@ from selfreward.artifacts import (
 )
 from selfreward.cards import Lineage, model_card
 from selfreward.config import DPOStageConfig, fingerprint, train_bf16
-from selfreward.models import copy_model, iteration_seed, lora_config, model_of_iteration, reference_for
+from selfreward.models import copy_model, iteration_seed, lora_config, model_of_iteration, reference_for, save_trained
 from selfreward.runs import per_process_accumulation, stage_parser, stage_setup, write_stage_metrics
 from selfreward.tracking import Tracker
 
@@ -144,19 +144,15 @@ def run(
         metrics["processes"] = trainer.accelerator.num_processes
         metrics["effective_batch"] = cfg.batch_size * grad_accum * trainer.accelerator.num_processes
         metrics["epochs"] = round(steps * metrics["effective_batch"] / len(dataset), 2)
-        trained = trainer.model
-        if cfg.lora:
-            trained = trained.merge_and_unload()
-        # every process takes part: under ZeRO-3 this gathers the sharded weights (DDP: each has them all)
-        state = None if cfg.lora else trainer.accelerator.get_state_dict(trainer.model_wrapped)
+        metrics["distributed_type"] = trainer.accelerator.distributed_type.value
+
+        def extras(folder: Path) -> None:
+            tokenizer.save_pretrained(folder)
+            card = model_card(lineage, "dpo", card_config, pairs_data(it, len(dataset)), metrics)
+            (folder / "README.md").write_text(card, encoding="utf-8")
+
+        save_trained(trainer, it.model, policy, cfg.lora, extras)
         if trainer.accelerator.is_main_process:
-            with atomic_path(it.model) as tmp:
-                trainer.accelerator.unwrap_model(trained).save_pretrained(
-                    tmp, state_dict=state, safe_serialization=True
-                )
-                tokenizer.save_pretrained(tmp)
-                card = model_card(lineage, "dpo", card_config, pairs_data(it, len(dataset)), metrics)
-                (tmp / "README.md").write_text(card, encoding="utf-8")
             write_jsonl(it.dpo_log, trainer.state.log_history)
             if keep is not None:
                 shutil.rmtree(keep, ignore_errors=True)
@@ -169,7 +165,7 @@ def run(
         )
         metrics["too_few_steps"] = True
     if trainer.accelerator.is_main_process:
-        del model, ref_model, trainer, trained
+        del model, ref_model, trainer
         shift_rows = dataset.select(range(min(cfg.shift_pairs, len(dataset))))
         metrics["shift"] = policy_shift(policy, str(it.model), shift_rows, cfg.max_length)
     return metrics

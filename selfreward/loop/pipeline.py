@@ -101,7 +101,7 @@ def train(cfg: RunConfig, run: RunPaths, module: str, args: list[str], inline: C
     """A training stage: in a child process (`launch.*`: `python -m module`, or `accelerate launch` for
     several processes), or `inline` in this process."""
     launch = cfg.launch
-    if launch.separate_process or launch.num_processes > 1 or launch.accelerate_config:
+    if launch.separate_process or launch.num_processes > 1 or launch.accelerate_config or launch.fsdp:
         return train_in_child(cfg, run, module, args)
     return inline()
 

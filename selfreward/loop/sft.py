@@ -32,12 +32,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from selfreward.artifacts import DataError, IterPaths, atomic_path, model_digest, resume_checkpoint, write_jsonl
+from selfreward.artifacts import DataError, IterPaths, model_digest, resume_checkpoint, write_jsonl
 from selfreward.cards import Lineage, model_card
 from selfreward.config import JudgeConfig, SeedConfig, SFTStageConfig, fingerprint, train_bf16
 from selfreward.inputs import load_examples, load_instructions
 from selfreward.loop import eft
-from selfreward.models import base_model, lora_config
+from selfreward.models import base_model, lora_config, save_trained
 from selfreward.runs import per_process_accumulation, stage_parser, stage_setup, write_stage_metrics
 from selfreward.tracking import Tracker
 
@@ -227,22 +227,18 @@ def train_sft(
             log.info("sft: resuming from %s", resume)
         with (tracker or Tracker()).trainer_env(stage):  # wandb/MLflow read their project when training starts
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        trained = trainer.model
-        if cfg.lora:
-            trained = trained.merge_and_unload()
         metrics = sft_metrics(trainer.state, result.metrics, len(examples), trainer.dropped_too_long)
         metrics["processes"] = trainer.accelerator.num_processes
-        # every process takes part: under ZeRO-3 this gathers the sharded weights (DDP: each has them all)
-        state = None if cfg.lora else trainer.accelerator.get_state_dict(trainer.model_wrapped)
+        metrics["distributed_type"] = trainer.accelerator.distributed_type.value
+
+        def extras(folder: Path) -> None:
+            trainer.processing_class.save_pretrained(folder)
+            data = {"examples": len(examples), "file": str(data_file) if data_file else None}
+            card = model_card(lineage, method, {"sft": dataclasses.asdict(cfg)}, data, metrics)
+            (folder / "README.md").write_text(card, encoding="utf-8")
+
+        save_trained(trainer, out_dir, model_path, cfg.lora, extras)
         if trainer.accelerator.is_main_process:
-            with atomic_path(out_dir) as tmp:
-                trainer.accelerator.unwrap_model(trained).save_pretrained(
-                    tmp, state_dict=state, safe_serialization=True
-                )
-                trainer.processing_class.save_pretrained(tmp)
-                data = {"examples": len(examples), "file": str(data_file) if data_file else None}
-                card = model_card(lineage, method, {"sft": dataclasses.asdict(cfg)}, data, metrics)
-                (tmp / "README.md").write_text(card, encoding="utf-8")
             if log_path is not None:
                 write_jsonl(log_path, trainer.state.log_history)
             if keep is not None:
