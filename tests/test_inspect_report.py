@@ -353,3 +353,24 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
     assert "</html>" in dom and "<h2>Pairs</h2>" in dom
     assert check_images(dom) == 3
     assert dom.count("<details>") == count_lines(run.iteration(1).pairs) + count_lines(run.iteration(2).pairs)
+
+
+def test_reason_results_are_shown_with_their_intervals(tmp_path: Path) -> None:
+    """`selfreward reason` writes reason/reason.json; inspect and the report show its rows, each metric as
+    value [95% interval] (n)."""
+    run = make_run(tmp_path, [NORMAL_1], results=False)
+    metric = {"value": 0.38333, "ci_low": 0.25, "ci_high": 0.5, "n": 60}
+    rows = [
+        {"method": "start", "round": 0, "maj@1": metric, "pass@4": {**metric, "value": 0.5333},
+         "judge_accuracy": {"accuracy": 0.3333, "ci_low": 0.161, "ci_high": 0.515, "n_pairs": 66}},
+        {"method": "expert_iteration", "round": 1, "maj@1": {**metric, "value": 0.4}, "pass@4": metric,
+         "judge_accuracy": {"accuracy": None, "ci_low": None, "ci_high": None, "n_pairs": 0}},
+    ]  # fmt: skip
+    write_json(run.reason / "reason.json", {"rows": rows})
+    out = printed(run)
+    assert "reason/reason.json" in out
+    assert table_row(out, "start") == ["start", "0", "0.383 [0.25, 0.50] (n=60)", "0.533 [0.25, 0.50] (n=60)",
+                                       "0.333 [0.16, 0.52] (n=66)"]  # fmt: skip
+    assert table_row(out, "expert_iteration")[2::2] == ["0.400 [0.25, 0.50] (n=60)", "—"]
+    html = build_report(run)
+    assert "<h2>reason/reason.json</h2>" in html and "0.400 [0.25, 0.50] (n=60)" in html and "—" in html

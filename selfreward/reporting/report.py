@@ -1,7 +1,7 @@
 """One self-contained HTML page about a run: funnel, scores, length drift, DPO curves, pairs.
 
 Reads  the same files as `selfreward inspect` (iter_K/*.jsonl, metrics.json, dpo_log.jsonl, the
-       optional judge_eval.json, compare.json and methods.json) plus iterations/<run>/manifest.json
+       optional judge_eval.json, compare.json, methods.json and reason/reason.json) plus iterations/<run>/manifest.json
 Writes iterations/<run>/report.html (atomically): plots are PNGs drawn with matplotlib's Agg
        canvas and embedded as base64 data URIs; no scripts, no network. All text from the run
        is HTML-escaped.

@@ -2,7 +2,8 @@
 
 Reads  iterations/<run>/iter_K/{prompts,prompts_rejected,candidates,judgements,pairs,dpo_log}.jsonl,
        iter_K/metrics.json (only for the pair drop reasons and whether DPO was skipped, which no
-       other file records), and the optional iterations/<run>/{judge_eval,compare,methods}.json.
+       other file records), and the optional iterations/<run>/{judge_eval,compare,methods}.json and
+       reason/reason.json (`selfreward reason`: one row per method and round, metrics with intervals).
 Writes nothing.
 
 Every number is computed from the artifact files (a pair count is the number of lines of
@@ -27,7 +28,7 @@ from selfreward.errors import UserError
 MAX_SCORE = 5
 PAIR_FIELDS = ("margin", "chosen_score", "rejected_score", "chosen_tokens", "rejected_tokens")
 """The numeric pair fields that `--where` can filter on."""
-RESULT_FILES = ("judge_eval.json", "compare.json", "methods.json")
+RESULT_FILES = ("judge_eval.json", "compare.json", "methods.json", "reason/reason.json")
 """Optional results that other commands write into the run folder."""
 _WHERE = re.compile(r"^\s*([A-Za-z_]\w*)\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*$")
 _OPS = {
@@ -365,6 +366,13 @@ def counts(d: dict[str, int]) -> str:
 def cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, dict) and "ci_low" in value and ("value" in value or "accuracy" in value):
+        # a metric with its 95% interval (reasoning.metrics): `0.383 [0.25, 0.50] (n=60)`
+        v = value.get("value", value.get("accuracy"))
+        n = value.get("n", value.get("n_pairs"))
+        if v is None:
+            return "—"
+        return f"{v:.3f} [{value['ci_low']:.2f}, {value['ci_high']:.2f}]" + (f" (n={n})" if n is not None else "")
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)
     return "—" if value is None else str(value)
