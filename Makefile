@@ -76,7 +76,7 @@ endif
 iterate: $(STAMP)
 	$(RUN_ENV) $(PY) -m selfreward iterate --config $(CONFIG) --iterations $(N) $(ARGS)
 
-# On a GPU machine, offline, ~10 min (benchmarks/gpu_smoke.py): installs ENGINE=gpu, one short iteration of the
+# On a GPU machine, ~10 min (benchmarks/gpu_smoke.py; PyPI for the install, no hub): installs ENGINE=gpu, one short iteration of the
 # embedded model on vLLM/CUDA in bf16, the engine benchmark, DPO on every GPU (DDP, then FSDP2) when there are 2+,
 # the generation stages on a launched vllm serve; one JSON: benchmarks/results/gpu_smoke.json. Not run yet.
 gpu-smoke:

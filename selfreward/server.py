@@ -10,6 +10,7 @@ Its output goes to `log_dir/vllm-serve-<port>.log`, whose tail is in the error w
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -51,6 +52,9 @@ def serve_args(model: str, cfg: EngineConfig, dtype: str, seed: int, port: int, 
         "--seed", str(seed),
         "--max-logprobs", str(cfg.max_logprobs),
         "--logprobs-mode", "raw_logprobs",
+        # sampling defaults from vLLM, not from the model's generation_config.json, as `LLM.generate` with
+        # explicit SamplingParams does
+        "--generation-config", "vllm",
     ]  # fmt: skip
     if cfg.enforce_eager:
         args.append("--enforce-eager")
@@ -79,6 +83,9 @@ class VLLMServer:
     @classmethod
     def start(cls, model: str, cfg: EngineConfig, dtype: str, seed: int, log_dir: Path, on_gpu: bool) -> VLLMServer:
         port = cfg.server_port or free_port()
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                raise ServerError(f"engine.server_port {port}: something already listens there")
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"vllm-serve-{port}.log"
         cmd = [
@@ -95,6 +102,8 @@ class VLLMServer:
         server = cls(process, f"http://127.0.0.1:{port}/v1", log_path)
         try:
             server.wait_healthy(cfg.server_timeout_s)
+            if process.poll() is not None:  # the health check was answered by another process
+                raise ServerError(f"vllm serve exited with code {process.returncode}: {server.tail()}")
         except BaseException:
             server.stop()
             raise
@@ -107,7 +116,7 @@ class VLLMServer:
             if self.process.poll() is not None:
                 raise ServerError(f"vllm serve exited with code {self.process.returncode}: {self.tail()}")
             try:
-                if httpx.get(health, timeout=5).status_code == 200:
+                if httpx.get(health, timeout=5, trust_env=False).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -122,15 +131,34 @@ class VLLMServer:
         return " | ".join(text[-lines:]) + f" (log: {self.log_path})"
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM to the server's process group (the server, its engine core and workers), then SIGKILL."""
-        if self.process.poll() is not None:
+        """SIGTERM to the server's process group (the server, its engine core and workers), wait until the
+        whole group is gone (the leader may have exited first), then SIGKILL what is left."""
+        pgid = self.process.pid  # start_new_session: the group id is the leader's pid
+        if not _group_alive(pgid):
+            self.process.poll()
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            self.process.poll()  # reap the leader
+            time.sleep(0.2)
+        if _group_alive(pgid):
             log.warning("vllm serve did not stop in %.0f s; killing it", timeout_s)
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        except ProcessLookupError:
-            pass
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(10)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group is left (a zombie leader not yet reaped counts as gone)."""
+    import psutil
+
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False

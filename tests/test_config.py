@@ -77,6 +77,7 @@ def test_fingerprint_changes_with_config() -> None:
         (["engine.backend=server", "engine.base_url=gpu-box:8000"], "engine.base_url must start with http://"),
         (["engine.server_concurrency=0"], "engine.server_concurrency must be"),
         (["engine.server_args=--foo"], "engine.server_args"),
+        (["launch.fsdp=true"], "launch.fsdp needs launch.num_processes >= 2, got 1"),
     ],
 )
 def test_server_settings_are_checked(overrides: list[str], message: str) -> None:

@@ -364,7 +364,7 @@ def test_reason_results_are_shown_with_their_intervals(tmp_path: Path) -> None:
         {"method": "start", "round": 0, "maj@1": metric, "pass@4": {**metric, "value": 0.5333},
          "judge_accuracy": {"accuracy": 0.3333, "ci_low": 0.161, "ci_high": 0.515, "n_pairs": 66}},
         {"method": "expert_iteration", "round": 1, "maj@1": {**metric, "value": 0.4}, "pass@4": metric,
-         "judge_accuracy": {"accuracy": None, "ci_low": None, "ci_high": None, "n_pairs": 0}},
+         "judge_accuracy": {"accuracy": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n_pairs": 0}},
     ]  # fmt: skip
     write_json(run.reason / "reason.json", {"rows": rows})
     out = printed(run)

@@ -30,6 +30,7 @@ def test_a_launched_server_gets_the_in_process_engines_settings() -> None:
     assert value("--model") == "/m" and value("--port") == "8123" and value("--seed") == "3"
     assert value("--max-model-len") == "512" and value("--logprobs-mode") == "raw_logprobs"
     assert value("--dtype") == "float32" and value("--max-logprobs") == "20"
+    assert value("--generation-config") == "vllm"  # no sampling defaults from the model's generation_config
     assert "--no-enable-chunked-prefill" in args and "--enable-prefix-caching" in args
     assert args[-2:] == ["--max-num-seqs", "8"]
 

@@ -79,8 +79,9 @@ def run(
             "reason": f"{len(dataset)} pairs < min_pairs {cfg.min_pairs}",
             "pairs": len(dataset),
         }
-        copy_model(policy, it.model, card=model_card(lineage, "dpo", card_config, pairs_data(it, 0), skipped))
-        write_jsonl(it.dpo_log, [])
+        if int(os.environ.get("RANK", "0")) == 0:  # under a launcher every process gets here: one writes
+            copy_model(policy, it.model, card=model_card(lineage, "dpo", card_config, pairs_data(it, 0), skipped))
+            write_jsonl(it.dpo_log, [])
         return skipped
 
     dataset = dataset.select_columns(["prompt", "chosen", "rejected"])

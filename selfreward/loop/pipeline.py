@@ -56,25 +56,29 @@ def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) ->
     templates = file_digests([cfg.prompt_gen.template, cfg.seed_data.instructions])
     start = model_digest(model)
 
-    # `config` (what the user chose) is refused when it changed; `inputs` (what earlier stages made) redo
-    stages.run(
-        "prompts",
-        (cfg.prompt_gen, excluded, templates, gen_settings),
-        lambda: prompt_gen.run(engine(), cfg.prompt_gen, pool, it, k, seed, excluded),
-        inputs=lambda: (start, pool),
-    )
-    stages.run(
-        "candidates",
-        (cfg.responses, gen_settings),
-        lambda: responses.run(engine(), cfg.responses, it, seed),
-        inputs=lambda: (start, file_digest(it.prompts)),
-    )
-    stages.run(
-        "judgements",
-        (cfg.judge, file_digests([cfg.judge.template]), gen_settings),
-        lambda: judge.run(engine(), cfg.judge, it, seed),
-        inputs=lambda: (start, file_digest(it.candidates)),
-    )
+    try:
+        # `config` (what the user chose) is refused when it changed; `inputs` (what earlier stages made) redo
+        stages.run(
+            "prompts",
+            (cfg.prompt_gen, excluded, templates, gen_settings),
+            lambda: prompt_gen.run(engine(), cfg.prompt_gen, pool, it, k, seed, excluded),
+            inputs=lambda: (start, pool),
+        )
+        stages.run(
+            "candidates",
+            (cfg.responses, gen_settings),
+            lambda: responses.run(engine(), cfg.responses, it, seed),
+            inputs=lambda: (start, file_digest(it.prompts)),
+        )
+        stages.run(
+            "judgements",
+            (cfg.judge, file_digests([cfg.judge.template]), gen_settings),
+            lambda: judge.run(engine(), cfg.judge, it, seed),
+            inputs=lambda: (start, file_digest(it.candidates)),
+        )
+    except BaseException:
+        engine.close()  # a launched server or vLLM engine does not outlive a failed stage
+        raise
     stages.metrics["engine"] = engine.close()  # the engine's memory is released before training
     lineage = Lineage(cfg.model, str(run.root), k, model)
     stages.run(
@@ -109,7 +113,9 @@ def train(cfg: RunConfig, run: RunPaths, module: str, args: list[str], inline: C
 def engine_settings(cfg: RunConfig) -> tuple:
     """The engine settings that change what a generation stage writes (the engine, the weights' dtype, and
     the context length, which decides which prompts are `too_long`)."""
-    return (cfg.engine.backend, cfg.engine.dtype, cfg.engine.max_model_len, cfg.engine.reproducible)
+    e = cfg.engine
+    server = (e.base_url, e.server_model, e.server_args) if e.backend == "server" else ()
+    return (e.backend, e.dtype, e.max_model_len, e.reproducible, *server)
 
 
 def run_seed_sft(cfg: RunConfig, run: RunPaths, stages: StageRunner) -> None:

@@ -14,6 +14,7 @@ is not there (a stage not run yet) shows as `—`.
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 from collections import Counter
@@ -370,7 +371,7 @@ def cell(value: Any) -> str:
         # a metric with its 95% interval (reasoning.metrics): `0.383 [0.25, 0.50] (n=60)`
         v = value.get("value", value.get("accuracy"))
         n = value.get("n", value.get("n_pairs"))
-        if v is None:
+        if not isinstance(v, (int, float)) or not math.isfinite(v):  # no pairs: NaN in reason.json
             return "—"
         return f"{v:.3f} [{value['ci_low']:.2f}, {value['ci_high']:.2f}]" + (f" (n={n})" if n is not None else "")
     if isinstance(value, (dict, list)):
