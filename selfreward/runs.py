@@ -227,7 +227,14 @@ class Engine:
             self.start_s = time.perf_counter() - start
         return self.gen
 
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # also when a stage raised: a launched server or vLLM engine does not outlive it
+
     def close(self) -> dict | None:
+        """Stop the engine (if it started) and return its numbers; a second call does nothing."""
         if self.gen is None:
             return None
         gen, self.gen = self.gen, None

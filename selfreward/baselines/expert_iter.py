@@ -43,11 +43,11 @@ from selfreward.artifacts import (
 from selfreward.cards import Lineage
 from selfreward.config import RunConfig
 from selfreward.inputs import load_examples, load_prompt_file
-from selfreward.loop import judge, responses, sft
-from selfreward.loop.pipeline import engine_settings, seed_sft
+from selfreward.loop import sft
+from selfreward.loop.pipeline import answer_and_judge, seed_sft
 from selfreward.models import copy_model, model_of_iteration
 from selfreward.records import Candidate, Judgement, Prompt, required_fields, to_row
-from selfreward.runs import Engine, Progress, RunChain, StageRunner, file_digests, open_run
+from selfreward.runs import Engine, Progress, RunChain, StageRunner, open_run
 from selfreward.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)
@@ -139,25 +139,13 @@ def run_round(cfg: RunConfig, it: IterPaths, model: str, prompts: list[Prompt], 
     x = cfg.expert_iter
     seed = cfg.seed * 1000 + 500 + k
     responses_cfg = dataclasses.replace(cfg.responses, n=x.samples)
-    engine = Engine(cfg, model)
     stages.metrics["start_model"] = model
     rows = [to_row(p) for p in prompts]
     start = model_digest(model)
-    gen_settings = engine_settings(cfg)
-    stages.run("prompts", rows, lambda: {"prompts": write_jsonl(it.prompts, rows)})
-    stages.run(
-        "candidates",
-        (responses_cfg, gen_settings),
-        lambda: responses.run(engine(), responses_cfg, it, seed),
-        inputs=lambda: (start, file_digest(it.prompts)),
-    )
-    stages.run(
-        "judgements",
-        (cfg.judge, file_digests([cfg.judge.template]), gen_settings),
-        lambda: judge.run(engine(), cfg.judge, it, seed),
-        inputs=lambda: (start, file_digest(it.candidates)),
-    )
-    stages.metrics["engine"] = engine.close()
+    with Engine(cfg, model) as engine:
+        stages.run("prompts", rows, lambda: {"prompts": write_jsonl(it.prompts, rows)})
+        answer_and_judge(cfg, responses_cfg, it, seed, engine, stages, start)
+        stages.metrics["engine"] = engine.close()
     stages.run(
         "sft_data",
         x.threshold,

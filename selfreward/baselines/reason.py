@@ -262,11 +262,10 @@ def run_round(
     it = IterPaths(run.reason / method / f"round_{k}")
     seed = cfg.seed * 1000 + 700 + k
     token = CORRECT if method == "rcrl" else ""
-    engine = Engine(cfg, model)
     settings = (sampling(cfg), cfg.judge, engine_settings(cfg))
     digest = model_digest(model)
 
-    def do_samples() -> dict:
+    def do_samples(engine: Engine) -> dict:
         rows = sample(engine(), cfg, train_rows, cfg.reason.samples, seed, token)
         if method == "dpo_judge":
             for s, score in zip(rows, judge_samples(engine(), cfg, train_rows, rows, seed), strict=True):
@@ -274,8 +273,8 @@ def run_round(
         write_jsonl(it.candidates, rows)
         return {"samples": len(rows), "correct": sum(s["correct"] for s in rows)}
 
-    stages.run("samples", settings, do_samples, inputs=lambda: digest)
-    engine.close()
+    with Engine(cfg, model) as engine:
+        stages.run("samples", settings, lambda: do_samples(engine), inputs=lambda: digest)
     earlier = [read_jsonl(IterPaths(run.reason / method / f"round_{j}").candidates) for j in range(1, k + 1)]
 
     def do_train() -> dict:
@@ -311,11 +310,8 @@ def run_round(
 
 
 def measure(cfg: RunConfig, model: str | Path, test: list[Problem], token: str, seed: int, out: Path) -> dict:
-    engine = Engine(cfg, str(model))
-    try:
+    with Engine(cfg, str(model)) as engine:
         return evaluate(engine(), cfg, test, token, seed, out)
-    finally:
-        engine.close()
 
 
 def reason(cfg: RunConfig, force: bool = False) -> RunPaths:

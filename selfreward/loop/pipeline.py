@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from selfreward.artifacts import RunPaths, file_digest, model_digest, read_json, read_jsonl
+from selfreward.artifacts import IterPaths, RunPaths, file_digest, model_digest, read_json, read_jsonl
 from selfreward.cards import Lineage
-from selfreward.config import RunConfig
+from selfreward.config import ResponsesConfig, RunConfig
 from selfreward.inputs import load_prompt_file, load_seed_pool
 from selfreward.loop import dpo, judge, pairs, prompt_gen, responses, sft
 from selfreward.models import base_model, iteration_seed, model_of_iteration, reference_for
@@ -50,13 +50,11 @@ def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) ->
     pool = prompt_pool(cfg, run, k)
     excluded = [p.text for p in load_prompt_file(cfg.prompt_gen.exclude)] if cfg.prompt_gen.exclude else []
     seed = iteration_seed(cfg, k)
-    engine = Engine(cfg, model)  # started on first use, serves stages 1-3
-
     gen_settings = engine_settings(cfg)
     templates = file_digests([cfg.prompt_gen.template, cfg.seed_data.instructions])
     start = model_digest(model)
 
-    try:
+    with Engine(cfg, model) as engine:  # started on first use, serves stages 1-3
         # `config` (what the user chose) is refused when it changed; `inputs` (what earlier stages made) redo
         stages.run(
             "prompts",
@@ -64,22 +62,8 @@ def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) ->
             lambda: prompt_gen.run(engine(), cfg.prompt_gen, pool, it, k, seed, excluded),
             inputs=lambda: (start, pool),
         )
-        stages.run(
-            "candidates",
-            (cfg.responses, gen_settings),
-            lambda: responses.run(engine(), cfg.responses, it, seed),
-            inputs=lambda: (start, file_digest(it.prompts)),
-        )
-        stages.run(
-            "judgements",
-            (cfg.judge, file_digests([cfg.judge.template]), gen_settings),
-            lambda: judge.run(engine(), cfg.judge, it, seed),
-            inputs=lambda: (start, file_digest(it.candidates)),
-        )
-    except BaseException:
-        engine.close()  # a launched server or vLLM engine does not outlive a failed stage
-        raise
-    stages.metrics["engine"] = engine.close()  # the engine's memory is released before training
+        answer_and_judge(cfg, cfg.responses, it, seed, engine, stages, start)
+        stages.metrics["engine"] = engine.close()  # the engine's memory is released before training
     lineage = Lineage(cfg.model, str(run.root), k, model)
     stages.run(
         "pairs",
@@ -108,6 +92,32 @@ def train(cfg: RunConfig, run: RunPaths, module: str, args: list[str], inline: C
     if launch.separate_process or launch.num_processes > 1 or launch.accelerate_config or launch.fsdp:
         return train_in_child(cfg, run, module, args)
     return inline()
+
+
+def answer_and_judge(
+    cfg: RunConfig,
+    responses_cfg: ResponsesConfig,
+    it: IterPaths,
+    seed: int,
+    engine: Engine,
+    stages: StageRunner,
+    start: str,
+) -> None:
+    """Stages 2-3 on `it.prompts` (shared with expert iteration): candidates, then the model judges them.
+    `start` is the answering model's digest (the stages' input beside the previous stage's file)."""
+    gen_settings = engine_settings(cfg)
+    stages.run(
+        "candidates",
+        (responses_cfg, gen_settings),
+        lambda: responses.run(engine(), responses_cfg, it, seed),
+        inputs=lambda: (start, file_digest(it.prompts)),
+    )
+    stages.run(
+        "judgements",
+        (cfg.judge, file_digests([cfg.judge.template]), gen_settings),
+        lambda: judge.run(engine(), cfg.judge, it, seed),
+        inputs=lambda: (start, file_digest(it.candidates)),
+    )
 
 
 def engine_settings(cfg: RunConfig) -> tuple:
