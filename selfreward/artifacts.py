@@ -111,6 +111,16 @@ class IterPaths:
         return self.root / "sft_log.jsonl"
 
     @property
+    def ppo_log(self) -> Path:
+        """`selfreward reason`'s PPO rounds: one row per update (as the PPO baseline's ppo_log.jsonl)."""
+        return self.root / "ppo_log.jsonl"
+
+    @property
+    def reward_model_log(self) -> Path:
+        """`selfreward reason`'s outcome reward model: RewardTrainer's log history."""
+        return self.root / "reward_model_log.jsonl"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
 

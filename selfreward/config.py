@@ -425,16 +425,24 @@ class ReasonConfig:
     temperature: float = 0.7
     max_tokens: int = 128
     rounds: int = 2
-    methods: list[str] = field(default_factory=lambda: ["expert_iteration", "rcrl", "dpo_verifier", "dpo_judge"])
+    methods: list[str] = field(
+        default_factory=lambda: ["expert_iteration", "rcrl", "ppo_verifier", "dpo_verifier", "dpo_judge"]
+    )
     """Any of `expert_iteration` (every correct sample, de-duplicated, accumulated over rounds, each round
-    fine-tuned from the start model), `rcrl` (return-conditioned: SFT on every sample behind a reward token,
-    sampled behind the `correct` token), `dpo_verifier` (DPO on a correct vs an incorrect answer per
+    fine-tuned from M0 on the worked solutions and them: Havrilla), `expert_iteration_continued` (one correct
+    sample per problem of this round, fine-tuned from the previous round's model: `selfreward expert-iter`'s
+    scheme), `rcrl` (return-conditioned: SFT on every sample behind a reward token, sampled behind the
+    `correct` token), `ppo_verifier` / `ppo_orm` (the PPO baseline, `ppo:` section, with the verifier's 0/1
+    reward or the outcome reward model's score), `dpo_verifier` (DPO on a correct vs an incorrect answer per
     problem), `dpo_judge` (DPO on the self-judge's best vs worst answer: self-rewarding on these problems)."""
     sft_init: bool = True
     """Start from M0 fine-tuned on the training problems' worked solutions (the paper's SFT initialisation);
     false: start from M0."""
     judge_mode: Literal["sampled", "probabilities", "direct"] = "direct"
     """How the model judges its answers for `dpo_judge` and rerank@k (the rubric of `judge.template`)."""
+    orm: bool = True
+    """Train an outcome reward model (TRL's RewardTrainer, the `ppo:` section's rm_* settings) on the start's
+    verifier-labelled answers to the training problems: rerank@k by it for every row, and `ppo_orm`'s reward."""
 
 
 @dataclass

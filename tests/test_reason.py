@@ -11,8 +11,11 @@ import pytest
 from selfreward.baselines.reason import (
     CORRECT,
     INCORRECT,
+    METHODS,
+    continued_examples,
     expert_examples,
     judge_pairs,
+    orm_pairs,
     rcrl_examples,
     reason,
     user_turn,
@@ -23,6 +26,10 @@ from selfreward.reasoning.problems import Problem
 
 ROOT = Path(__file__).resolve().parent.parent
 P = [Problem("p1", "1 + 1?", "2", "1 + 1 = 2\n#### 2", "generated"), Problem("p2", "2 * 3?", "6", "", "generated")]
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
 
 
 def s(pid: str, text: str, correct: bool, score: float | None = None, cut: bool = False) -> dict:
@@ -43,6 +50,33 @@ def test_expert_iteration_keeps_every_correct_sample_once_over_rounds() -> None:
     texts = [(e["messages"][0]["content"], e["messages"][1]["content"]) for e in examples]
     # de-duplicated by (problem, whitespace-normalised text), accumulated, cut-off answers left out
     assert texts == [(user_turn(P[0]), "2"), (user_turn(P[1]), "6"), (user_turn(P[0]), "so 2")]
+
+
+def test_expert_iteration_starts_from_the_demonstrations() -> None:
+    demo = [
+        {"messages": [{"role": "user", "content": user_turn(P[0])}, {"role": "assistant", "content": "1 + 1 = 2"}]}
+    ]
+    examples = expert_examples(P, [[s("p1", "2", True), s("p2", "5", False)]], demo)
+    assert examples[0] == demo[0] and [e["messages"][1]["content"] for e in examples] == ["1 + 1 = 2", "2"]
+
+
+def test_continued_expert_iteration_keeps_one_correct_ended_sample_per_problem_of_this_round() -> None:
+    samples = [s("p1", "3", False), s("p1", "2", True), s("p1", "so 2", True), s("p2", "6", True, cut=True)]
+    examples = continued_examples(P, samples)
+    assert [(e["messages"][0]["content"], e["messages"][1]["content"]) for e in examples] == [(user_turn(P[0]), "2")]
+
+
+def test_orm_pairs_every_right_with_every_wrong_answer_and_the_worked_solution_as_one_more_right() -> None:
+    samples = [s("p1", "3", False), s("p1", "2", True), s("p1", "4", False), s("p2", "7", False)]
+    pairs = [
+        (x["prompt"][0]["content"], x["chosen"][0]["content"], x["rejected"][0]["content"])
+        for x in orm_pairs(P, samples)
+    ]
+    u1 = user_turn(P[0])
+    # p1: right answers "2" then the solution, wrong "3" and "4": 4 pairs, at most 3 (its number of samples)
+    assert pairs == [(u1, "2", "3"), (u1, "2", "4"), (u1, P[0].solution, "3")]
+    # p2 has no worked solution and no right answer: no pair; a cut-off right answer is no right answer
+    assert orm_pairs(P, [s("p2", "6", True, cut=True), s("p2", "7", False)]) == []
 
 
 def test_return_conditioned_data_carries_the_reward_token() -> None:
@@ -72,21 +106,47 @@ def test_unknown_method_is_a_config_error(tmp_path: Path, tiny_model: Path) -> N
 def test_every_method_runs_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_model: Path) -> None:
     overrides = [f"model={tiny_model}", f"output_dir={tmp_path}", "run_name=r", "reason.train_problems=6"]
     overrides += ["reason.test_problems=4", "reason.samples=2", "reason.rounds=2", "reason.max_tokens=16"]
+    overrides += [f"reason.methods=[{','.join(METHODS)}]"]
     cfg = load_config(ROOT / "configs" / "tiny.yaml", overrides)
     run = reason(cfg)
     rows = json.loads((run.reason / "reason.json").read_text())["rows"]
-    assert [(r["method"], r["round"]) for r in rows] == [("start", 0)] + [
-        (m, k) for m in ("expert_iteration", "rcrl", "dpo_verifier", "dpo_judge") for k in (1, 2)
-    ]
+    assert [(r["method"], r["round"]) for r in rows] == [("start", 0)] + [(m, k) for m in METHODS for k in (1, 2)]
     for r in rows:
         assert 0 <= r["maj@1"]["value"] <= 1 and 0 <= r["pass@2"]["value"] <= 1 and r["answers"] == 4 * 3
+        assert "rerank@2" in r and "rerank@2_orm" in r and "orm_accuracy" in r
+        assert r["maj@1_gain"] is None if r["method"] == "start" else -1 <= r["maj@1_gain"]["value"] <= 1
     train = [json.loads(x) for x in (run.reason / "problems_train.jsonl").read_text().splitlines()]
     test = [json.loads(x) for x in (run.reason / "problems_test.jsonl").read_text().splitlines()]
     assert not {t["prompt"] for t in train} & {t["prompt"] for t in test}
-    assert (run.reason / "init" / "model" / "model.safetensors").exists()
-    for m in ("expert_iteration", "rcrl", "dpo_verifier", "dpo_judge"):
+    init = run.reason / "init"
+    assert (init / "model" / "model.safetensors").exists() and (init / "orm" / "model" / "model.safetensors").exists()
+    # the tiny model solves nothing: the ORM learnt worked solution vs wrong answer, one pair per sample
+    assert len((init / "orm" / "pairs.jsonl").read_text().splitlines()) == 6 * 2
+    assert all("orm_score" in json.loads(x) for x in (init / "eval.jsonl").read_text().splitlines()[4:])
+    for m in METHODS:
         assert (run.reason / m / "round_2" / "model" / "config.json").exists()
+    # PPO: `samples` rollouts per training problem per round, each verified; its log has every update
+    rollouts = [
+        json.loads(x) for x in (run.reason / "ppo_orm" / "round_1" / "candidates.jsonl").read_text().splitlines()
+    ]
+    assert len(rollouts) == 6 * 2 and {r["problem_id"] for r in rollouts} == {t["problem_id"] for t in train}
+    assert len((run.reason / "ppo_verifier" / "round_2" / "ppo_log.jsonl").read_text().splitlines()) == 3
+    # expert iteration: the worked solutions plus the correct samples, from M0
+    ei = [
+        json.loads(x)
+        for x in (run.reason / "expert_iteration" / "round_2" / "sft_data.jsonl").read_text().splitlines()
+    ]
+    assert [e["messages"][1]["content"] for e in ei[:6]] == [t["solution"] for t in train]
     # a re-run finds every stage done
     before = (run.reason / "rcrl" / "round_2" / "eval.jsonl").stat().st_mtime_ns
     reason(cfg)
     assert (run.reason / "rcrl" / "round_2" / "eval.jsonl").stat().st_mtime_ns == before
+
+
+def test_ppo_orm_without_the_orm_is_a_config_error(tmp_path: Path, tiny_model: Path) -> None:
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [f"model={tiny_model}", f"output_dir={tmp_path}", "reason.methods=[ppo_orm]", "reason.orm=false"],
+    )
+    with pytest.raises(ConfigError, match="ppo_orm"):
+        reason(cfg)

@@ -15,6 +15,7 @@ from selfreward.reasoning.metrics import (
     maj_at_k_per_problem,
     majority_answer,
     mean_with_ci,
+    paired_gain_with_ci,
     pass_at_k,
     rerank_at_k,
     rerank_at_k_per_problem,
@@ -147,3 +148,18 @@ def test_judge_accuracy_on_pairs_by_hand() -> None:
     assert 0.5 <= out["ci_low"] <= 0.625 <= out["ci_high"] <= 0.75
     empty = judge_accuracy_on_pairs([[1.0]], [[]])
     assert math.isnan(empty["accuracy"]) and empty["n_pairs"] == 0
+
+
+def test_paired_gain_is_the_interval_of_the_difference() -> None:
+    before = {f"p{i}": float(i % 2) for i in range(40)}  # half right
+    same = paired_gain_with_ci(before, before)
+    assert same["value"] == 0 and same["ci_low"] == 0 and same["ci_high"] == 0 and same["n"] == 40
+    # 10 more right, none lost: +0.25; a paired interval excludes 0, though the two separate intervals overlap
+    after = {p: 1.0 if (v or i < 20) else 0.0 for i, (p, v) in enumerate(before.items())}
+    gain = paired_gain_with_ci(after, before)
+    assert gain["value"] == pytest.approx(0.25) and gain["ci_low"] > 0
+    a, b = mean_with_ci(list(after.values())), mean_with_ci(list(before.values()))
+    assert a["ci_low"] < b["ci_high"]
+    assert paired_gain_with_ci({"a": 1.0, "b": 1.0, "c": 0.0}, {"a": 0.0, "b": 1.0, "c": 0.0})["value"] == 1 / 3
+    with pytest.raises(ValueError, match="same problems"):
+        paired_gain_with_ci({"a": 1.0}, {"b": 1.0})

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from selfreward.artifacts import DataError, read_jsonl
-from selfreward.baselines.rewards import JudgeReward, ModelReward, train_reward_model
+from selfreward.baselines.rewards import JudgeReward, ModelReward, RewardFunction, VerifierReward, train_reward_model
 from selfreward.config import EngineConfig, JudgeConfig, PPOConfig
 from selfreward.generation import Completion, Generator, SamplingSpec
 
@@ -83,3 +83,30 @@ def test_reward_model_learns_pairs_and_scores(tmp_path: Path, tiny_model: Path) 
 def test_reward_model_without_pairs_is_a_data_error(tmp_path: Path, tiny_model: Path) -> None:
     with pytest.raises(DataError, match="not a pairs dataset"):
         train_reward_model(PPOConfig(), str(tiny_model), tmp_path / "nothing", tmp_path / "rm", tmp_path / "log")
+
+
+def test_verifier_reward_is_one_for_the_reference_answer_and_records_every_verdict() -> None:
+    refs = {"What is 2 + 3?": ("p1", "5"), "What is 10 / 4?": ("p2", "2.5")}
+    reward = VerifierReward(refs)
+    prompts = ["What is 2 + 3?", "What is 2 + 3?", "What is 10 / 4?", "What is 10 / 4?"]
+    responses = ["2 + 3 = 5\n#### 5", "#### 6", "It is 5/2.", "I cannot say."]
+    assert reward(prompts, responses) == [1.0, 0.0, 1.0, 0.0]
+    assert [(r["problem_id"], r["index"], r["correct"]) for r in reward.rows] == [
+        ("p1", 0, True),
+        ("p1", 1, False),
+        ("p2", 0, True),
+        ("p2", 1, False),
+    ]
+    assert reward.rows[3]["predicted"] is None and reward.rows[3]["reason"]  # unreadable: incorrect, with why
+    with pytest.raises(ValueError, match="no reference answer"):
+        reward(["What is 1 + 1?"], ["#### 2"])
+
+
+def test_verifier_reward_with_a_reward_model_returns_its_scores_and_still_verifies() -> None:
+    class Length(RewardFunction):
+        def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+            return [float(len(r)) for r in responses]
+
+    reward = VerifierReward({"q": ("p", "5")}, Length())
+    assert reward(["q", "q"], ["#### 5", "#### 55"]) == [6.0, 7.0]
+    assert [r["correct"] for r in reward.rows] == [True, False]

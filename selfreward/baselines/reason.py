@@ -3,22 +3,37 @@ with the same sampling budget (`reason.samples` answers per problem per round), 
 `reason.methods` trains for `reason.rounds` rounds and is measured on the held-out problems after each:
 
 - `expert_iteration`: every correct sample, de-duplicated and accumulated over the rounds; each round
-  fine-tunes the *start* model on all of them (Havrilla; ReST-EM);
+  fine-tunes the *initial* model M0 on the worked solutions (with `reason.sft_init`) and all of them, the
+  recipe of the start on more data (Havrilla; ReST-EM); round K samples with round K-1's model;
+- `expert_iteration_continued`: the earlier behaviour of `selfreward expert-iter`, with the verifier instead of
+  the judge: one correct sample per problem from this round only, fine-tuned from the previous round's model;
 - `rcrl` (return-conditioned RL): every sample, accumulated, behind a reward token (`CORRECT` / `INCORRECT`)
   in the prompt; fine-tuned from the start model; sampled and measured behind `CORRECT`;
+- `ppo_verifier`, `ppo_orm`: the PPO baseline (`ppo.PPOTrainer`, the `ppo:` section) from the previous round's
+  model, `samples` rollouts per problem per round, with the verifier's 0/1 reward (sparse) or the outcome
+  reward model's score (dense in value: a learned score for every answer);
 - `dpo_verifier`: DPO (the loop's stage) on one correct vs one incorrect answer per problem;
 - `dpo_judge`: DPO on the model's own judge's best vs worst answer per problem (self-rewarding on these
   problems; the verifier is used only to measure).
+
+The outcome reward model (ORM, `reason.orm`) is TRL's RewardTrainer (`rewards.train_reward_model`) on the
+start model's own answers to the training problems, labelled by the verifier: every (correct, incorrect)
+pair of answers to a problem, the worked solution counted as one more correct answer. It reranks the test
+answers of every row (rerank@k by ORM) and is the reward of `ppo_orm`.
 
 Reads  `reason.problems` (a problems file) or our generator; the run's model M0
 Writes iterations/<run>/reason/
     problems_train.jsonl, problems_test.jsonl   the disjoint splits
     init/           model/ (M0 fine-tuned on the train problems' worked solutions, `reason.sft_init`), eval
-    <method>/round_K/   samples.jsonl (k verified answers per train problem), sft_data.jsonl or pairs,
-                    model/, eval.jsonl (every test answer: verified, judged), metrics.json, .stages/
-    reason.json     one row per (method, round) and the start: maj@1 (greedy), maj@k, pass@k, rerank@k by the
-                    self-judge, parse rate, mean tokens, the self-judge's accuracy on (correct, incorrect)
-                    pairs, each with a 95% bootstrap interval; answers generated, judge calls, wall time
+    init/orm/       candidates.jsonl (the start's verified answers), pairs.jsonl + pairs/, model/ (the ORM),
+                    reward_model_log.jsonl
+    <method>/round_K/   candidates.jsonl (k verified answers per train problem; PPO: its rollouts),
+                    sft_data.jsonl or pairs, ppo_log.jsonl (PPO), model/, eval.jsonl (every test answer:
+                    verified, judged, ORM-scored), metrics.json, .stages/
+    reason.json     one row per (method, round) and the start: maj@1 (greedy) and its gain over the start
+                    (paired by problem), maj@k, pass@k, rerank@k by the self-judge and by the ORM, parse
+                    rate, mean tokens, the self-judge's and the ORM's accuracy on (correct, incorrect) pairs,
+                    each with a 95% bootstrap interval; answers generated, judge calls, wall time
 Each round's stages are markers like the loop's (`runs.StageRunner`): a re-run skips what is done.
 """
 
@@ -26,11 +41,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 from selfreward.artifacts import (
+    DataError,
     IterPaths,
     RunPaths,
     file_digest,
@@ -40,7 +57,9 @@ from selfreward.artifacts import (
     write_json,
     write_jsonl,
 )
-from selfreward.cards import Lineage
+from selfreward.baselines.ppo import PPOTrainer
+from selfreward.baselines.rewards import ModelReward, VerifierReward, train_reward_model
+from selfreward.cards import Lineage, model_card
 from selfreward.config import ConfigError, RunConfig
 from selfreward.generation import SamplingSpec
 from selfreward.loop import dpo, sft
@@ -62,9 +81,18 @@ from selfreward.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)
 
-METHODS = ("expert_iteration", "rcrl", "dpo_verifier", "dpo_judge")
+METHODS = (
+    "expert_iteration",
+    "expert_iteration_continued",
+    "rcrl",
+    "ppo_verifier",
+    "ppo_orm",
+    "dpo_verifier",
+    "dpo_judge",
+)
 ROUND_STAGES = ("samples", "train", "eval")
-INIT_STAGES = ("sft_data", "sft", "eval")
+PPO_STAGES = ("train", "eval")
+INIT_STAGES = ("sft_data", "sft", "orm_samples", "orm", "eval")
 ASK = "\n\nSolve it step by step. End with a last line of the form `#### <number>`."
 CORRECT, INCORRECT = "<reward: correct>", "<reward: incorrect>"
 
@@ -139,28 +167,45 @@ def by_problem(rows: list[Problem], samples: list[dict], key: str) -> list[list[
     return [grouped[p.problem_id] for p in rows]
 
 
-def evaluate(gen: Any, cfg: RunConfig, test: list[Problem], token: str, seed: int, out: Path) -> dict[str, Any]:
+def evaluate(
+    gen: Any, cfg: RunConfig, test: list[Problem], token: str, seed: int, out: Path, orm: Path | None = None
+) -> dict[str, Any]:
     """The model behind `gen` on the test problems: one greedy answer (maj@1) and k sampled ones (maj@k,
-    pass@k, rerank@k by its own judge); every answer to `out`."""
+    pass@k, rerank@k by its own judge and, with `orm`, by the outcome reward model); every answer to `out`."""
     k = cfg.reason.samples
     greedy = sample(gen, cfg, test, 1, seed, token, greedy=True)
     sampled = sample(gen, cfg, test, k, seed, token)
     scores = judge_samples(gen, cfg, test, sampled, seed)
     for s, score in zip(sampled, scores, strict=True):
         s["judge_score"] = score
+    if orm is not None:
+        prompt = {p.problem_id: user_turn(p) for p in test}
+        reward = ModelReward(orm, cfg.ppo.rm_max_length)
+        orm_scores = reward([prompt[s["problem_id"]] for s in sampled], [s["text"] for s in sampled])
+        for s, score in zip(sampled, orm_scores, strict=True):
+            s["orm_score"] = score
     write_jsonl(out, [{**g, "greedy": True} for g in greedy] + [{**s, "greedy": False} for s in sampled])
     refs = [p.answer for p in test]
     answers = by_problem(test, sampled, "predicted")
-    judged = by_problem(test, sampled, "judge_score")
     correct = by_problem(test, sampled, "correct")
-    right = [[sc for sc, c in zip(js, cs, strict=True) if c] for js, cs in zip(judged, correct, strict=True)]
-    wrong = [[sc for sc, c in zip(js, cs, strict=True) if not c] for js, cs in zip(judged, correct, strict=True)]
-    return {
+    result = {
         "maj@1": metrics.mean_with_ci([float(g["correct"]) for g in greedy], seed=seed),
         f"maj@{k}": metrics.mean_with_ci(metrics.maj_at_k_per_problem(answers, refs, k), seed=seed),
         f"pass@{k}": metrics.mean_with_ci([metrics.pass_at_k(k, sum(c), k) for c in correct], seed=seed),
-        f"rerank@{k}": metrics.mean_with_ci(metrics.rerank_at_k_per_problem(answers, judged, refs, k), seed=seed),
-        "judge_accuracy": metrics.judge_accuracy_on_pairs(right, wrong, seed=seed),
+    }
+    for name, key in (("judge", "judge_score"), ("orm", "orm_score")):
+        if key not in sampled[0]:
+            continue
+        scored = by_problem(test, sampled, key)
+        right = [[sc for sc, c in zip(xs, cs, strict=True) if c] for xs, cs in zip(scored, correct, strict=True)]
+        wrong = [[sc for sc, c in zip(xs, cs, strict=True) if not c] for xs, cs in zip(scored, correct, strict=True)]
+        suffix = "" if name == "judge" else "_orm"
+        result[f"rerank@{k}{suffix}"] = metrics.mean_with_ci(
+            metrics.rerank_at_k_per_problem(answers, scored, refs, k), seed=seed
+        )
+        result[f"{name}_accuracy"] = metrics.judge_accuracy_on_pairs(right, wrong, seed=seed)
+    return {
+        **result,
         "parse_rate": sum(s["reason"] is None for s in greedy + sampled) / len(greedy + sampled),
         "mean_tokens": sum(s["tokens"] for s in sampled) / len(sampled),
         "answers": len(greedy) + len(sampled),
@@ -171,17 +216,46 @@ def evaluate(gen: Any, cfg: RunConfig, test: list[Problem], token: str, seed: in
 # --------------------------------------------------------------------------- training data of each method
 
 
-def expert_examples(rows: list[Problem], rounds_samples: list[list[dict]]) -> list[dict]:
-    """Every correct sample of every round so far, once per (problem, text) (Havrilla's expert iteration)."""
+def expert_examples(
+    rows: list[Problem], rounds_samples: list[list[dict]], demonstrations: list[dict] | None = None
+) -> list[dict]:
+    """The `demonstrations` (the worked solutions of the SFT start), then every correct sample of every round
+    so far, once per (problem, text) (Havrilla's expert iteration)."""
     prompt = {p.problem_id: p for p in rows}
     seen: set[tuple[str, str]] = set()
-    out = []
+    out = list(demonstrations or [])
     for samples in rounds_samples:
         for s in samples:
             key = (s["problem_id"], " ".join(s["text"].split()))
             if s["correct"] and s["finish_reason"] != "length" and key not in seen:
                 seen.add(key)
                 out.append(chat(user_turn(prompt[s["problem_id"]]), s["text"]))
+    return out
+
+
+def continued_examples(rows: list[Problem], samples: list[dict]) -> list[dict]:
+    """Per problem, its first correct ended sample of this round (`selfreward expert-iter`'s one best answer
+    per prompt, chosen by the verifier)."""
+    out = []
+    for p in rows:
+        ended = [s for s in samples if s["problem_id"] == p.problem_id and s["finish_reason"] != "length"]
+        good = next((s for s in ended if s["correct"]), None)
+        if good:
+            out.append(chat(user_turn(p), good["text"]))
+    return out
+
+
+def orm_pairs(rows: list[Problem], samples: list[dict]) -> list[dict]:
+    """The outcome reward model's training pairs: per problem, each (correct, incorrect) pair of its answers,
+    at most as many as it has samples. Its worked solution (when it has one) counts as one more correct answer,
+    after its own correct samples, so that problems the start never solves still teach the ORM."""
+    out = []
+    for p in rows:
+        mine = [s for s in samples if s["problem_id"] == p.problem_id]
+        good = [s["text"] for s in mine if s["correct"] and s["finish_reason"] != "length"]
+        good += [p.solution] if p.solution else []
+        bad = [s["text"] for s in mine if not s["correct"]]
+        out += [pair(p, g, b) for g in good for b in bad][: len(mine)]
     return out
 
 
@@ -247,23 +321,74 @@ def save_pairs(it: IterPaths, rows: list[dict]) -> dict:
 # --------------------------------------------------------------------------- the command
 
 
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where every method starts: `base` (M0), `start` (M0 after the SFT initialisation, or M0), the worked
+    solutions it was fine-tuned on as chat examples, and the outcome reward model (None: none trained)."""
+
+    base: str
+    start: str
+    demonstrations: list[dict]
+    orm: Path | None
+
+
+def ppo_round(
+    cfg: RunConfig, it: IterPaths, method: str, model: str, s0: Start, train_rows: list[Problem], seed: int
+) -> dict:
+    """PPO from `model` with `reason.samples` rollouts per training problem (the sampling budget of the other
+    methods), reward = the verifier's 0/1 or the ORM's score; every rollout verified into candidates.jsonl."""
+    if method == "ppo_orm" and s0.orm is None:
+        raise DataError(
+            f"{it.root}: ppo_orm needs the outcome reward model, and none was trained "
+            "(reason.orm is false, or the start's answers gave no (correct, incorrect) pair)"
+        )
+    r = cfg.reason
+    steps = math.ceil(len(train_rows) * r.samples / cfg.ppo.rollout_batch_size)
+    ppo_cfg = dataclasses.replace(cfg.ppo, steps=steps, max_new_tokens=r.max_tokens, temperature=r.temperature)
+    orm = ModelReward(s0.orm, cfg.ppo.rm_max_length) if method == "ppo_orm" and s0.orm is not None else None
+    reward = VerifierReward({user_turn(p): (p.problem_id, p.answer) for p in train_rows}, orm)
+    trainer = PPOTrainer(ppo_cfg, model, reward, seed=seed)
+    limit = ppo_cfg.max_prompt_tokens
+    too_long = [p.problem_id for p in train_rows if len(trainer.encode_prompt(user_turn(p))) > limit]
+    if too_long:
+        raise DataError(f"{it.root}: problems {too_long[:3]} are longer than ppo.max_prompt_tokens")
+    rows = trainer.train([user_turn(p) for p in train_rows], steps, it.ppo_log, Tracker.of(cfg))
+    write_jsonl(it.candidates, reward.rows)
+    lineage = Lineage(cfg.model, str(it.root.parent.parent.parent), 0, model)
+    data = {"problems": len(train_rows), "updates": len(rows), "reward": method.removeprefix("ppo_")}
+    summary = {"optimizer_steps": trainer.optimizer_steps, "last_row": rows[-1] if rows else None}
+    trainer.save_policy(it.model, model_card(lineage, "ppo", {"ppo": dataclasses.asdict(ppo_cfg)}, data, summary))
+    correct = [x["correct"] for x in reward.rows]
+    return {
+        "updates": len(rows),
+        "rollouts": len(correct),
+        "rollouts_correct": sum(correct),
+        "optimizer_steps": trainer.optimizer_steps,
+        "first_reward_raw": rows[0]["reward_raw"] if rows else None,
+        "last_reward_raw": rows[-1]["reward_raw"] if rows else None,
+        "last_kl": rows[-1]["kl"] if rows else None,
+    }
+
+
 def run_round(
     cfg: RunConfig,
     run: RunPaths,
     method: str,
     k: int,
     model: str,
-    start: str,
+    s0: Start,
     train_rows: list[Problem],
     test: list[Problem],
     stages: StageRunner,
 ) -> None:
-    """One round of `method`: sample k answers per train problem with `model`, train, measure."""
+    """One round of `method`: sample k answers per train problem with `model`, train, measure (PPO samples
+    while it trains)."""
     it = IterPaths(run.reason / method / f"round_{k}")
     seed = cfg.seed * 1000 + 700 + k
     token = CORRECT if method == "rcrl" else ""
     settings = (sampling(cfg), cfg.judge, engine_settings(cfg))
     digest = model_digest(model)
+    orm_digest = model_digest(s0.orm) if s0.orm is not None else None
 
     def do_samples(engine: Engine) -> dict:
         rows = sample(engine(), cfg, train_rows, cfg.reason.samples, seed, token)
@@ -273,45 +398,79 @@ def run_round(
         write_jsonl(it.candidates, rows)
         return {"samples": len(rows), "correct": sum(s["correct"] for s in rows)}
 
-    with Engine(cfg, model) as engine:
-        stages.run("samples", settings, lambda: do_samples(engine), inputs=lambda: digest)
-    earlier = [read_jsonl(IterPaths(run.reason / method / f"round_{j}").candidates) for j in range(1, k + 1)]
+    if method.startswith("ppo_"):
+        stages.run(
+            "train",
+            (sampling(cfg), cfg.ppo, method),
+            lambda: ppo_round(cfg, it, method, model, s0, train_rows, seed),
+            inputs=lambda: (digest, orm_digest if method == "ppo_orm" else None),
+        )
+    else:
+        with Engine(cfg, model) as engine:
+            stages.run("samples", settings, lambda: do_samples(engine), inputs=lambda: digest)
+        earlier = [read_jsonl(IterPaths(run.reason / method / f"round_{j}").candidates) for j in range(1, k + 1)]
 
-    def do_train() -> dict:
-        sft_cfg = dataclasses.replace(cfg.sft, max_steps=-1, save_steps=0)
-        if method in ("expert_iteration", "rcrl"):
-            examples = (expert_examples if method == "expert_iteration" else rcrl_examples)(train_rows, earlier)
-            write_jsonl(it.sft_data, examples)
-            if not examples:
-                copy_model(start, it.model)
-                return {"examples": 0, "skipped": True}
-            return {"examples": len(examples), **sft.train_sft(start, examples, sft_cfg, it.model, seed)}
-        found = (verifier_pairs if method == "dpo_verifier" else judge_pairs)(train_rows, earlier[-1])
-        counts = save_pairs(it, found)
-        dpo_cfg = dataclasses.replace(cfg.dpo, min_pairs=min(cfg.dpo.min_pairs, 4), save_steps=0)
-        return {**counts, **dpo.run(dpo_cfg, model, None, it, seed)}
+        def do_train() -> dict:
+            sft_cfg = dataclasses.replace(cfg.sft, max_steps=-1, save_steps=0)
+            if method in ("expert_iteration", "expert_iteration_continued", "rcrl"):
+                if method == "expert_iteration":  # from M0, on the start's data and every correct sample
+                    origin, examples = s0.base, expert_examples(train_rows, earlier, s0.demonstrations)
+                elif method == "expert_iteration_continued":
+                    origin, examples = model, continued_examples(train_rows, earlier[-1])
+                else:
+                    origin, examples = s0.start, rcrl_examples(train_rows, earlier)
+                write_jsonl(it.sft_data, examples)
+                if not examples:
+                    copy_model(model, it.model)
+                    return {"examples": 0, "skipped": True}
+                return {"examples": len(examples), **sft.train_sft(origin, examples, sft_cfg, it.model, seed)}
+            found = (verifier_pairs if method == "dpo_verifier" else judge_pairs)(train_rows, earlier[-1])
+            counts = save_pairs(it, found)
+            dpo_cfg = dataclasses.replace(cfg.dpo, min_pairs=min(cfg.dpo.min_pairs, 4), save_steps=0)
+            return {**counts, **dpo.run(dpo_cfg, model, None, it, seed)}
 
-    stages.run(
-        "train",
-        (cfg.sft, cfg.dpo, method),
-        do_train,
-        inputs=lambda: (
-            digest,
-            model_digest(start),
-            [file_digest(IterPaths(run.reason / method / f"round_{j}").candidates) for j in range(1, k + 1)],
-        ),
-    )
+        stages.run(
+            "train",
+            (cfg.sft, cfg.dpo, method),
+            do_train,
+            inputs=lambda: (
+                digest,
+                model_digest(s0.start),
+                model_digest(s0.base),
+                [file_digest(IterPaths(run.reason / method / f"round_{j}").candidates) for j in range(1, k + 1)],
+            ),
+        )
     stages.run(
         "eval",
         settings,
-        lambda: measure(cfg, it.model, test, token, seed, it.root / "eval.jsonl"),
-        inputs=lambda: model_digest(it.model),
+        lambda: measure(cfg, it.model, test, token, seed, it.root / "eval.jsonl", s0.orm),
+        inputs=lambda: (model_digest(it.model), orm_digest),
     )
 
 
-def measure(cfg: RunConfig, model: str | Path, test: list[Problem], token: str, seed: int, out: Path) -> dict:
+def measure(
+    cfg: RunConfig, model: str | Path, test: list[Problem], token: str, seed: int, out: Path, orm: Path | None
+) -> dict:
     with Engine(cfg, str(model)) as engine:
-        return evaluate(engine(), cfg, test, token, seed, out)
+        return evaluate(engine(), cfg, test, token, seed, out, orm)
+
+
+def train_orm(cfg: RunConfig, orm: IterPaths, start: str, train_rows: list[Problem], lineage: Lineage) -> dict:
+    """Stage orm: RewardTrainer on `orm_pairs` of the start's verified answers (none: no ORM, a warning)."""
+    found = orm_pairs(train_rows, read_jsonl(orm.candidates))
+    counts = save_pairs(orm, found)
+    if not found:
+        log.warning("reason: the start's answers gave no (correct, incorrect) pair; no outcome reward model")
+        return {**counts, "skipped": True}
+    trained = train_reward_model(
+        cfg.ppo, start, orm.pairs_dataset, orm.model, orm.reward_model_log, cfg.seed, Tracker.of(cfg), lineage
+    )
+    return {**counts, **trained}
+
+
+def greedy_correct(eval_file: Path) -> dict[str, float]:
+    """Per test problem, 1.0 if its greedy answer in `eval_file` (a stage's eval.jsonl) is correct."""
+    return {r["problem_id"]: float(r["correct"]) for r in read_jsonl(eval_file) if r["greedy"]}
 
 
 def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
@@ -319,6 +478,8 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
     unknown = [m for m in cfg.reason.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"reason.methods: unknown {unknown}; choose from {list(METHODS)}")
+    if "ppo_orm" in cfg.reason.methods and not cfg.reason.orm:
+        raise ConfigError("reason.methods: ppo_orm needs the outcome reward model (reason.orm: true)")
     run = open_run(cfg)
     wall = time.perf_counter()
     train_rows, test = problems(cfg)
@@ -326,32 +487,56 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
     write_problem_file(run.reason / "problems_test.jsonl", test)
     chain = RunChain(cfg, force)
     init = IterPaths(run.reason / "init")
+    orm = IterPaths(init.root / "orm")
     base = base_model(cfg)
     start = str(init.model) if cfg.reason.sft_init else base
+    demonstrations = [chat(user_turn(p), p.solution) for p in train_rows if p.solution] if cfg.reason.sft_init else []
+    lineage = Lineage(cfg.model, str(run.root), 0, base)
     with chain.iteration(init, 0, INIT_STAGES) as stages:
         if cfg.reason.sft_init:
-            data = [chat(user_turn(p), p.solution) for p in train_rows if p.solution]
             stages.run(
-                "sft_data", [p.problem_id for p in train_rows], lambda: {"examples": write_jsonl(init.sft_data, data)}
+                "sft_data",
+                [p.problem_id for p in train_rows],
+                lambda: {"examples": write_jsonl(init.sft_data, demonstrations)},
             )
             init_cfg = dataclasses.replace(cfg.sft, save_steps=0)
-            lineage = Lineage(cfg.model, str(run.root), 0, base)
             stages.run(
                 "sft",
                 cfg.sft,
                 lambda: {
-                    "examples": len(data),
-                    **sft.train_sft(base, data, init_cfg, init.model, cfg.seed, lineage=lineage),
+                    "examples": len(demonstrations),
+                    **sft.train_sft(base, demonstrations, init_cfg, init.model, cfg.seed, lineage=lineage),
                 },
                 inputs=lambda: (model_digest(base), file_digest(init.sft_data)),
             )
+        if cfg.reason.orm:
+            seed = cfg.seed * 1000 + 690
+
+            def do_orm_samples() -> dict:
+                with Engine(cfg, start) as engine:
+                    rows = sample(engine(), cfg, train_rows, cfg.reason.samples, seed)
+                write_jsonl(orm.candidates, rows)
+                return {"samples": len(rows), "correct": sum(s["correct"] for s in rows)}
+
+            settings = (sampling(cfg), engine_settings(cfg))
+            stages.run("orm_samples", settings, do_orm_samples, inputs=lambda: model_digest(start))
+            stages.run(
+                "orm",
+                cfg.ppo,
+                lambda: train_orm(cfg, orm, start, train_rows, Lineage(cfg.model, str(run.root), 0, start)),
+                inputs=lambda: (model_digest(start), file_digest(orm.candidates)),
+            )
+        orm_model = orm.model if cfg.reason.orm and (orm.model / "config.json").exists() else None
         stages.run(
             "eval",
             (sampling(cfg), cfg.judge, engine_settings(cfg)),
-            lambda: measure(cfg, start, test, "", cfg.seed, init.root / "eval.jsonl"),
-            inputs=lambda: model_digest(start),
+            lambda: measure(cfg, start, test, "", cfg.seed, init.root / "eval.jsonl", orm_model),
+            inputs=lambda: (model_digest(start), model_digest(orm_model) if orm_model else None),
         )
-    rows = [{"method": "start", "round": 0, **read_json_stage(init, "eval")}]
+    s0 = Start(base, start, demonstrations, orm_model)
+    before = greedy_correct(init.root / "eval.jsonl")
+    measured = read_json_stage(init, "eval")
+    rows = [{"method": "start", "round": 0, "maj@1": measured["maj@1"], "maj@1_gain": None, **measured}]
     tracker = Tracker.of(cfg)
     for method in cfg.reason.methods:
         model = start
@@ -359,9 +544,12 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
         for k in range(1, cfg.reason.rounds + 1):
             it = IterPaths(run.reason / method / f"round_{k}")
             log.info("reason: %s round %d/%d", method, k, cfg.reason.rounds)
-            with method_chain.iteration(it, k, ROUND_STAGES) as stages:
-                run_round(cfg, run, method, k, model, start, train_rows, test, stages)
-            row = {"method": method, "round": k, **read_json_stage(it, "eval")}
+            names = PPO_STAGES if method.startswith("ppo_") else ROUND_STAGES
+            with method_chain.iteration(it, k, names) as stages:
+                run_round(cfg, run, method, k, model, s0, train_rows, test, stages)
+            gain = metrics.paired_gain_with_ci(greedy_correct(it.root / "eval.jsonl"), before, seed=cfg.seed)
+            measured = read_json_stage(it, "eval")
+            row = {"method": method, "round": k, "maj@1": measured["maj@1"], "maj@1_gain": gain, **measured}
             rows.append(row)
             tracker.log(f"reason/{method}", flatten(row), k)
             model = str(it.model)

@@ -3,7 +3,10 @@ one scalar. The maths that turns those scalars into advantages is in `rl_math`.
 
 - `JudgeReward`: the judge (`judge.judge_texts`, the loop's one judge code path) scores each
   (prompt, response); `ModelReward`: a reward model trained by `train_reward_model` (TRL's
-  RewardTrainer on an iteration's `pairs/`).
+  RewardTrainer on an iteration's `pairs/`, or on verifier-labelled answers: `selfreward reason`'s
+  outcome reward model); `VerifierReward`: on problems with checkable answers, 1 for a response whose
+  final answer is the reference and 0 otherwise (Havrilla et al.'s sparse reward), every response's
+  verdict recorded.
 
 Reads  (train_reward_model) iter_K/pairs/ (datasets on disk, TRL conversational preference format)
 Writes (train_reward_model) the reward model folder (fp32 safetensors + tokenizer) and its trainer log
@@ -22,6 +25,7 @@ from selfreward.cards import Lineage, model_card
 from selfreward.config import JudgeConfig, PPOConfig, train_bf16
 from selfreward.loop.dpo import chat_ids as conversation_ids
 from selfreward.loop.judge import judge_texts
+from selfreward.reasoning.verifier import verify
 from selfreward.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -121,6 +125,44 @@ class ModelReward(RewardFunction):
             rewards += logits[:, 0].float().tolist()
         self.unscored = 0
         return rewards
+
+
+class VerifierReward(RewardFunction):
+    """The verifier as a reward: 1.0 for a response whose final answer reads as its problem's reference
+    answer, else 0.0. `references` maps each prompt (as the policy sees it) to (problem_id, answer).
+
+    Every response it is given is appended to `rows` ({problem_id, text, correct, predicted, reason}), so the
+    rollouts are kept as verified samples. With `reward_model` (e.g. an outcome reward model) the reward is
+    that model's score instead and the verifier only records."""
+
+    def __init__(self, references: dict[str, tuple[str, str]], reward_model: RewardFunction | None = None) -> None:
+        self.references, self.reward_model = references, reward_model
+        self.rows: list[dict[str, Any]] = []
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        verdicts = []
+        for prompt, response in zip(prompts, responses, strict=True):
+            if prompt not in self.references:
+                raise ValueError(f"verifier reward: no reference answer for the prompt {prompt[:60]!r}")
+            problem_id, answer = self.references[prompt]
+            v = verify(response, answer)
+            verdicts.append(v.correct)
+            self.rows.append(
+                {
+                    "problem_id": problem_id,
+                    "index": sum(r["problem_id"] == problem_id for r in self.rows),
+                    "text": response,
+                    "correct": v.correct,
+                    "predicted": v.predicted,
+                    "reason": v.reason,
+                }
+            )
+        if self.reward_model is not None:
+            rewards = self.reward_model(prompts, responses)
+            self.unscored = self.reward_model.unscored
+            return rewards
+        self.unscored = 0
+        return [1.0 if ok else 0.0 for ok in verdicts]
 
 
 def train_reward_model(

@@ -18,6 +18,10 @@ rerank_at_k
 bootstrap_ci, mean_with_ci
     Percentile bootstrap over problems: draw m of the m per-problem values with replacement, take the mean;
     the (1 - level)/2 and (1 + level)/2 quantiles over `n_resamples` draws of `numpy.random.default_rng(seed)`.
+paired_gain_with_ci
+    A model's gain over another on the same problems (e.g. greedy correctness after training minus before):
+    the mean per-problem difference, with the interval of resampled problems (a paired bootstrap: both
+    models' results on a problem stay together, so the interval is of the difference, not of either).
 judge_accuracy_on_pairs
     Does a judge tell right from wrong? Over every (correct, incorrect) pair of answers to the same problem:
     1 if the correct one scored higher, 0.5 for equal scores, 0 otherwise, pooled over pairs; the interval
@@ -164,6 +168,18 @@ def mean_with_ci(
     low, high = bootstrap_ci(per_problem_values, n_resamples, seed, level)
     value = float(np.mean(per_problem_values)) if len(per_problem_values) else math.nan
     return {"value": value, "ci_low": low, "ci_high": high, "n": len(per_problem_values)}
+
+
+def paired_gain_with_ci(
+    after: dict[str, float], before: dict[str, float], n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, float | int]:
+    """`mean_with_ci` of after[p] - before[p] over the problems p of `before`; both must have the same problems.
+
+    after = {a: 1, b: 1, c: 0}, before = {a: 0, b: 1, c: 0}: differences [1, 0, 0], value 1/3."""
+    if set(after) != set(before):
+        missing = sorted(set(before) ^ set(after))[:3]
+        raise ValueError(f"the two results are not on the same problems (e.g. {missing})")
+    return mean_with_ci([after[p] - before[p] for p in before], n_resamples, seed, level)
 
 
 # --------------------------------------------------------------------------- the judge on right vs wrong
