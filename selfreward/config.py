@@ -426,7 +426,7 @@ class ReasonConfig:
     max_tokens: int = 128
     rounds: int = 2
     methods: list[str] = field(
-        default_factory=lambda: ["expert_iteration", "rcrl", "ppo_verifier", "dpo_verifier", "dpo_judge"]
+        default_factory=lambda: ["expert_iteration", "ppo_verifier", "dpo_verifier", "rcrl", "dpo_judge"]
     )
     """Any of `expert_iteration` (every correct sample, de-duplicated, accumulated over rounds, each round
     fine-tuned from M0 on the worked solutions and them: Havrilla), `expert_iteration_continued` (one correct
@@ -441,8 +441,9 @@ class ReasonConfig:
     judge_mode: Literal["sampled", "probabilities", "direct"] = "direct"
     """How the model judges its answers for `dpo_judge` and rerank@k (the rubric of `judge.template`)."""
     orm: bool = True
-    """Train an outcome reward model (TRL's RewardTrainer, the `ppo:` section's rm_* settings) on the start's
-    verifier-labelled answers to the training problems: rerank@k by it for every row, and `ppo_orm`'s reward."""
+    """Train an outcome reward model (TRL's RewardTrainer, the `ppo:` section's rm_* settings and `precision`) on
+    the start's verifier-labelled answers to the training problems: rerank@k by it for every row, and `ppo_orm`'s
+    reward."""
 
 
 @dataclass
@@ -681,11 +682,11 @@ RANGES: dict[str, list[str]] = {
         "ppo.rm_batch_size ppo.rm_max_length ppo.steps ppo.rollout_batch_size ppo.minibatch_size ppo.ppo_epochs "
         "ppo.max_new_tokens ppo.max_prompt_tokens ppo.kl_horizon ppo.lora_r ppo.lora_alpha "
         "compare.max_tokens expert_iter.rounds expert_iter.samples expert_iter.min_examples launch.num_processes "
-        "reason.samples reason.max_tokens reason.rounds reason.max_number"
+        "reason.samples reason.max_tokens reason.rounds reason.max_number reason.train_problems reason.test_problems"
     ).split(),
     "non_negative": (
         "iterations seed prompt_gen.min_chars dpo.min_steps dpo.shift_pairs sft.max_examples expert_iter.max_prompts "
-        "engine.server_port dpo.save_steps sft.save_steps reason.train_problems reason.test_problems "
+        "engine.server_port dpo.save_steps sft.save_steps "
         "pairs.min_margin pairs.noise_z pairs.tie_tolerance ppo.init_kl_coef "
         "prompt_gen.temperature responses.temperature judge.temperature compare.temperature"
     ).split(),

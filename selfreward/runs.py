@@ -187,12 +187,16 @@ class RunChain:
         force: bool,
         progress: Progress | None = None,
         before_first_run: Callable[[], None] | None = None,
+        start: str | None = None,
     ) -> None:
         """`before_first_run` is called once, just before the first stage that runs (after its checks):
-        e.g. `record_invocation`, so a refused or do-nothing invocation writes nothing."""
+        e.g. `record_invocation`, so a refused or do-nothing invocation writes nothing. `start`: what every
+        stage depends on beyond the model and seed (e.g. the contents of `selfreward reason`'s problems)."""
         self.force = force
         self.upstream_ran = False
-        self.fingerprint = fingerprint(cfg.model, cfg.seed)
+        self.fingerprint = (
+            fingerprint(cfg.model, cfg.seed) if start is None else fingerprint(cfg.model, cfg.seed, start)
+        )
         self.progress = progress
         self._before = before_first_run
 

@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,12 @@ from selfreward.artifacts import (
 from selfreward.baselines.ppo import PPOTrainer
 from selfreward.baselines.rewards import ModelReward, VerifierReward, train_reward_model
 from selfreward.cards import Lineage, model_card
-from selfreward.config import ConfigError, RunConfig
+from selfreward.config import ConfigError, RunConfig, fingerprint
 from selfreward.generation import SamplingSpec
 from selfreward.loop import dpo, sft
 from selfreward.loop.judge import judge_texts
 from selfreward.loop.pairs import _empty_dataset
-from selfreward.loop.pipeline import engine_settings
+from selfreward.loop.pipeline import engine_settings, train
 from selfreward.models import base_model, copy_model
 from selfreward.reasoning import metrics
 from selfreward.reasoning.problems import (
@@ -76,7 +77,16 @@ from selfreward.reasoning.problems import (
     write_problem_file,
 )
 from selfreward.reasoning.verifier import verify
-from selfreward.runs import Engine, RunChain, StageRunner, open_run
+from selfreward.runs import (
+    Engine,
+    RunChain,
+    StageRunner,
+    file_digests,
+    open_run,
+    stage_parser,
+    stage_setup,
+    write_stage_metrics,
+)
 from selfreward.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)
@@ -104,9 +114,26 @@ def user_turn(problem: Problem, token: str = "") -> str:
 
 def sampling(cfg: RunConfig) -> dict:
     """What a sampling or measuring stage depends on in the reason section: not `rounds` or `methods`, so a
-    run can be extended by a round or a method without redoing what is done."""
+    run can be extended by a round or a method without redoing what is done, nor what only some stages read
+    (`judge_mode`: `judging`; `orm` and `sft_init`: their models' digests are the stages' inputs)."""
     r = dataclasses.asdict(cfg.reason)
-    return {k: v for k, v in r.items() if k not in ("rounds", "methods")}
+    return {k: v for k, v in r.items() if k not in ("rounds", "methods", "orm", "sft_init", "judge_mode")}
+
+
+def judging(cfg: RunConfig) -> tuple:
+    """What a stage that judges depends on: the judge section, the template's contents and the judge mode."""
+    return cfg.judge, file_digests([cfg.judge.template]), cfg.reason.judge_mode
+
+
+def reward_model_settings(cfg: RunConfig) -> dict:
+    """The `ppo:` settings the outcome reward model is trained with (`rm_*`, `precision`)."""
+    return {k: v for k, v in dataclasses.asdict(cfg.ppo).items() if k.startswith("rm_") or k == "precision"}
+
+
+def problems_key(train_rows: list[Problem], test: list[Problem]) -> str:
+    """Every stage's chain starts from the problems' contents: an edited problems file (or generator) is a
+    changed config, refused unless forced."""
+    return fingerprint([dataclasses.asdict(p) for p in train_rows + test])
 
 
 def problems(cfg: RunConfig) -> tuple[list[Problem], list[Problem]]:
@@ -124,7 +151,9 @@ def problems(cfg: RunConfig) -> tuple[list[Problem], list[Problem]]:
     return train_test_split(cfg.seed, r.train_problems, r.test_problems, Difficulty(r.max_number, steps=r.steps))
 
 
-def sample(gen: Any, cfg: RunConfig, rows: list[Problem], n: int, seed: int, token: str = "", greedy: bool = False):
+def sample(
+    gen: Any, cfg: RunConfig, rows: list[Problem], n: int, seed: int, token: str = "", greedy: bool = False
+) -> list[dict]:
     """n answers per problem, each verified: rows of {problem_id, index, text, tokens, correct, predicted,
     reason}."""
     r = cfg.reason
@@ -161,6 +190,7 @@ def judge_samples(gen: Any, cfg: RunConfig, rows: list[Problem], samples: list[d
 
 
 def by_problem(rows: list[Problem], samples: list[dict], key: str) -> list[list[Any]]:
+    """`key` of the samples of each problem of `rows`, in sampling order."""
     grouped: dict[str, list[Any]] = {p.problem_id: [] for p in rows}
     for s in samples:
         grouped[s["problem_id"]].append(s[key])
@@ -173,17 +203,28 @@ def evaluate(
     """The model behind `gen` on the test problems: one greedy answer (maj@1) and k sampled ones (maj@k,
     pass@k, rerank@k by its own judge and, with `orm`, by the outcome reward model); every answer to `out`."""
     k = cfg.reason.samples
+    clock = [time.perf_counter()]
+
+    def lap() -> float:
+        clock.append(time.perf_counter())
+        return round(clock[-1] - clock[-2], 1)
+
     greedy = sample(gen, cfg, test, 1, seed, token, greedy=True)
+    seconds = {"greedy": lap()}
     sampled = sample(gen, cfg, test, k, seed, token)
+    seconds["sampled"] = lap()
     scores = judge_samples(gen, cfg, test, sampled, seed)
     for s, score in zip(sampled, scores, strict=True):
         s["judge_score"] = score
+    seconds["judged"] = lap()
     if orm is not None:
         prompt = {p.problem_id: user_turn(p) for p in test}
         reward = ModelReward(orm, cfg.ppo.rm_max_length)
         orm_scores = reward([prompt[s["problem_id"]] for s in sampled], [s["text"] for s in sampled])
         for s, score in zip(sampled, orm_scores, strict=True):
             s["orm_score"] = score
+        seconds["orm_scored"] = lap()
+    log.info("reason eval: %s", ", ".join(f"{name} {t:.0f} s" for name, t in seconds.items()))
     write_jsonl(out, [{**g, "greedy": True} for g in greedy] + [{**s, "greedy": False} for s in sampled])
     refs = [p.answer for p in test]
     answers = by_problem(test, sampled, "predicted")
@@ -194,7 +235,7 @@ def evaluate(
         f"pass@{k}": metrics.mean_with_ci([metrics.pass_at_k(k, sum(c), k) for c in correct], seed=seed),
     }
     for name, key in (("judge", "judge_score"), ("orm", "orm_score")):
-        if key not in sampled[0]:
+        if name == "orm" and orm is None:
             continue
         scored = by_problem(test, sampled, key)
         right = [[sc for sc, c in zip(xs, cs, strict=True) if c] for xs, cs in zip(scored, correct, strict=True)]
@@ -210,6 +251,7 @@ def evaluate(
         "mean_tokens": sum(s["tokens"] for s in sampled) / len(sampled),
         "answers": len(greedy) + len(sampled),
         "judge_calls": len(sampled),
+        "seconds": seconds,
     }
 
 
@@ -332,6 +374,29 @@ class Start:
     orm: Path | None
 
 
+def round_seed(cfg: RunConfig, k: int) -> int:
+    return cfg.seed * 1000 + 700 + k
+
+
+def round_paths(run: RunPaths, method: str, k: int) -> IterPaths:
+    return IterPaths(run.reason / method / f"round_{k}")
+
+
+def starting_point(cfg: RunConfig, run: RunPaths, train_rows: list[Problem]) -> Start:
+    """Where every method starts, from the run's files (the init stages made them)."""
+    base = base_model(cfg)
+    init = IterPaths(run.reason / "init")
+    start = str(init.model) if cfg.reason.sft_init else base
+    demonstrations = [chat(user_turn(p), p.solution) for p in train_rows if p.solution] if cfg.reason.sft_init else []
+    orm = IterPaths(init.root / "orm").model
+    return Start(base, start, demonstrations, orm if cfg.reason.orm and (orm / "config.json").exists() else None)
+
+
+def round_model(run: RunPaths, method: str, k: int, s0: Start) -> str:
+    """The model round k of `method` samples with (and continues from): round k-1's, or the start."""
+    return str(round_paths(run, method, k - 1).model) if k > 1 else s0.start
+
+
 def ppo_round(
     cfg: RunConfig, it: IterPaths, method: str, model: str, s0: Start, train_rows: list[Problem], seed: int
 ) -> dict:
@@ -343,7 +408,7 @@ def ppo_round(
             "(reason.orm is false, or the start's answers gave no (correct, incorrect) pair)"
         )
     r = cfg.reason
-    steps = math.ceil(len(train_rows) * r.samples / cfg.ppo.rollout_batch_size)
+    steps = len(train_rows) * r.samples // cfg.ppo.rollout_batch_size  # divides: checked by `reason`
     ppo_cfg = dataclasses.replace(cfg.ppo, steps=steps, max_new_tokens=r.max_tokens, temperature=r.temperature)
     orm = ModelReward(s0.orm, cfg.ppo.rm_max_length) if method == "ppo_orm" and s0.orm is not None else None
     reward = VerifierReward({user_turn(p): (p.problem_id, p.answer) for p in train_rows}, orm)
@@ -370,25 +435,88 @@ def ppo_round(
     }
 
 
+def train_round(cfg: RunConfig, run: RunPaths, method: str, k: int) -> dict:
+    """Stage train of round k of `method`, from the run's files: PPO (which samples while it trains), SFT on
+    the method's examples (expert iteration, RCRL), or DPO on its pairs."""
+    train_rows, _ = problems(cfg)
+    s0 = starting_point(cfg, run, train_rows)
+    it, model, seed = round_paths(run, method, k), round_model(run, method, k, s0), round_seed(cfg, k)
+    if method.startswith("ppo_"):
+        return ppo_round(cfg, it, method, model, s0, train_rows, seed)
+    earlier = [read_jsonl(round_paths(run, method, j).candidates) for j in range(1, k + 1)]
+    sft_cfg = dataclasses.replace(cfg.sft, max_steps=-1, save_steps=0)
+    if method in ("expert_iteration", "expert_iteration_continued", "rcrl"):
+        if method == "expert_iteration":  # from M0, on the start's data and every correct sample
+            origin, examples = s0.base, expert_examples(train_rows, earlier, s0.demonstrations)
+        elif method == "expert_iteration_continued":
+            origin, examples = model, continued_examples(train_rows, earlier[-1])
+        else:
+            origin, examples = s0.start, rcrl_examples(train_rows, earlier)
+        write_jsonl(it.sft_data, examples)
+        if not examples:
+            copy_model(model, it.model)
+            return {"examples": 0, "skipped": True}
+        return {"examples": len(examples), **sft.train_sft(origin, examples, sft_cfg, it.model, seed)}
+    found = (verifier_pairs if method == "dpo_verifier" else judge_pairs)(train_rows, earlier[-1])
+    counts = save_pairs(it, found)
+    dpo_cfg = dataclasses.replace(cfg.dpo, min_pairs=min(cfg.dpo.min_pairs, 4), save_steps=0)
+    return {**counts, **dpo.run(dpo_cfg, model, None, it, seed)}
+
+
+def train_init(cfg: RunConfig, run: RunPaths) -> dict:
+    """Stage sft of init: M0 fine-tuned on the training problems' worked solutions (init/sft_data.jsonl)."""
+    init, base = IterPaths(run.reason / "init"), base_model(cfg)
+    examples = read_jsonl(init.sft_data)
+    init_cfg = dataclasses.replace(cfg.sft, max_steps=-1, save_steps=0)  # the recipe expert iteration repeats
+    lineage = Lineage(cfg.model, str(run.root), 0, base)
+    trained = sft.train_sft(base, examples, init_cfg, init.model, cfg.seed, lineage=lineage)
+    return {"examples": len(examples), **trained}
+
+
+def train_orm(cfg: RunConfig, run: RunPaths) -> dict:
+    """Stage orm: RewardTrainer on `orm_pairs` of the start's verified answers (none: no ORM, a warning)."""
+    train_rows, _ = problems(cfg)
+    s0 = starting_point(cfg, run, train_rows)
+    orm = IterPaths(run.reason / "init" / "orm")
+    if orm.model.exists():  # an ORM of earlier answers must not outlive a re-run that trains none
+        shutil.rmtree(orm.model)
+    found = orm_pairs(train_rows, read_jsonl(orm.candidates))
+    counts = save_pairs(orm, found)
+    if not found:
+        log.warning("reason: the start's answers gave no (correct, incorrect) pair; no outcome reward model")
+        return {**counts, "skipped": True}
+    lineage = Lineage(cfg.model, str(run.root), 0, s0.start)
+    trained = train_reward_model(
+        cfg.ppo, s0.start, orm.pairs_dataset, orm.model, orm.reward_model_log, cfg.seed, Tracker.of(cfg), lineage
+    )
+    return {**counts, **trained}
+
+
+def in_child(cfg: RunConfig, run: RunPaths, job: list[str], inline: Callable[[], dict]) -> dict:
+    """A training job in a child process (`python -m selfreward.baselines.reason --job ...`, as the loop trains
+    with `launch.separate_process`), else `inline`. Measured: expert iteration's SFT took 52 s per step in the
+    process that had run vLLM and trained the ORM, 7.3 s in a fresh one."""
+    return train(cfg, run, "selfreward.baselines.reason", job, inline)
+
+
 def run_round(
     cfg: RunConfig,
     run: RunPaths,
     method: str,
     k: int,
-    model: str,
     s0: Start,
     train_rows: list[Problem],
     test: list[Problem],
     stages: StageRunner,
 ) -> None:
-    """One round of `method`: sample k answers per train problem with `model`, train, measure (PPO samples
-    while it trains)."""
-    it = IterPaths(run.reason / method / f"round_{k}")
-    seed = cfg.seed * 1000 + 700 + k
+    """One round of `method`: sample k answers per train problem with round k-1's model, train, measure (PPO
+    samples while it trains)."""
+    it, model, seed = round_paths(run, method, k), round_model(run, method, k, s0), round_seed(cfg, k)
     token = CORRECT if method == "rcrl" else ""
-    settings = (sampling(cfg), cfg.judge, engine_settings(cfg))
+    settings = (sampling(cfg), judging(cfg), engine_settings(cfg))
     digest = model_digest(model)
     orm_digest = model_digest(s0.orm) if s0.orm is not None else None
+    job = ["--job", "round", "--method", method, "--round", str(k)]
 
     def do_samples(engine: Engine) -> dict:
         rows = sample(engine(), cfg, train_rows, cfg.reason.samples, seed, token)
@@ -402,42 +530,21 @@ def run_round(
         stages.run(
             "train",
             (sampling(cfg), cfg.ppo, method),
-            lambda: ppo_round(cfg, it, method, model, s0, train_rows, seed),
+            lambda: in_child(cfg, run, job, lambda: train_round(cfg, run, method, k)),
             inputs=lambda: (digest, orm_digest if method == "ppo_orm" else None),
         )
     else:
         with Engine(cfg, model) as engine:
             stages.run("samples", settings, lambda: do_samples(engine), inputs=lambda: digest)
-        earlier = [read_jsonl(IterPaths(run.reason / method / f"round_{j}").candidates) for j in range(1, k + 1)]
-
-        def do_train() -> dict:
-            sft_cfg = dataclasses.replace(cfg.sft, max_steps=-1, save_steps=0)
-            if method in ("expert_iteration", "expert_iteration_continued", "rcrl"):
-                if method == "expert_iteration":  # from M0, on the start's data and every correct sample
-                    origin, examples = s0.base, expert_examples(train_rows, earlier, s0.demonstrations)
-                elif method == "expert_iteration_continued":
-                    origin, examples = model, continued_examples(train_rows, earlier[-1])
-                else:
-                    origin, examples = s0.start, rcrl_examples(train_rows, earlier)
-                write_jsonl(it.sft_data, examples)
-                if not examples:
-                    copy_model(model, it.model)
-                    return {"examples": 0, "skipped": True}
-                return {"examples": len(examples), **sft.train_sft(origin, examples, sft_cfg, it.model, seed)}
-            found = (verifier_pairs if method == "dpo_verifier" else judge_pairs)(train_rows, earlier[-1])
-            counts = save_pairs(it, found)
-            dpo_cfg = dataclasses.replace(cfg.dpo, min_pairs=min(cfg.dpo.min_pairs, 4), save_steps=0)
-            return {**counts, **dpo.run(dpo_cfg, model, None, it, seed)}
-
         stages.run(
             "train",
             (cfg.sft, cfg.dpo, method),
-            do_train,
+            lambda: in_child(cfg, run, job, lambda: train_round(cfg, run, method, k)),
             inputs=lambda: (
                 digest,
                 model_digest(s0.start),
                 model_digest(s0.base),
-                [file_digest(IterPaths(run.reason / method / f"round_{j}").candidates) for j in range(1, k + 1)],
+                [file_digest(round_paths(run, method, j).candidates) for j in range(1, k + 1)],
             ),
         )
     stages.run(
@@ -451,21 +558,9 @@ def run_round(
 def measure(
     cfg: RunConfig, model: str | Path, test: list[Problem], token: str, seed: int, out: Path, orm: Path | None
 ) -> dict:
+    """Stage eval: `evaluate` with an engine on `model`, closed when it is done."""
     with Engine(cfg, str(model)) as engine:
         return evaluate(engine(), cfg, test, token, seed, out, orm)
-
-
-def train_orm(cfg: RunConfig, orm: IterPaths, start: str, train_rows: list[Problem], lineage: Lineage) -> dict:
-    """Stage orm: RewardTrainer on `orm_pairs` of the start's verified answers (none: no ORM, a warning)."""
-    found = orm_pairs(train_rows, read_jsonl(orm.candidates))
-    counts = save_pairs(orm, found)
-    if not found:
-        log.warning("reason: the start's answers gave no (correct, incorrect) pair; no outcome reward model")
-        return {**counts, "skipped": True}
-    trained = train_reward_model(
-        cfg.ppo, start, orm.pairs_dataset, orm.model, orm.reward_model_log, cfg.seed, Tracker.of(cfg), lineage
-    )
-    return {**counts, **trained}
 
 
 def greedy_correct(eval_file: Path) -> dict[str, float]:
@@ -480,84 +575,107 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
         raise ConfigError(f"reason.methods: unknown {unknown}; choose from {list(METHODS)}")
     if "ppo_orm" in cfg.reason.methods and not cfg.reason.orm:
         raise ConfigError("reason.methods: ppo_orm needs the outcome reward model (reason.orm: true)")
+    budget = cfg.reason.train_problems * cfg.reason.samples
+    if any(m.startswith("ppo_") for m in cfg.reason.methods) and budget % cfg.ppo.rollout_batch_size:
+        raise ConfigError(
+            f"ppo.rollout_batch_size={cfg.ppo.rollout_batch_size} does not divide reason.train_problems x "
+            f"reason.samples = {budget}: PPO would not sample each problem reason.samples times"
+        )
     run = open_run(cfg)
     wall = time.perf_counter()
     train_rows, test = problems(cfg)
     write_problem_file(run.reason / "problems_train.jsonl", train_rows)
     write_problem_file(run.reason / "problems_test.jsonl", test)
-    chain = RunChain(cfg, force)
+    key = problems_key(train_rows, test)
+    chain = RunChain(cfg, force, start=key)
     init = IterPaths(run.reason / "init")
     orm = IterPaths(init.root / "orm")
     base = base_model(cfg)
-    start = str(init.model) if cfg.reason.sft_init else base
-    demonstrations = [chat(user_turn(p), p.solution) for p in train_rows if p.solution] if cfg.reason.sft_init else []
-    lineage = Lineage(cfg.model, str(run.root), 0, base)
+    s0 = starting_point(cfg, run, train_rows)
     with chain.iteration(init, 0, INIT_STAGES) as stages:
         if cfg.reason.sft_init:
             stages.run(
                 "sft_data",
                 [p.problem_id for p in train_rows],
-                lambda: {"examples": write_jsonl(init.sft_data, demonstrations)},
+                lambda: {"examples": write_jsonl(init.sft_data, s0.demonstrations)},
             )
-            init_cfg = dataclasses.replace(cfg.sft, save_steps=0)
             stages.run(
                 "sft",
                 cfg.sft,
-                lambda: {
-                    "examples": len(demonstrations),
-                    **sft.train_sft(base, demonstrations, init_cfg, init.model, cfg.seed, lineage=lineage),
-                },
+                lambda: in_child(cfg, run, ["--job", "init"], lambda: train_init(cfg, run)),
                 inputs=lambda: (model_digest(base), file_digest(init.sft_data)),
             )
         if cfg.reason.orm:
             seed = cfg.seed * 1000 + 690
 
             def do_orm_samples() -> dict:
-                with Engine(cfg, start) as engine:
+                with Engine(cfg, s0.start) as engine:
                     rows = sample(engine(), cfg, train_rows, cfg.reason.samples, seed)
                 write_jsonl(orm.candidates, rows)
                 return {"samples": len(rows), "correct": sum(s["correct"] for s in rows)}
 
             settings = (sampling(cfg), engine_settings(cfg))
-            stages.run("orm_samples", settings, do_orm_samples, inputs=lambda: model_digest(start))
+            stages.run("orm_samples", settings, do_orm_samples, inputs=lambda: model_digest(s0.start))
             stages.run(
                 "orm",
-                cfg.ppo,
-                lambda: train_orm(cfg, orm, start, train_rows, Lineage(cfg.model, str(run.root), 0, start)),
-                inputs=lambda: (model_digest(start), file_digest(orm.candidates)),
+                reward_model_settings(cfg),
+                lambda: in_child(cfg, run, ["--job", "orm"], lambda: train_orm(cfg, run)),
+                inputs=lambda: (model_digest(s0.start), file_digest(orm.candidates)),
             )
-        orm_model = orm.model if cfg.reason.orm and (orm.model / "config.json").exists() else None
+        s0 = starting_point(cfg, run, train_rows)  # with the ORM the stage above trained
         stages.run(
             "eval",
-            (sampling(cfg), cfg.judge, engine_settings(cfg)),
-            lambda: measure(cfg, start, test, "", cfg.seed, init.root / "eval.jsonl", orm_model),
-            inputs=lambda: (model_digest(start), model_digest(orm_model) if orm_model else None),
+            (sampling(cfg), judging(cfg), engine_settings(cfg)),
+            lambda: measure(cfg, s0.start, test, "", cfg.seed, init.root / "eval.jsonl", s0.orm),
+            inputs=lambda: (model_digest(s0.start), model_digest(s0.orm) if s0.orm else None),
         )
-    s0 = Start(base, start, demonstrations, orm_model)
     before = greedy_correct(init.root / "eval.jsonl")
     measured = read_json_stage(init, "eval")
     rows = [{"method": "start", "round": 0, "maj@1": measured["maj@1"], "maj@1_gain": None, **measured}]
     tracker = Tracker.of(cfg)
     for method in cfg.reason.methods:
-        model = start
-        method_chain = RunChain(cfg, force)
+        method_chain = RunChain(cfg, force, start=key)
         for k in range(1, cfg.reason.rounds + 1):
-            it = IterPaths(run.reason / method / f"round_{k}")
+            it = round_paths(run, method, k)
             log.info("reason: %s round %d/%d", method, k, cfg.reason.rounds)
             names = PPO_STAGES if method.startswith("ppo_") else ROUND_STAGES
             with method_chain.iteration(it, k, names) as stages:
-                run_round(cfg, run, method, k, model, s0, train_rows, test, stages)
+                run_round(cfg, run, method, k, s0, train_rows, test, stages)
             gain = metrics.paired_gain_with_ci(greedy_correct(it.root / "eval.jsonl"), before, seed=cfg.seed)
             measured = read_json_stage(it, "eval")
             row = {"method": method, "round": k, "maj@1": measured["maj@1"], "maj@1_gain": gain, **measured}
             rows.append(row)
             tracker.log(f"reason/{method}", flatten(row), k)
-            model = str(it.model)
     write_json(
         run.reason / "reason.json", {"rows": rows, "wall_s_this_invocation": round(time.perf_counter() - wall, 1)}
     )
     return run
 
 
+def main() -> None:
+    """Run one training job of `selfreward reason` alone, in its child process: `init` (the SFT start),
+    `orm` (the outcome reward model) or `round` (stage train of --method's --round)."""
+    parser = stage_parser(main.__doc__)
+    parser.add_argument("--job", choices=("init", "orm", "round"), required=True)
+    parser.add_argument("--method", choices=METHODS)
+    parser.add_argument("--round", type=int, default=1)
+    args = parser.parse_args()
+    cfg, run = stage_setup(args)
+    if args.job == "init":
+        metrics_ = train_init(cfg, run)
+    elif args.job == "orm":
+        metrics_ = train_orm(cfg, run)
+    else:
+        if args.method is None:
+            parser.error("--job round needs --method")
+        metrics_ = train_round(cfg, run, args.method, args.round)
+    write_stage_metrics(args.metrics_out, metrics_)
+
+
 def read_json_stage(it: IterPaths, stage: str) -> dict:
+    """What stage `stage` of `it` recorded in its metrics.json."""
     return read_json(it.metrics)["stages"][stage]
+
+
+if __name__ == "__main__":
+    main()

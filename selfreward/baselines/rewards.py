@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,13 +132,15 @@ class VerifierReward(RewardFunction):
     """The verifier as a reward: 1.0 for a response whose final answer reads as its problem's reference
     answer, else 0.0. `references` maps each prompt (as the policy sees it) to (problem_id, answer).
 
-    Every response it is given is appended to `rows` ({problem_id, text, correct, predicted, reason}), so the
-    rollouts are kept as verified samples. With `reward_model` (e.g. an outcome reward model) the reward is
+    Every response it is given is appended to `rows` ({problem_id, index, text, correct, predicted, reason}:
+    no finish reason or token count, which the reward function is not given), so the rollouts are kept as
+    verified samples. With `reward_model` (e.g. an outcome reward model) the reward is
     that model's score instead and the verifier only records."""
 
     def __init__(self, references: dict[str, tuple[str, str]], reward_model: RewardFunction | None = None) -> None:
         self.references, self.reward_model = references, reward_model
         self.rows: list[dict[str, Any]] = []
+        self._seen: Counter[str] = Counter()
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
         verdicts = []
@@ -150,13 +153,14 @@ class VerifierReward(RewardFunction):
             self.rows.append(
                 {
                     "problem_id": problem_id,
-                    "index": sum(r["problem_id"] == problem_id for r in self.rows),
+                    "index": self._seen[problem_id],
                     "text": response,
                     "correct": v.correct,
                     "predicted": v.predicted,
                     "reason": v.reason,
                 }
             )
+            self._seen[problem_id] += 1
         if self.reward_model is not None:
             rewards = self.reward_model(prompts, responses)
             self.unscored = self.reward_model.unscored
