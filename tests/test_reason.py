@@ -115,6 +115,7 @@ def test_every_method_runs_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_mod
     for r in rows:
         assert 0 <= r["maj@1"]["value"] <= 1 and 0 <= r["pass@2"]["value"] <= 1 and r["answers"] == 4 * 3
         assert "rerank@2" in r and "rerank@2_orm" in r and "orm_accuracy" in r
+        assert r["round_wall_s"] >= r["wall_s"] > 0 and r["round_peak_rss_gib"] >= r["peak_rss_gib"] > 0
 
     # the gain is the paired difference of greedy correctness against the start's, problem by problem
     def greedy(folder: Path) -> dict[str, bool]:

@@ -34,7 +34,8 @@ Writes iterations/<run>/reason/
                     (paired by problem), maj@k, pass@k, rerank@k by the self-judge and by the ORM, parse
                     rate, mean tokens, the self-judge's and the ORM's accuracy on (correct, incorrect) pairs,
                     each with a 95% bootstrap interval; answers generated, judge calls, wall time
-Each round's stages are markers like the loop's (`runs.StageRunner`): a re-run skips what is done.
+Each round's stages are markers like the loop's (`runs.StageRunner`): a re-run skips what is done. Every
+training job (the SFT start, the ORM, each round's SFT / DPO / PPO) runs in a child process (`main`, `--job`).
 """
 
 from __future__ import annotations
@@ -632,6 +633,7 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
     before = greedy_correct(init.root / "eval.jsonl")
     measured = read_json_stage(init, "eval")
     rows = [{"method": "start", "round": 0, "maj@1": measured["maj@1"], "maj@1_gain": None, **measured}]
+    rows[0].update(cost(init))
     tracker = Tracker.of(cfg)
     for method in cfg.reason.methods:
         method_chain = RunChain(cfg, force, start=key)
@@ -644,6 +646,7 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
             gain = metrics.paired_gain_with_ci(greedy_correct(it.root / "eval.jsonl"), before, seed=cfg.seed)
             measured = read_json_stage(it, "eval")
             row = {"method": method, "round": k, "maj@1": measured["maj@1"], "maj@1_gain": gain, **measured}
+            row.update(cost(it))
             rows.append(row)
             tracker.log(f"reason/{method}", flatten(row), k)
     write_json(
@@ -670,6 +673,16 @@ def main() -> None:
             parser.error("--job round needs --method")
         metrics_ = train_round(cfg, run, args.method, args.round)
     write_stage_metrics(args.metrics_out, metrics_)
+
+
+def cost(it: IterPaths) -> dict[str, float]:
+    """What a whole round (or the init) cost, beside the eval stage's own `wall_s` / `peak_rss_gib`: the
+    wall time of all its stages, summed, and the largest peak memory of any of them (children included)."""
+    stages = [v for v in read_json(it.metrics)["stages"].values() if isinstance(v, dict)]
+    return {
+        "round_wall_s": round(sum(v.get("wall_s") or 0.0 for v in stages), 1),
+        "round_peak_rss_gib": max((v.get("peak_rss_gib") or 0.0 for v in stages), default=0.0),
+    }
 
 
 def read_json_stage(it: IterPaths, stage: str) -> dict:
