@@ -194,9 +194,7 @@ class RunChain:
         stage depends on beyond the model and seed (e.g. the contents of `selfreward reason`'s problems)."""
         self.force = force
         self.upstream_ran = False
-        self.fingerprint = (
-            fingerprint(cfg.model, cfg.seed) if start is None else fingerprint(cfg.model, cfg.seed, start)
-        )
+        self.fingerprint = fingerprint(cfg.model, cfg.seed, *([start] if start is not None else []))
         self.progress = progress
         self._before = before_first_run
 

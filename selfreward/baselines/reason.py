@@ -399,7 +399,14 @@ def round_model(run: RunPaths, method: str, k: int, s0: Start) -> str:
 
 
 def ppo_round(
-    cfg: RunConfig, it: IterPaths, method: str, model: str, s0: Start, train_rows: list[Problem], seed: int
+    cfg: RunConfig,
+    run: RunPaths,
+    it: IterPaths,
+    method: str,
+    model: str,
+    s0: Start,
+    train_rows: list[Problem],
+    seed: int,
 ) -> dict:
     """PPO from `model` with `reason.samples` rollouts per training problem (the sampling budget of the other
     methods), reward = the verifier's 0/1 or the ORM's score; every rollout verified into candidates.jsonl."""
@@ -411,7 +418,7 @@ def ppo_round(
     r = cfg.reason
     steps = len(train_rows) * r.samples // cfg.ppo.rollout_batch_size  # divides: checked by `reason`
     ppo_cfg = dataclasses.replace(cfg.ppo, steps=steps, max_new_tokens=r.max_tokens, temperature=r.temperature)
-    orm = ModelReward(s0.orm, cfg.ppo.rm_max_length) if method == "ppo_orm" and s0.orm is not None else None
+    orm = ModelReward(s0.orm, cfg.ppo.rm_max_length) if method == "ppo_orm" else None
     reward = VerifierReward({user_turn(p): (p.problem_id, p.answer) for p in train_rows}, orm)
     trainer = PPOTrainer(ppo_cfg, model, reward, seed=seed)
     limit = ppo_cfg.max_prompt_tokens
@@ -420,7 +427,7 @@ def ppo_round(
         raise DataError(f"{it.root}: problems {too_long[:3]} are longer than ppo.max_prompt_tokens")
     rows = trainer.train([user_turn(p) for p in train_rows], steps, it.ppo_log, Tracker.of(cfg))
     write_jsonl(it.candidates, reward.rows)
-    lineage = Lineage(cfg.model, str(it.root.parent.parent.parent), 0, model)
+    lineage = Lineage(cfg.model, str(run.root), 0, model)
     data = {"problems": len(train_rows), "updates": len(rows), "reward": method.removeprefix("ppo_")}
     summary = {"optimizer_steps": trainer.optimizer_steps, "last_row": rows[-1] if rows else None}
     trainer.save_policy(it.model, model_card(lineage, "ppo", {"ppo": dataclasses.asdict(ppo_cfg)}, data, summary))
@@ -443,7 +450,7 @@ def train_round(cfg: RunConfig, run: RunPaths, method: str, k: int) -> dict:
     s0 = starting_point(cfg, run, train_rows)
     it, model, seed = round_paths(run, method, k), round_model(run, method, k, s0), round_seed(cfg, k)
     if method.startswith("ppo_"):
-        return ppo_round(cfg, it, method, model, s0, train_rows, seed)
+        return ppo_round(cfg, run, it, method, model, s0, train_rows, seed)
     earlier = [read_jsonl(round_paths(run, method, j).candidates) for j in range(1, k + 1)]
     sft_cfg = dataclasses.replace(cfg.sft, max_steps=-1, save_steps=0)
     if method in ("expert_iteration", "expert_iteration_continued", "rcrl"):
@@ -631,9 +638,7 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
             inputs=lambda: (model_digest(s0.start), model_digest(s0.orm) if s0.orm else None),
         )
     before = greedy_correct(init.root / "eval.jsonl")
-    measured = read_json_stage(init, "eval")
-    rows = [{"method": "start", "round": 0, "maj@1": measured["maj@1"], "maj@1_gain": None, **measured}]
-    rows[0].update(cost(init))
+    rows = [table_row("start", 0, init, None)]
     tracker = Tracker.of(cfg)
     for method in cfg.reason.methods:
         method_chain = RunChain(cfg, force, start=key)
@@ -644,9 +649,7 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
             with method_chain.iteration(it, k, names) as stages:
                 run_round(cfg, run, method, k, s0, train_rows, test, stages)
             gain = metrics.paired_gain_with_ci(greedy_correct(it.root / "eval.jsonl"), before, seed=cfg.seed)
-            measured = read_json_stage(it, "eval")
-            row = {"method": method, "round": k, "maj@1": measured["maj@1"], "maj@1_gain": gain, **measured}
-            row.update(cost(it))
+            row = table_row(method, k, it, gain)
             rows.append(row)
             tracker.log(f"reason/{method}", flatten(row), k)
     write_json(
@@ -675,19 +678,22 @@ def main() -> None:
     write_stage_metrics(args.metrics_out, metrics_)
 
 
-def cost(it: IterPaths) -> dict[str, float]:
-    """What a whole round (or the init) cost, beside the eval stage's own `wall_s` / `peak_rss_gib`: the
-    wall time of all its stages, summed, and the largest peak memory of any of them (children included)."""
-    stages = [v for v in read_json(it.metrics)["stages"].values() if isinstance(v, dict)]
+def table_row(method: str, k: int, it: IterPaths, gain: dict | None) -> dict[str, Any]:
+    """A row of reason.json: the eval stage's metrics of `it`, maj@1's gain over the start beside maj@1, and what
+    the whole round (or the init) cost: the wall time of all its stages, summed, and the largest peak memory
+    of any of them (children included), beside the eval stage's own `wall_s` / `peak_rss_gib`."""
+    stages = read_json(it.metrics)["stages"]
+    measured = stages["eval"]
+    done = [v for v in stages.values() if isinstance(v, dict)]
     return {
-        "round_wall_s": round(sum(v.get("wall_s") or 0.0 for v in stages), 1),
-        "round_peak_rss_gib": max((v.get("peak_rss_gib") or 0.0 for v in stages), default=0.0),
+        "method": method,
+        "round": k,
+        "maj@1": measured["maj@1"],
+        "maj@1_gain": gain,
+        **measured,
+        "round_wall_s": round(sum(v.get("wall_s") or 0.0 for v in done), 1),
+        "round_peak_rss_gib": max((v.get("peak_rss_gib") or 0.0 for v in done), default=0.0),
     }
-
-
-def read_json_stage(it: IterPaths, stage: str) -> dict:
-    """What stage `stage` of `it` recorded in its metrics.json."""
-    return read_json(it.metrics)["stages"][stage]
 
 
 if __name__ == "__main__":
