@@ -309,8 +309,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
     from selfreward.artifacts import IterPaths
     from selfreward.baselines.expert_iter import ROUND_STAGES
-    from selfreward.baselines.reason import INIT_STAGES, PPO_STAGES
-    from selfreward.baselines.reason import ROUND_STAGES as REASON_STAGES
+    from selfreward.baselines.reason import INIT_STAGES, stages_of
     from selfreward.loop.pipeline import SEED_STAGES, STAGES
     from selfreward.runs import holder_command, lock_holder, run_status
 
@@ -329,7 +328,7 @@ def cmd_status(args: argparse.Namespace) -> None:
     if run.reason.is_dir():
         layout.append(("reason", IterPaths(run.reason / "init"), INIT_STAGES))
         for method in sorted(p for p in run.reason.iterdir() if p.is_dir() and p.name not in ("init", "eval")):
-            names = PPO_STAGES if method.name.startswith("ppo_") else REASON_STAGES
+            names = stages_of(method.name)
             layout += [("reason", IterPaths(method / f"round_{k}"), names) for k in numbered(method, "round_")]
     holder = lock_holder(run)
     print(f"{run.root}: " + (f"in use by {holder}" if holder else "not running"))

@@ -434,7 +434,9 @@ class ReasonConfig:
     scheme), `rcrl` (return-conditioned: SFT on every sample behind a reward token, sampled behind the
     `correct` token), `ppo_verifier` / `ppo_orm` (the PPO baseline, `ppo:` section, with the verifier's 0/1
     reward or the outcome reward model's score), `dpo_verifier` (DPO on a correct vs an incorrect answer per
-    problem), `dpo_judge` (DPO on the self-judge's best vs worst answer: self-rewarding on these problems)."""
+    problem), `dpo_judge` (DPO on the self-judge's best vs worst answer: self-rewarding on these problems),
+    `sft_solutions` (expert iteration's control, after it in the list: the start's recipe from M0 for as many
+    examples as expert iteration trained on, all worked solutions, so the same steps and no samples)."""
     sft_init: bool = True
     """Start from M0 fine-tuned on the training problems' worked solutions (the paper's SFT initialisation);
     false: start from M0."""

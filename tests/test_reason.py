@@ -19,6 +19,8 @@ from selfreward.baselines.reason import (
     orm_pairs,
     rcrl_examples,
     reason,
+    solution_examples,
+    stages_of,
     user_turn,
     verifier_pairs,
 )
@@ -149,12 +151,47 @@ def test_every_method_runs_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_mod
         for x in (run.reason / "expert_iteration" / "round_2" / "sft_data.jsonl").read_text().splitlines()
     ]
     assert [e["messages"][1]["content"] for e in ei[:6]] == [t["solution"] for t in train]
+    # its control: as many examples as expert iteration's round, every one a worked solution
+    for k in (1, 2):
+        ei_k = jsonl(run.reason / "expert_iteration" / f"round_{k}" / "sft_data.jsonl")
+        control = jsonl(run.reason / "sft_solutions" / f"round_{k}" / "sft_data.jsonl")
+        assert len(control) == len(ei_k) and {c["messages"][1]["content"] for c in control} <= {
+            t["solution"] for t in train
+        }
     # a re-run finds every stage done: no marker of any method, round or the init (ORM included) is rewritten
     markers = sorted(run.reason.glob("**/.stages/*.json"))
-    assert len(markers) == len(INIT_STAGES) + 2 * sum(2 if m.startswith("ppo_") else 3 for m in METHODS)
+    assert len(markers) == len(INIT_STAGES) + 2 * sum(len(stages_of(m)) for m in METHODS)
     before = {m: m.stat().st_mtime_ns for m in markers}
     reason(cfg)
     assert {m: m.stat().st_mtime_ns for m in markers} == before
+
+
+def test_the_solutions_control_repeats_the_worked_solutions_to_the_count_asked() -> None:
+    demos = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]} for i in (1, 2)
+    ]
+    assert [d["messages"][1]["content"] for d in solution_examples(demos, 5)] == ["a1", "a2", "a1", "a2", "a1"]
+    assert solution_examples([], 3) == []
+
+
+@pytest.mark.parametrize(
+    ("methods", "extra"),
+    [
+        ("[sft_solutions]", []),
+        ("[sft_solutions,expert_iteration]", []),
+        ("[expert_iteration,sft_solutions]", ["reason.sft_init=false"]),
+    ],
+)
+def test_the_solutions_control_needs_expert_iteration_before_it_and_the_solutions(
+    tmp_path: Path, tiny_model: Path, methods: str, extra: list[str]
+) -> None:
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [f"model={tiny_model}", f"output_dir={tmp_path}", f"reason.methods={methods}", *extra],
+    )
+    with pytest.raises(ConfigError, match="sft_solutions"):
+        reason(cfg)
+    assert not (tmp_path / "tiny").exists()  # refused before the run folder is made
 
 
 def test_ppo_orm_without_the_orm_is_a_config_error(tmp_path: Path, tiny_model: Path) -> None:

@@ -68,7 +68,7 @@ def test_reward_model_learns_pairs_and_scores(tmp_path: Path, tiny_model: Path) 
     assert metrics["pairs"] == metrics["pairs_used"] == 4 and metrics["steps"] == 8
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     assert any("loss" in row and "accuracy" in row for row in read_jsonl(log_path))
-    reward = ModelReward(out, max_length=128)
+    reward = ModelReward(out, max_length=128, precision="fp32")
     prompts = ["Question 1: name a colour.", "Question 2: name a colour."]
     chosen = reward(prompts, ["Blue.", "Blue."])
     rejected = reward(
@@ -78,6 +78,15 @@ def test_reward_model_learns_pairs_and_scores(tmp_path: Path, tiny_model: Path) 
     assert all(c > r for c, r in zip(chosen, rejected, strict=True)), (chosen, rejected)
     # Scoring one at a time gives the same numbers as a padded batch.
     assert reward(prompts[:1], ["Blue."]) == pytest.approx(chosen[:1], abs=1e-4)
+    # Batches are grouped by length, and the scores still come back in the caller's order.
+    mixed = ["Blue.", "I do not know, sorry, question 1 is hard.", "Red, or perhaps a deep shade of blue.", "No."]
+    alone = [reward(prompts[:1], [r])[0] for r in mixed]
+    reward.batch_size = 2
+    assert reward(prompts[:1] * 4, mixed) == pytest.approx(alone, abs=1e-4)
+    assert reward(prompts[:1] * 4, mixed[::-1]) == pytest.approx(alone[::-1], abs=1e-4)
+    # In bf16 (the default where it is native) the model still prefers what it was trained to prefer.
+    half = ModelReward(out, max_length=128, precision="bf16")
+    assert all(c > r for c, r in zip(half(prompts, ["Blue."] * 2), rejected, strict=True))
 
 
 def test_reward_model_without_pairs_is_a_data_error(tmp_path: Path, tiny_model: Path) -> None:

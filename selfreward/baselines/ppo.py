@@ -521,7 +521,7 @@ def make_reward(
             Lineage(cfg.model, str(run.root), 0, policy),
         )
         rm_metrics["pairs_from"] = str(pairs.root)
-        return ModelReward(paths.reward_model, cfg.ppo.rm_max_length), rm_metrics, None
+        return ModelReward(paths.reward_model, cfg.ppo.rm_max_length, precision=cfg.ppo.precision), rm_metrics, None
     judge_path = resolve_model(cfg.ppo.judge_model, cfg.cache_dir) if cfg.ppo.judge_model else policy
     gen = open_generator(cfg.engine, judge_path, Path(cfg.cache_dir), seed=seed)
     reward = JudgeReward(

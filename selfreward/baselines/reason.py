@@ -14,7 +14,10 @@ with the same sampling budget (`reason.samples` answers per problem per round), 
   reward model's score (dense in value: a learned score for every answer);
 - `dpo_verifier`: DPO (the loop's stage) on one correct vs one incorrect answer per problem;
 - `dpo_judge`: DPO on the model's own judge's best vs worst answer per problem (self-rewarding on these
-  problems; the verifier is used only to measure).
+  problems; the verifier is used only to measure);
+- `sft_solutions`: a control for `expert_iteration`, which listed before it: the start's recipe from M0 with as
+  many examples as expert iteration's round K trained on, all of them worked solutions (each repeated), so the
+  same optimiser steps without a single sample; expert iteration's gain over it is what its samples add.
 
 The outcome reward model (ORM, `reason.orm`) is TRL's RewardTrainer (`rewards.train_reward_model`) on the
 start model's own answers to the training problems, labelled by the verifier: every (correct, incorrect)
@@ -100,9 +103,17 @@ METHODS = (
     "ppo_orm",
     "dpo_verifier",
     "dpo_judge",
+    "sft_solutions",
 )
 ROUND_STAGES = ("samples", "train", "eval")
 PPO_STAGES = ("train", "eval")
+
+
+def stages_of(method: str) -> tuple[str, ...]:
+    """A round's stages: PPO samples while it trains, and the `sft_solutions` control samples nothing."""
+    return PPO_STAGES if method.startswith("ppo_") or method == "sft_solutions" else ROUND_STAGES
+
+
 INIT_STAGES = ("sft_data", "sft", "orm_samples", "orm", "eval")
 ASK = "\n\nSolve it step by step. End with a last line of the form `#### <number>`."
 CORRECT, INCORRECT = "<reward: correct>", "<reward: incorrect>"
@@ -199,10 +210,12 @@ def by_problem(rows: list[Problem], samples: list[dict], key: str) -> list[list[
 
 
 def evaluate(
-    gen: Any, cfg: RunConfig, test: list[Problem], token: str, seed: int, out: Path, orm: Path | None = None
+    engine: Engine, cfg: RunConfig, test: list[Problem], token: str, seed: int, out: Path, orm: Path | None = None
 ) -> dict[str, Any]:
-    """The model behind `gen` on the test problems: one greedy answer (maj@1) and k sampled ones (maj@k,
-    pass@k, rerank@k by its own judge and, with `orm`, by the outcome reward model); every answer to `out`."""
+    """The model behind `engine` on the test problems: one greedy answer (maj@1) and k sampled ones (maj@k,
+    pass@k, rerank@k by its own judge and, with `orm`, by the outcome reward model); every answer to `out`.
+    The engine is closed before the ORM scores, so the two never hold memory or cores at once."""
+    gen = engine()
     k = cfg.reason.samples
     clock = [time.perf_counter()]
 
@@ -218,9 +231,10 @@ def evaluate(
     for s, score in zip(sampled, scores, strict=True):
         s["judge_score"] = score
     seconds["judged"] = lap()
+    engine.close()
     if orm is not None:
         prompt = {p.problem_id: user_turn(p) for p in test}
-        reward = ModelReward(orm, cfg.ppo.rm_max_length)
+        reward = ModelReward(orm, cfg.ppo.rm_max_length, precision=cfg.ppo.precision)
         orm_scores = reward([prompt[s["problem_id"]] for s in sampled], [s["text"] for s in sampled])
         for s, score in zip(sampled, orm_scores, strict=True):
             s["orm_score"] = score
@@ -274,6 +288,13 @@ def expert_examples(
                 seen.add(key)
                 out.append(chat(user_turn(prompt[s["problem_id"]]), s["text"]))
     return out
+
+
+def solution_examples(demonstrations: list[dict], n: int) -> list[dict]:
+    """`n` examples, all worked solutions: the demonstrations repeated in order (`sft_solutions`)."""
+    if not demonstrations:
+        return []
+    return [demonstrations[i % len(demonstrations)] for i in range(n)]
 
 
 def continued_examples(rows: list[Problem], samples: list[dict]) -> list[dict]:
@@ -418,7 +439,7 @@ def ppo_round(
     r = cfg.reason
     steps = len(train_rows) * r.samples // cfg.ppo.rollout_batch_size  # divides: checked by `reason`
     ppo_cfg = dataclasses.replace(cfg.ppo, steps=steps, max_new_tokens=r.max_tokens, temperature=r.temperature)
-    orm = ModelReward(s0.orm, cfg.ppo.rm_max_length) if method == "ppo_orm" else None
+    orm = ModelReward(s0.orm, cfg.ppo.rm_max_length, precision=cfg.ppo.precision) if method == "ppo_orm" else None
     reward = VerifierReward({user_turn(p): (p.problem_id, p.answer) for p in train_rows}, orm)
     trainer = PPOTrainer(ppo_cfg, model, reward, seed=seed)
     limit = ppo_cfg.max_prompt_tokens
@@ -451,8 +472,14 @@ def train_round(cfg: RunConfig, run: RunPaths, method: str, k: int) -> dict:
     it, model, seed = round_paths(run, method, k), round_model(run, method, k, s0), round_seed(cfg, k)
     if method.startswith("ppo_"):
         return ppo_round(cfg, run, it, method, model, s0, train_rows, seed)
-    earlier = [read_jsonl(round_paths(run, method, j).candidates) for j in range(1, k + 1)]
     sft_cfg = dataclasses.replace(cfg.sft, max_steps=-1, save_steps=0)
+    if method == "sft_solutions":
+        expert = expert_examples(train_rows, expert_candidates(run, k), s0.demonstrations)
+        examples = solution_examples(s0.demonstrations, len(expert))
+        write_jsonl(it.sft_data, examples)
+        trained = sft.train_sft(s0.base, examples, sft_cfg, it.model, seed)
+        return {"examples": len(examples), "expert_iteration_examples": len(expert), **trained}
+    earlier = [read_jsonl(round_paths(run, method, j).candidates) for j in range(1, k + 1)]
     if method in ("expert_iteration", "expert_iteration_continued", "rcrl"):
         if method == "expert_iteration":  # from M0, on the start's data and every correct sample
             origin, examples = s0.base, expert_examples(train_rows, earlier, s0.demonstrations)
@@ -469,6 +496,11 @@ def train_round(cfg: RunConfig, run: RunPaths, method: str, k: int) -> dict:
     counts = save_pairs(it, found)
     dpo_cfg = dataclasses.replace(cfg.dpo, min_pairs=min(cfg.dpo.min_pairs, 4), save_steps=0)
     return {**counts, **dpo.run(dpo_cfg, model, None, it, seed)}
+
+
+def expert_candidates(run: RunPaths, k: int) -> list[list[dict]]:
+    """Expert iteration's samples of rounds 1..k (what `sft_solutions` matches its example count to)."""
+    return [read_jsonl(round_paths(run, "expert_iteration", j).candidates) for j in range(1, k + 1)]
 
 
 def train_init(cfg: RunConfig, run: RunPaths) -> dict:
@@ -541,6 +573,17 @@ def run_round(
             lambda: in_child(cfg, run, job, lambda: train_round(cfg, run, method, k)),
             inputs=lambda: (digest, orm_digest if method == "ppo_orm" else None),
         )
+    elif method == "sft_solutions":
+        stages.run(
+            "train",
+            (cfg.sft, method),
+            lambda: in_child(cfg, run, job, lambda: train_round(cfg, run, method, k)),
+            inputs=lambda: (
+                model_digest(s0.base),
+                file_digest(IterPaths(run.reason / "init").sft_data),
+                [file_digest(round_paths(run, "expert_iteration", j).candidates) for j in range(1, k + 1)],
+            ),
+        )
     else:
         with Engine(cfg, model) as engine:
             stages.run("samples", settings, lambda: do_samples(engine), inputs=lambda: digest)
@@ -568,7 +611,7 @@ def measure(
 ) -> dict:
     """Stage eval: `evaluate` with an engine on `model`, closed when it is done."""
     with Engine(cfg, str(model)) as engine:
-        return evaluate(engine(), cfg, test, token, seed, out, orm)
+        return evaluate(engine, cfg, test, token, seed, out, orm)
 
 
 def greedy_correct(eval_file: Path) -> dict[str, float]:
@@ -583,6 +626,16 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
         raise ConfigError(f"reason.methods: unknown {unknown}; choose from {list(METHODS)}")
     if "ppo_orm" in cfg.reason.methods and not cfg.reason.orm:
         raise ConfigError("reason.methods: ppo_orm needs the outcome reward model (reason.orm: true)")
+    if "sft_solutions" in cfg.reason.methods:
+        ms = cfg.reason.methods
+        if "expert_iteration" not in ms or ms.index("expert_iteration") > ms.index("sft_solutions"):
+            raise ConfigError(
+                "reason.methods: sft_solutions is expert_iteration's control; list expert_iteration before it"
+            )
+        if not cfg.reason.sft_init:
+            raise ConfigError(
+                "reason.methods: sft_solutions trains on the worked solutions; it needs reason.sft_init: true"
+            )
     budget = cfg.reason.train_problems * cfg.reason.samples
     if any(m.startswith("ppo_") for m in cfg.reason.methods) and budget % cfg.ppo.rollout_batch_size:
         raise ConfigError(
@@ -645,8 +698,7 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
         for k in range(1, cfg.reason.rounds + 1):
             it = round_paths(run, method, k)
             log.info("reason: %s round %d/%d", method, k, cfg.reason.rounds)
-            names = PPO_STAGES if method.startswith("ppo_") else ROUND_STAGES
-            with method_chain.iteration(it, k, names) as stages:
+            with method_chain.iteration(it, k, stages_of(method)) as stages:
                 run_round(cfg, run, method, k, s0, train_rows, test, stages)
             gain = metrics.paired_gain_with_ci(greedy_correct(it.root / "eval.jsonl"), before, seed=cfg.seed)
             row = table_row(method, k, it, gain)
