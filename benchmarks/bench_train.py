@@ -58,19 +58,45 @@ def steady_step_s(times: list[float]) -> float:
     return sum(gaps) / len(gaps) if gaps else float("nan")
 
 
-def bench_sft(cfg: RunConfig, model: str, steps: int, scratch: Path) -> dict:
+class Padding:
+    """Wraps a data collator: the padded (batch x width) and real (attention mask) tokens of the first `batches`
+    batches (the data loader reads one ahead, which is not trained on)."""
+
+    def __init__(self, collate, batches: int) -> None:
+        self.collate, self.batches, self.padded, self.real = collate, batches, 0, 0
+
+    def __call__(self, rows):
+        batch = self.collate(rows)
+        if self.batches > 0:
+            self.batches -= 1
+            self.padded += batch["input_ids"].numel()
+            mask = batch.get("attention_mask")
+            self.real += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        return batch
+
+
+def bench_sft(cfg: RunConfig, model: str, steps: int, scratch: Path, group_by_length: bool | None = None) -> dict:
     it = IterPaths(scratch / "iter_0")
     sft.write_data(cfg.seed_data, cfg.judge, cfg.sft, it, cfg.seed)
     examples = [json.loads(line) for line in it.sft_data.read_text().splitlines()]
     sft_cfg = dataclasses.replace(cfg.sft, max_steps=steps, save_steps=0)
+    if group_by_length is not None:
+        sft_cfg = dataclasses.replace(sft_cfg, group_by_length=group_by_length)
     trainer = sft.build_trainer(model, examples, sft_cfg, str(scratch / "sft"), cfg.seed)
     timer = StepTimer()
     trainer.add_callback(timer)
-    lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
+    padding = Padding(trainer.data_collator, steps * sft_cfg.grad_accum)
+    trainer.data_collator = padding
     trainer.train()
     per_step_examples = sft_cfg.batch_size * sft_cfg.grad_accum
-    tokens_per_step = sum(lengths) / len(lengths) * per_step_examples  # real tokens (padding not counted)
-    return measured(trainer, timer, tokens_per_step, train_bf16(sft_cfg.precision), len(examples), per_step_examples)
+    tokens_per_step = padding.real / steps  # the real tokens of the batches these steps trained on
+    r = measured(trainer, timer, tokens_per_step, train_bf16(sft_cfg.precision), len(examples), per_step_examples)
+    return {
+        **r,
+        "group_by_length": sft_cfg.group_by_length,
+        "padded_tokens_per_step": round(padding.padded / steps),
+        "padding_fraction": round(1 - padding.real / padding.padded, 3),
+    }
 
 
 def bench_dpo(cfg: RunConfig, model: str, steps: int, scratch: Path) -> dict:
@@ -152,6 +178,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5, help="optimiser steps per trainer (the first is not timed)")
     parser.add_argument("--only", choices=["gemm", "sft", "dpo"], default=None)
+    parser.add_argument(
+        "--group-by-length", action="store_true", help="SFT also with length-grouped batches (sft_grouped)"
+    )
     args = parser.parse_args()
     cfg = RunConfig()
     model = resolve_model(cfg.model, cfg.cache_dir)
@@ -160,10 +189,16 @@ def main() -> None:
     result["gemm_gflops"] = ceilings
     print(f"GEMM 2048^3: fp32 {ceilings['fp32']} GFLOP/s, bf16 {ceilings['bf16']} GFLOP/s")
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
-        for name, fn in (("sft", bench_sft), ("dpo", bench_dpo)):
-            if args.only not in (None, name):
+        jobs = [("sft", lambda: bench_sft(cfg, model, args.steps, Path(scratch)))]
+        if args.group_by_length:
+            jobs.append(
+                ("sft_grouped", lambda: bench_sft(cfg, model, args.steps, Path(scratch), group_by_length=True))
+            )
+        jobs.append(("dpo", lambda: bench_dpo(cfg, model, args.steps, Path(scratch))))
+        for name, job in jobs:
+            if args.only not in (None, name.removesuffix("_grouped")):
                 continue
-            r = fn(cfg, model, args.steps, Path(scratch))
+            r = job()
             r["fraction_of_ceiling"] = round(r["achieved_gflops"] / ceilings[r["precision"]], 3)
             result[name] = r
             print(

@@ -280,6 +280,11 @@ class SFTStageConfig:
     """`auto`: bf16 on a GPU or a CPU with native bf16 instructions, else fp32."""
     gradient_checkpointing: bool = False
     """Trades compute for memory; off on CPU where memory is not the limit for 135M."""
+    group_by_length: bool = False
+    """Batches of examples of similar length (transformers' `group_by_length` sampler: random megabatches, each
+    sorted by length), so less of each batch is padding; false: uniformly shuffled batches. One process only
+    (its sampler is not seeded per process). `make bench-train BENCH_ARGS=--group-by-length` measures both
+    (padding fraction, seconds per step)."""
     lora: bool = False
     """Train a LoRA adapter (peft) and merge it into the saved model."""
     lora_r: int = 16

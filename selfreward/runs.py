@@ -503,7 +503,8 @@ def train_in_child(cfg: RunConfig, run: RunPaths, module: str, args: list[str]) 
 
 def per_process_accumulation(grad_accum: int, key: str) -> int:
     """`grad_accum` (the config's `key`) divided by the number of processes (WORLD_SIZE under accelerate or
-    torchrun), so the effective batch, and the step count, are the same on 1 or N processes."""
+    torchrun), so the effective batch, and the step count, are the same on 1 or N processes. The same for a
+    batch size where there is no accumulation to divide (the reward model's `ppo.rm_batch_size`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if grad_accum % world:
         raise ConfigError(

@@ -82,3 +82,39 @@ def test_two_cpu_processes_save_the_full_model_equal_to_one(tmp_path: Path, tiny
     tok = AutoTokenizer.from_pretrained(models[2])
     out = model.generate(**tok("Hello", return_tensors="pt"), max_new_tokens=3, do_sample=False)
     assert out.shape[1] > 1
+
+
+def test_the_reward_model_on_two_cpu_processes_equals_one(tmp_path: Path, tiny_model: Path) -> None:
+    """`selfreward reason`'s outcome reward model (RewardTrainer) as its training child, on 2 processes and
+    on 1: `ppo.rm_batch_size` is the batch of a step over all processes, so both take the same steps."""
+    from selfreward.artifacts import write_jsonl
+    from selfreward.baselines.reason import orm_data, problems
+
+    trained = {}
+    for processes in (2, 1):
+        overrides = [
+            f"model={tiny_model}",
+            f"output_dir={tmp_path}",
+            f"run_name=rm{processes}",
+            "reason.sft_init=false",
+        ]
+        overrides += ["reason.train_problems=4", "reason.test_problems=2", "ppo.rm_batch_size=4", "ppo.rm_epochs=1"]
+        overrides += ["ppo.rm_learning_rate=1e-3", "ppo.precision=fp32", f"launch.num_processes={processes}"]
+        cfg = load_config(ROOT / "configs" / "tiny.yaml", overrides)
+        run = RunPaths(cfg.run_dir)
+        train_rows, _ = problems(cfg)
+        answers = [(f"So it is {p.answer}.\n#### {p.answer}", True) for p in train_rows]
+        answers += [(f"I think {p.answer}1.\n#### {p.answer}1", False) for p in train_rows]
+        rows = [
+            {"problem_id": p.problem_id, "index": i, "text": text, "correct": ok, "finish_reason": "stop"}
+            for i, (p, (text, ok)) in enumerate(zip(train_rows * 2, answers, strict=True))
+        ]
+        write_jsonl(run.reason / "init" / "orm" / "candidates.jsonl", rows)
+        assert orm_data(cfg, run)["pairs"] == 8  # per problem: (right, wrong) and (worked solution, wrong)
+        metrics = train_in_child(cfg, run, "selfreward.baselines.reason", ["--job", "orm"])
+        assert metrics["processes"] == processes and metrics["effective_batch"] == 4 and metrics["steps"] == 2
+        trained[processes] = run.reason / "init" / "orm" / "model"
+        assert (run.reason / "init" / "orm" / "reward_model_log.jsonl").exists()
+    two, one = weights(trained[2]), weights(trained[1])
+    worst = assert_close(two, one, atol=1e-4)
+    print(f"reward model: largest |2-process - 1-process| weight difference {worst:.2e}")

@@ -194,6 +194,16 @@ def test_the_solutions_control_needs_expert_iteration_before_it_and_the_solution
     assert not (tmp_path / "tiny").exists()  # refused before the run folder is made
 
 
+def test_the_reward_model_batch_must_divide_among_the_processes(tmp_path: Path, tiny_model: Path) -> None:
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [f"model={tiny_model}", f"output_dir={tmp_path}", "launch.num_processes=3", "ppo.rm_batch_size=4"],
+    )
+    with pytest.raises(ConfigError, match="rm_batch_size"):
+        reason(cfg)
+    assert not (tmp_path / "tiny").exists()
+
+
 def test_ppo_orm_without_the_orm_is_a_config_error(tmp_path: Path, tiny_model: Path) -> None:
     cfg = load_config(
         ROOT / "configs" / "tiny.yaml",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from selfreward.artifacts import IterPaths, read_jsonl
-from selfreward.config import JudgeConfig, RunConfig, SFTStageConfig
+from selfreward.config import ConfigError, JudgeConfig, RunConfig, SFTStageConfig
 from selfreward.loop.sft import build_trainer, seed_examples, train_sft, write_data
 
 CFG = SFTStageConfig(batch_size=2, grad_accum=1, learning_rate=1e-2, precision="fp32", max_steps=2, max_length=256)
@@ -49,6 +51,40 @@ def test_too_long_examples_are_dropped_not_truncated(tmp_path: Path, tiny_model:
     cfg = SFTStageConfig(max_length=64)
     trainer = build_trainer(str(tiny_model), [long, *examples(2)], cfg, str(tmp_path))
     assert trainer.dropped_too_long == 1 and len(trainer.train_dataset) == 2
+
+
+def test_length_grouped_batches_pad_less_and_still_cover_every_example(tmp_path: Path, tiny_model: Path) -> None:
+    import dataclasses
+
+    rows = examples(8)
+    for i, row in enumerate(rows):  # short and long replies, interleaved
+        row["messages"][1]["content"] += " and more words" * (30 if i % 2 else 0)
+
+    def padding(group: bool) -> tuple[float, list[int]]:
+        cfg = dataclasses.replace(CFG, group_by_length=group)
+        trainer = build_trainer(str(tiny_model), rows, cfg, str(tmp_path / str(group)), seed=0)
+        padded = real = 0
+        seen = []
+        for batch in trainer.get_train_dataloader():
+            padded += batch["input_ids"].numel()
+            real += int(batch["attention_mask"].sum())
+            seen += [len(x) for x in batch["input_ids"].tolist()]
+        return 1 - real / padded, seen
+
+    grouped, n_grouped = padding(True)
+    shuffled, n_shuffled = padding(False)
+    assert len(n_grouped) == len(n_shuffled) == 8
+    assert grouped < shuffled and grouped == 0.0, (grouped, shuffled)
+
+
+def test_length_grouping_is_refused_on_several_processes(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="group_by_length"):
+        build_trainer(str(tiny_model), examples(2), dataclasses.replace(CFG, group_by_length=True), str(tmp_path))
 
 
 def test_train_sft_changes_weights_and_logs(tmp_path: Path, tiny_model: Path) -> None:

@@ -105,6 +105,7 @@ METHODS = (
     "dpo_judge",
     "sft_solutions",
 )
+SFT_METHODS = ("expert_iteration", "expert_iteration_continued", "rcrl", "sft_solutions")
 ROUND_STAGES = ("samples", "train", "eval")
 PPO_STAGES = ("train", "eval")
 
@@ -464,38 +465,50 @@ def ppo_round(
     }
 
 
+def round_data(cfg: RunConfig, run: RunPaths, method: str, k: int) -> dict:
+    """What stage train of round k of `method` trains on, written by the parent before the training child
+    starts (so that N processes of it never write one file): the SFT examples (expert iteration, its control,
+    RCRL: sft_data.jsonl) or the DPO pairs (pairs.jsonl, pairs/). PPO samples while it trains: nothing."""
+    train_rows, _ = problems(cfg)
+    s0, it = starting_point(cfg, run, train_rows), round_paths(run, method, k)
+    if method == "sft_solutions":
+        expert = expert_examples(train_rows, expert_candidates(run, k), s0.demonstrations)
+        examples = solution_examples(s0.demonstrations, len(expert))
+        return {"examples": write_jsonl(it.sft_data, examples), "expert_iteration_examples": len(expert)}
+    earlier = [read_jsonl(round_paths(run, method, j).candidates) for j in range(1, k + 1)]
+    if method == "expert_iteration":  # the start's data and every correct sample
+        return {"examples": write_jsonl(it.sft_data, expert_examples(train_rows, earlier, s0.demonstrations))}
+    if method == "expert_iteration_continued":
+        return {"examples": write_jsonl(it.sft_data, continued_examples(train_rows, earlier[-1]))}
+    if method == "rcrl":
+        return {"examples": write_jsonl(it.sft_data, rcrl_examples(train_rows, earlier))}
+    return save_pairs(it, (verifier_pairs if method == "dpo_verifier" else judge_pairs)(train_rows, earlier[-1]))
+
+
 def train_round(cfg: RunConfig, run: RunPaths, method: str, k: int) -> dict:
-    """Stage train of round k of `method`, from the run's files: PPO (which samples while it trains), SFT on
-    the method's examples (expert iteration, RCRL), or DPO on its pairs."""
+    """Stage train of round k of `method` (in the training child), from the run's files: PPO (which samples
+    while it trains), SFT on `round_data`'s examples (expert iteration and its control from M0, RCRL from the
+    start, continued expert iteration from the previous round's model), or DPO on its pairs."""
     train_rows, _ = problems(cfg)
     s0 = starting_point(cfg, run, train_rows)
     it, model, seed = round_paths(run, method, k), round_model(run, method, k, s0), round_seed(cfg, k)
     if method.startswith("ppo_"):
         return ppo_round(cfg, run, it, method, model, s0, train_rows, seed)
-    sft_cfg = dataclasses.replace(cfg.sft, max_steps=-1, save_steps=0)
-    if method == "sft_solutions":
-        expert = expert_examples(train_rows, expert_candidates(run, k), s0.demonstrations)
-        examples = solution_examples(s0.demonstrations, len(expert))
-        write_jsonl(it.sft_data, examples)
-        trained = sft.train_sft(s0.base, examples, sft_cfg, it.model, seed)
-        return {"examples": len(examples), "expert_iteration_examples": len(expert), **trained}
-    earlier = [read_jsonl(round_paths(run, method, j).candidates) for j in range(1, k + 1)]
-    if method in ("expert_iteration", "expert_iteration_continued", "rcrl"):
-        if method == "expert_iteration":  # from M0, on the start's data and every correct sample
-            origin, examples = s0.base, expert_examples(train_rows, earlier, s0.demonstrations)
-        elif method == "expert_iteration_continued":
-            origin, examples = model, continued_examples(train_rows, earlier[-1])
-        else:
-            origin, examples = s0.start, rcrl_examples(train_rows, earlier)
-        write_jsonl(it.sft_data, examples)
-        if not examples:
-            copy_model(model, it.model)
-            return {"examples": 0, "skipped": True}
-        return {"examples": len(examples), **sft.train_sft(origin, examples, sft_cfg, it.model, seed)}
-    found = (verifier_pairs if method == "dpo_verifier" else judge_pairs)(train_rows, earlier[-1])
-    counts = save_pairs(it, found)
+    if method in SFT_METHODS:
+        origin = {"expert_iteration": s0.base, "sft_solutions": s0.base, "rcrl": s0.start}.get(method, model)
+        sft_cfg = dataclasses.replace(cfg.sft, max_steps=-1, save_steps=0)
+        return sft.train_sft(origin, read_jsonl(it.sft_data), sft_cfg, it.model, seed)
     dpo_cfg = dataclasses.replace(cfg.dpo, min_pairs=min(cfg.dpo.min_pairs, 4), save_steps=0)
-    return {**counts, **dpo.run(dpo_cfg, model, None, it, seed)}
+    return dpo.run(dpo_cfg, model, None, it, seed)
+
+
+def one_process(cfg: RunConfig) -> RunConfig:
+    """`cfg` with a one-process launch: PPO's trainer (ours) runs on one process, so its child is never
+    started N times (N copies would each train the whole policy)."""
+    if cfg.launch.num_processes > 1 or cfg.launch.accelerate_config or cfg.launch.fsdp:
+        log.warning("reason: PPO trains on one process; launch.num_processes / accelerate_config are not used for it")
+    launch = dataclasses.replace(cfg.launch, num_processes=1, accelerate_config="", fsdp=False, separate_process=True)
+    return dataclasses.replace(cfg, launch=launch)
 
 
 def expert_candidates(run: RunPaths, k: int) -> list[list[dict]]:
@@ -513,23 +526,26 @@ def train_init(cfg: RunConfig, run: RunPaths) -> dict:
     return {"examples": len(examples), **trained}
 
 
+def orm_data(cfg: RunConfig, run: RunPaths) -> dict:
+    """The outcome reward model's pairs (`orm_pairs` of the start's verified answers), written by the parent
+    before the training child starts; an ORM of earlier answers is removed first, so it cannot outlive a
+    re-run that trains none."""
+    train_rows, _ = problems(cfg)
+    orm = IterPaths(run.reason / "init" / "orm")
+    if orm.model.exists():
+        shutil.rmtree(orm.model)
+    return save_pairs(orm, orm_pairs(train_rows, read_jsonl(orm.candidates)))
+
+
 def train_orm(cfg: RunConfig, run: RunPaths) -> dict:
-    """Stage orm: RewardTrainer on `orm_pairs` of the start's verified answers (none: no ORM, a warning)."""
+    """Stage orm (in the training child): RewardTrainer on the pairs `orm_data` wrote."""
     train_rows, _ = problems(cfg)
     s0 = starting_point(cfg, run, train_rows)
     orm = IterPaths(run.reason / "init" / "orm")
-    if orm.model.exists():  # an ORM of earlier answers must not outlive a re-run that trains none
-        shutil.rmtree(orm.model)
-    found = orm_pairs(train_rows, read_jsonl(orm.candidates))
-    counts = save_pairs(orm, found)
-    if not found:
-        log.warning("reason: the start's answers gave no (correct, incorrect) pair; no outcome reward model")
-        return {**counts, "skipped": True}
     lineage = Lineage(cfg.model, str(run.root), 0, s0.start)
-    trained = train_reward_model(
+    return train_reward_model(
         cfg.ppo, s0.start, orm.pairs_dataset, orm.model, orm.reward_model_log, cfg.seed, Tracker.of(cfg), lineage
     )
-    return {**counts, **trained}
 
 
 def in_child(cfg: RunConfig, run: RunPaths, job: list[str], inline: Callable[[], dict]) -> dict:
@@ -566,18 +582,25 @@ def run_round(
         write_jsonl(it.candidates, rows)
         return {"samples": len(rows), "correct": sum(s["correct"] for s in rows)}
 
+    def do_train() -> dict:
+        data = round_data(cfg, run, method, k)
+        if method in SFT_METHODS and not data["examples"]:
+            copy_model(model, it.model)
+            return {**data, "skipped": True}
+        return {**data, **in_child(cfg, run, job, lambda: train_round(cfg, run, method, k))}
+
     if method.startswith("ppo_"):
         stages.run(
             "train",
             (sampling(cfg), cfg.ppo, method),
-            lambda: in_child(cfg, run, job, lambda: train_round(cfg, run, method, k)),
+            lambda: in_child(one_process(cfg), run, job, lambda: train_round(cfg, run, method, k)),
             inputs=lambda: (digest, orm_digest if method == "ppo_orm" else None),
         )
     elif method == "sft_solutions":
         stages.run(
             "train",
             (cfg.sft, method),
-            lambda: in_child(cfg, run, job, lambda: train_round(cfg, run, method, k)),
+            do_train,
             inputs=lambda: (
                 model_digest(s0.base),
                 file_digest(IterPaths(run.reason / "init").sft_data),
@@ -590,7 +613,7 @@ def run_round(
         stages.run(
             "train",
             (cfg.sft, cfg.dpo, method),
-            lambda: in_child(cfg, run, job, lambda: train_round(cfg, run, method, k)),
+            do_train,
             inputs=lambda: (
                 digest,
                 model_digest(s0.start),
@@ -636,6 +659,12 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
             raise ConfigError(
                 "reason.methods: sft_solutions trains on the worked solutions; it needs reason.sft_init: true"
             )
+    processes = cfg.launch.num_processes
+    if cfg.reason.orm and cfg.ppo.rm_batch_size % processes:
+        raise ConfigError(
+            f"ppo.rm_batch_size={cfg.ppo.rm_batch_size} is not divisible by launch.num_processes={processes}: "
+            "the outcome reward model's batch is shared among the processes"
+        )
     budget = cfg.reason.train_problems * cfg.reason.samples
     if any(m.startswith("ppo_") for m in cfg.reason.methods) and budget % cfg.ppo.rollout_batch_size:
         raise ConfigError(
@@ -677,10 +706,20 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
 
             settings = (sampling(cfg), engine_settings(cfg))
             stages.run("orm_samples", settings, do_orm_samples, inputs=lambda: model_digest(s0.start))
+
+            def do_orm() -> dict:
+                counts = orm_data(cfg, run)
+                if not counts["pairs"]:
+                    log.warning(
+                        "reason: the start's answers gave no (correct, incorrect) pair; no outcome reward model"
+                    )
+                    return {**counts, "skipped": True}
+                return {**counts, **in_child(cfg, run, ["--job", "orm"], lambda: train_orm(cfg, run))}
+
             stages.run(
                 "orm",
                 reward_model_settings(cfg),
-                lambda: in_child(cfg, run, ["--job", "orm"], lambda: train_orm(cfg, run)),
+                do_orm,
                 inputs=lambda: (model_digest(s0.start), file_digest(orm.candidates)),
             )
         s0 = starting_point(cfg, run, train_rows)  # with the ORM the stage above trained

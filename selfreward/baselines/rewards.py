@@ -21,12 +21,14 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selfreward.artifacts import DataError, atomic_path, write_jsonl
+from selfreward.artifacts import DataError, write_jsonl
 from selfreward.cards import Lineage, model_card
 from selfreward.config import JudgeConfig, PPOConfig, train_bf16
 from selfreward.loop.dpo import chat_ids as conversation_ids
 from selfreward.loop.judge import judge_texts
+from selfreward.models import save_trained
 from selfreward.reasoning.verifier import verify
+from selfreward.runs import per_process_accumulation
 from selfreward.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -187,10 +189,14 @@ def train_reward_model(
 ) -> dict:
     """Train a reward model (AutoModelForSequenceClassification, num_labels=1, on `base_model`'s backbone)
     with TRL's RewardTrainer on the pairs dataset `pairs_dir` (an iteration's `pairs/`); writes it to `out`
-    (fp32 safetensors + tokenizer) and the trainer log to `log_path`. Returns its metrics."""
+    (fp32 safetensors + tokenizer) and the trainer log to `log_path`. Returns its metrics.
+
+    Under `accelerate launch` / torchrun every process calls it: `ppo.rm_batch_size` is the batch of one
+    optimiser step over all of them (divided among them, so the steps are the same on 1 or N), the gathered
+    weights are saved once (`models.save_trained`), and the main process writes the log."""
     import datasets
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
 
     tracker = tracker or Tracker()
@@ -205,6 +211,7 @@ def train_reward_model(
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    set_seed(seed)  # the score head is initialised at random: the same head on every process and every re-run
     model = AutoModelForSequenceClassification.from_pretrained(
         base_model, num_labels=1, dtype=torch.float32, use_safetensors=True
     )
@@ -216,7 +223,7 @@ def train_reward_model(
             output_dir=scratch,
             learning_rate=cfg.rm_learning_rate,
             num_train_epochs=cfg.rm_epochs,
-            per_device_train_batch_size=cfg.rm_batch_size,
+            per_device_train_batch_size=per_process_accumulation(cfg.rm_batch_size, "ppo.rm_batch_size"),
             max_length=cfg.rm_max_length,
             bf16=train_bf16(cfg.precision),
             use_cpu=not on_gpu,
@@ -237,12 +244,19 @@ def train_reward_model(
         summary = {"steps": len(steps), "last": steps[-1] if steps else None}
         data = {"pairs": str(pairs_dir), "pairs_used": used}
         card = model_card(lineage, "reward_model", {"ppo": dataclasses.asdict(cfg)}, data, summary)
-        with atomic_path(out) as tmp:
-            trainer.model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            (tmp / "README.md").write_text(card, encoding="utf-8")
-        write_jsonl(log_path, trainer.state.log_history)
+
+        def extra(folder: Path) -> None:
+            tokenizer.save_pretrained(folder)
+            (folder / "README.md").write_text(card, encoding="utf-8")
+
+        save_trained(trainer, Path(out), base_model, False, extra)
+        acc = trainer.accelerator
+        if acc.is_main_process:
+            write_jsonl(log_path, trainer.state.log_history)
     return {
+        "processes": acc.num_processes,
+        "distributed_type": acc.distributed_type.value,
+        "effective_batch": args.per_device_train_batch_size * acc.num_processes,
         "pairs": len(dataset),
         "pairs_used": used,
         "steps": len(steps),
