@@ -37,6 +37,11 @@ class ConfigError(UserError):
     """A config file or override that does not fit `RunConfig` (the message names file and key)."""
 
 
+LATE: dict[str, Any] = {"late": True}
+"""Field metadata of a setting added after runs were made: `fingerprint` leaves it out while it is at its
+default, so existing runs' stages stay valid; set to another value, it is part of the fingerprint."""
+
+
 @dataclass
 class EngineConfig:
     """How text is generated: one engine serves prompt generation, candidates and judging."""
@@ -280,7 +285,7 @@ class SFTStageConfig:
     """`auto`: bf16 on a GPU or a CPU with native bf16 instructions, else fp32."""
     gradient_checkpointing: bool = False
     """Trades compute for memory; off on CPU where memory is not the limit for 135M."""
-    group_by_length: bool = False
+    group_by_length: bool = field(default=False, metadata=LATE)
     """Batches of examples of similar length (transformers' `group_by_length` sampler: random megabatches, each
     sorted by length), so less of each batch is padding; false: uniformly shuffled batches. One process only
     (its sampler is not seeded per process). `make bench-train BENCH_ARGS=--group-by-length` measures both
@@ -796,7 +801,39 @@ def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def _late_default(obj: Any, f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("late")) and getattr(obj, f.name) == f.default
+
+
+def _without_late_defaults(obj: Any, d: dict[str, Any]) -> dict[str, Any]:
+    """`d` (asdict of `obj`) without the `LATE` fields that are at their default, at every depth."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        if _late_default(obj, f):
+            continue
+        value = getattr(obj, f.name)
+        out[f.name] = _without_late_defaults(value, d[f.name]) if dataclasses.is_dataclass(value) else d[f.name]
+    return out
+
+
+def _repr_without_late_defaults(obj: Any) -> str:
+    """A dataclass's own repr (as `default=str` gave it), without the `LATE` fields at their default."""
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return str(obj)
+    items = []
+    for f in dataclasses.fields(obj):
+        if f.repr and not _late_default(obj, f):
+            value = getattr(obj, f.name)
+            items.append(
+                f"{f.name}={_repr_without_late_defaults(value) if dataclasses.is_dataclass(value) else repr(value)}"
+            )
+    return f"{type(obj).__qualname__}({', '.join(items)})"
+
+
 def fingerprint(*parts: Any) -> str:
-    """A short sha256 of config sections and other inputs (dataclasses or JSON-able values)."""
-    payload = [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A short sha256 of config sections and other inputs (dataclasses or JSON-able values). A field added
+    after runs were made (`metadata=LATE`) counts only when it is set to something other than its default,
+    so adding it does not make every earlier run's stages "made with a different config"."""
+    payload = [_without_late_defaults(p, to_dict(p)) if dataclasses.is_dataclass(p) else p for p in parts]
+    encoded = json.dumps(payload, sort_keys=True, default=_repr_without_late_defaults)
+    return hashlib.sha256(encoded.encode()).hexdigest()[:16]

@@ -90,3 +90,18 @@ def test_a_server_config_loads() -> None:
     assert cfg.engine.base_url == "http://gpu-box:8000/v1" and not cfg.engine.launch_server
     cfg = load_config(None, ["engine.backend=server", "engine.launch_server=true", 'engine.server_args=[--x, "2"]'])
     assert cfg.engine.server_args == ["--x", "2"]
+
+
+def test_a_setting_added_later_changes_no_fingerprint_at_its_default() -> None:
+    """`sft.group_by_length` came after runs were made: at its default the fingerprint is that of the section
+    without it (earlier runs stay valid), alone and inside a tuple; set, it counts."""
+    import dataclasses
+    import hashlib
+    import json
+
+    sft = RunConfig().sft
+    without = {k: v for k, v in dataclasses.asdict(sft).items() if k != "group_by_length"}
+    assert fingerprint(sft) == hashlib.sha256(json.dumps([without], sort_keys=True).encode()).hexdigest()[:16]
+    grouped = dataclasses.replace(sft, group_by_length=True)
+    assert fingerprint(grouped) != fingerprint(sft) and fingerprint((grouped, "x")) != fingerprint((sft, "x"))
+    assert fingerprint(RunConfig()) != fingerprint(dataclasses.replace(RunConfig(), sft=grouped))
