@@ -35,6 +35,14 @@ def jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
+def refused(tmp_path: Path, tiny_model: Path, overrides: list[str], match: str) -> None:
+    """`reason` on the tiny config with `overrides`: a ConfigError matching `match`, before any run folder."""
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"model={tiny_model}", f"output_dir={tmp_path}", *overrides])
+    with pytest.raises(ConfigError, match=match):
+        reason(cfg)
+    assert not (tmp_path / "tiny").exists()
+
+
 def s(pid: str, text: str, correct: bool, score: float | None = None, cut: bool = False) -> dict:
     return {
         "problem_id": pid,
@@ -185,23 +193,11 @@ def test_the_solutions_control_repeats_the_worked_solutions_to_the_count_asked()
 def test_the_solutions_control_needs_expert_iteration_before_it_and_the_solutions(
     tmp_path: Path, tiny_model: Path, methods: str, extra: list[str]
 ) -> None:
-    cfg = load_config(
-        ROOT / "configs" / "tiny.yaml",
-        [f"model={tiny_model}", f"output_dir={tmp_path}", f"reason.methods={methods}", *extra],
-    )
-    with pytest.raises(ConfigError, match="sft_solutions"):
-        reason(cfg)
-    assert not (tmp_path / "tiny").exists()  # refused before the run folder is made
+    refused(tmp_path, tiny_model, [f"reason.methods={methods}", *extra], "sft_solutions")
 
 
 def test_the_reward_model_batch_must_divide_among_the_processes(tmp_path: Path, tiny_model: Path) -> None:
-    cfg = load_config(
-        ROOT / "configs" / "tiny.yaml",
-        [f"model={tiny_model}", f"output_dir={tmp_path}", "launch.num_processes=3", "ppo.rm_batch_size=4"],
-    )
-    with pytest.raises(ConfigError, match="rm_batch_size"):
-        reason(cfg)
-    assert not (tmp_path / "tiny").exists()
+    refused(tmp_path, tiny_model, ["launch.num_processes=3", "ppo.rm_batch_size=4"], "rm_batch_size")
 
 
 def test_ppo_orm_without_the_orm_is_a_config_error(tmp_path: Path, tiny_model: Path) -> None:

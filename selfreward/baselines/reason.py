@@ -108,16 +108,14 @@ METHODS = (
 SFT_METHODS = ("expert_iteration", "expert_iteration_continued", "rcrl", "sft_solutions")
 ROUND_STAGES = ("samples", "train", "eval")
 PPO_STAGES = ("train", "eval")
+INIT_STAGES = ("sft_data", "sft", "orm_samples", "orm", "eval")
+ASK = "\n\nSolve it step by step. End with a last line of the form `#### <number>`."
+CORRECT, INCORRECT = "<reward: correct>", "<reward: incorrect>"
 
 
 def stages_of(method: str) -> tuple[str, ...]:
     """A round's stages: PPO samples while it trains, and the `sft_solutions` control samples nothing."""
     return PPO_STAGES if method.startswith("ppo_") or method == "sft_solutions" else ROUND_STAGES
-
-
-INIT_STAGES = ("sft_data", "sft", "orm_samples", "orm", "eval")
-ASK = "\n\nSolve it step by step. End with a last line of the form `#### <number>`."
-CORRECT, INCORRECT = "<reward: correct>", "<reward: incorrect>"
 
 
 def user_turn(problem: Problem, token: str = "") -> str:
@@ -472,10 +470,10 @@ def round_data(cfg: RunConfig, run: RunPaths, method: str, k: int) -> dict:
     train_rows, _ = problems(cfg)
     s0, it = starting_point(cfg, run, train_rows), round_paths(run, method, k)
     if method == "sft_solutions":
-        expert = expert_examples(train_rows, expert_candidates(run, k), s0.demonstrations)
+        expert = expert_examples(train_rows, rounds_candidates(run, "expert_iteration", k), s0.demonstrations)
         examples = solution_examples(s0.demonstrations, len(expert))
         return {"examples": write_jsonl(it.sft_data, examples), "expert_iteration_examples": len(expert)}
-    earlier = [read_jsonl(round_paths(run, method, j).candidates) for j in range(1, k + 1)]
+    earlier = rounds_candidates(run, method, k)
     if method == "expert_iteration":  # the start's data and every correct sample
         return {"examples": write_jsonl(it.sft_data, expert_examples(train_rows, earlier, s0.demonstrations))}
     if method == "expert_iteration_continued":
@@ -511,9 +509,14 @@ def one_process(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, launch=launch)
 
 
-def expert_candidates(run: RunPaths, k: int) -> list[list[dict]]:
-    """Expert iteration's samples of rounds 1..k (what `sft_solutions` matches its example count to)."""
-    return [read_jsonl(round_paths(run, "expert_iteration", j).candidates) for j in range(1, k + 1)]
+def candidate_files(run: RunPaths, method: str, k: int) -> list[Path]:
+    """`method`'s candidates.jsonl of rounds 1..k (`sft_solutions` counts expert iteration's)."""
+    return [round_paths(run, method, j).candidates for j in range(1, k + 1)]
+
+
+def rounds_candidates(run: RunPaths, method: str, k: int) -> list[list[dict]]:
+    """The samples of `candidate_files`, one list per round."""
+    return [read_jsonl(path) for path in candidate_files(run, method, k)]
 
 
 def train_init(cfg: RunConfig, run: RunPaths) -> dict:
@@ -604,7 +607,7 @@ def run_round(
             inputs=lambda: (
                 model_digest(s0.base),
                 file_digest(IterPaths(run.reason / "init").sft_data),
-                [file_digest(round_paths(run, "expert_iteration", j).candidates) for j in range(1, k + 1)],
+                [file_digest(path) for path in candidate_files(run, "expert_iteration", k)],
             ),
         )
     else:
@@ -618,7 +621,7 @@ def run_round(
                 digest,
                 model_digest(s0.start),
                 model_digest(s0.base),
-                [file_digest(round_paths(run, method, j).candidates) for j in range(1, k + 1)],
+                [file_digest(path) for path in candidate_files(run, method, k)],
             ),
         )
     stages.run(

@@ -108,8 +108,8 @@ class ModelReward(RewardFunction):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.dtype = torch.bfloat16 if train_bf16(precision) else torch.float32
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=self.dtype, use_safetensors=True)
+        dtype = torch.bfloat16 if train_bf16(precision) else torch.float32
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, use_safetensors=True)
         self.model.eval()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
