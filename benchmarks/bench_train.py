@@ -4,6 +4,12 @@ DPO optimiser steps of the embedded model with the default config's shapes, each
 of the precision it ran in. Writes benchmarks/results/train.json with the CPU's model and flags.
 
     make bench-train                       # BENCH_ARGS="--steps 6"
+    make bench-train BENCH_ARGS="--group-by-length --lora --profile"
+
+`--group-by-length` and `--lora` add SFT runs with length-grouped batches and with a LoRA adapter (its
+GFLOP/s still counts 6 * N * tokens for the whole model, so it is the speed of the same work); `--profile`
+records one SFT and one DPO optimiser step (after the first) with torch.profiler and writes where their time
+went, by kind of operator, to benchmarks/results/train_profile.json.
 """
 
 from __future__ import annotations
@@ -25,6 +31,58 @@ from selfreward.loop.dpo import chat_ids
 from selfreward.models import resolve_model
 
 OUT = Path(__file__).resolve().parent / "results" / "train.json"
+PROFILE_OUT = OUT.with_name("train_profile.json")
+
+# Operator kinds for the profile, by aten name (first match wins); the rest is "other".
+KINDS = (
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm")),
+    ("attention", ("scaled_dot_product", "flash_attention", "aten::_efficient_attention")),
+    ("softmax / log-softmax / loss", ("softmax", "cross_entropy", "nll_loss", "logsumexp", "log_sigmoid")),
+    ("optimizer", ("adamw", "_foreach", "aten::addcdiv", "aten::addcmul", "aten::lerp", "aten::sqrt")),
+    (
+        "copies / casts / layout",
+        (
+            "aten::copy_",
+            "aten::to",
+            "aten::_to_copy",
+            "aten::contiguous",
+            "aten::clone",
+            "aten::cat",
+            "aten::index",
+            "aten::gather",
+            "aten::embedding",
+            "aten::fill_",
+            "aten::zero_",
+            "aten::empty",
+            "aten::scatter",
+        ),
+    ),
+    (
+        "element-wise",
+        (
+            "aten::mul",
+            "aten::add",
+            "aten::sub",
+            "aten::div",
+            "aten::silu",
+            "aten::pow",
+            "aten::rsqrt",
+            "aten::mean",
+            "aten::sum",
+            "aten::neg",
+            "aten::exp",
+            "aten::where",
+            "aten::cos",
+            "aten::sin",
+            "aten::sigmoid",
+            "aten::masked",
+            "aten::clamp",
+            "aten::max",
+            "aten::min",
+            "aten::abs",
+        ),
+    ),
+)
 
 
 def gemm_gflops(dtype_name: str, n: int = 2048, seconds: float = 3.0) -> float:
@@ -40,6 +98,52 @@ def gemm_gflops(dtype_name: str, n: int = 2048, seconds: float = 3.0) -> float:
         a @ b
         count += 1
     return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, keys in KINDS:
+        if any(k in low for k in keys):
+            return kind
+    return "other"
+
+
+class StepProfiler(TrainerCallback):
+    """torch.profiler over optimiser step `step` (1-based; not the first, which warms up): self CPU time per
+    operator, summed by kind, beside the step's wall time."""
+
+    def __init__(self, step: int = 2) -> None:
+        self.step, self.prof, self.wall, self.result = step, None, 0.0, None
+
+    def on_step_begin(self, args, state, control, **kwargs) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        if state.global_step + 1 == self.step:
+            self.prof = profile(activities=[ProfilerActivity.CPU])
+            self.prof.__enter__()
+            self.wall = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        if self.prof is None or self.result is not None:
+            return
+        wall = time.perf_counter() - self.wall
+        self.prof.__exit__(None, None, None)
+        ops = [(e.key, e.self_cpu_time_total / 1e6) for e in self.prof.key_averages()]
+        total = sum(t for _, t in ops)
+        kinds: dict[str, float] = {}
+        for name, t in ops:
+            kinds[kind_of(name)] = kinds.get(kind_of(name), 0.0) + t
+        top = sorted(ops, key=lambda x: -x[1])[:15]
+        self.result = {
+            "step": self.step,
+            "wall_s": round(wall, 2),
+            "profiled_self_cpu_s": round(total, 2),
+            "by_kind": {
+                k: {"s": round(t, 2), "fraction": round(t / total, 3)}
+                for k, t in sorted(kinds.items(), key=lambda x: -x[1])
+            },
+            "top_ops": [{"op": n, "s": round(t, 3), "fraction": round(t / total, 3)} for n, t in top],
+        }
 
 
 class StepTimer(TrainerCallback):
@@ -75,16 +179,26 @@ class Padding:
         return batch
 
 
-def bench_sft(cfg: RunConfig, model: str, steps: int, scratch: Path, group_by_length: bool | None = None) -> dict:
+def bench_sft(
+    cfg: RunConfig,
+    model: str,
+    steps: int,
+    scratch: Path,
+    group_by_length: bool | None = None,
+    lora: bool = False,
+    profiler: StepProfiler | None = None,
+) -> dict:
     it = IterPaths(scratch / "iter_0")
     sft.write_data(cfg.seed_data, cfg.judge, cfg.sft, it, cfg.seed)
     examples = [json.loads(line) for line in it.sft_data.read_text().splitlines()]
-    sft_cfg = dataclasses.replace(cfg.sft, max_steps=steps, save_steps=0)
+    sft_cfg = dataclasses.replace(cfg.sft, max_steps=steps, save_steps=0, lora=lora)
     if group_by_length is not None:
         sft_cfg = dataclasses.replace(sft_cfg, group_by_length=group_by_length)
     trainer = sft.build_trainer(model, examples, sft_cfg, str(scratch / "sft"), cfg.seed)
     timer = StepTimer()
     trainer.add_callback(timer)
+    if profiler is not None:
+        trainer.add_callback(profiler)
     padding = Padding(trainer.data_collator, steps * sft_cfg.grad_accum)
     trainer.data_collator = padding
     trainer.train()
@@ -93,13 +207,14 @@ def bench_sft(cfg: RunConfig, model: str, steps: int, scratch: Path, group_by_le
     r = measured(trainer, timer, tokens_per_step, train_bf16(sft_cfg.precision), len(examples), per_step_examples)
     return {
         **r,
+        "lora": lora,
         "group_by_length": sft_cfg.group_by_length,
         "padded_tokens_per_step": round(padding.padded / steps),
         "padding_fraction": round(1 - padding.real / padding.padded, 3),
     }
 
 
-def bench_dpo(cfg: RunConfig, model: str, steps: int, scratch: Path) -> dict:
+def bench_dpo(cfg: RunConfig, model: str, steps: int, scratch: Path, profiler: StepProfiler | None = None) -> dict:
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
@@ -147,6 +262,8 @@ def bench_dpo(cfg: RunConfig, model: str, steps: int, scratch: Path) -> dict:
     )
     timer = StepTimer()
     trainer.add_callback(timer)
+    if profiler is not None:
+        trainer.add_callback(profiler)
     lengths = [
         len(chat_ids(tokenizer, p["prompt"] + p[side])[: d.max_length])
         for p in pairs
@@ -158,7 +275,8 @@ def bench_dpo(cfg: RunConfig, model: str, steps: int, scratch: Path) -> dict:
 
 
 def measured(trainer, timer: StepTimer, tokens_per_step: float, bf16: bool, examples: int, per_step: int) -> dict:
-    n_params = sum(p.numel() for p in trainer.model.parameters())
+    # every parameter of the model (a LoRA adapter's base included): the FLOPs of the forward and backward
+    n_params = sum(p.numel() for n, p in trainer.model.named_parameters() if "lora_" not in n)
     step_s = steady_step_s(timer.times)
     tokens_s = tokens_per_step / step_s
     return {
@@ -181,7 +299,10 @@ def main() -> None:
     parser.add_argument(
         "--group-by-length", action="store_true", help="SFT also with length-grouped batches (sft_grouped)"
     )
+    parser.add_argument("--lora", action="store_true", help="SFT also with a LoRA adapter (sft_lora)")
+    parser.add_argument("--profile", action="store_true", help=f"profile step 2 of SFT and DPO -> {PROFILE_OUT.name}")
     args = parser.parse_args()
+    profilers = {"sft": StepProfiler(), "dpo": StepProfiler()} if args.profile else {}
     cfg = RunConfig()
     model = resolve_model(cfg.model, cfg.cache_dir)
     result: dict = {"machine": cpu_flags(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "steps": args.steps}
@@ -189,14 +310,16 @@ def main() -> None:
     result["gemm_gflops"] = ceilings
     print(f"GEMM 2048^3: fp32 {ceilings['fp32']} GFLOP/s, bf16 {ceilings['bf16']} GFLOP/s")
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
-        jobs = [("sft", lambda: bench_sft(cfg, model, args.steps, Path(scratch)))]
+        jobs = [("sft", lambda: bench_sft(cfg, model, args.steps, Path(scratch), profiler=profilers.get("sft")))]
         if args.group_by_length:
             jobs.append(
                 ("sft_grouped", lambda: bench_sft(cfg, model, args.steps, Path(scratch), group_by_length=True))
             )
-        jobs.append(("dpo", lambda: bench_dpo(cfg, model, args.steps, Path(scratch))))
+        if args.lora:
+            jobs.append(("sft_lora", lambda: bench_sft(cfg, model, args.steps, Path(scratch), lora=True)))
+        jobs.append(("dpo", lambda: bench_dpo(cfg, model, args.steps, Path(scratch), profilers.get("dpo"))))
         for name, job in jobs:
-            if args.only not in (None, name.removesuffix("_grouped")):
+            if args.only not in (None, name.split("_")[0]):
                 continue
             r = job()
             r["fraction_of_ceiling"] = round(r["achieved_gflops"] / ceilings[r["precision"]], 3)
@@ -208,6 +331,15 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     write_json(OUT, result)
     print(OUT)
+    if profilers:
+        profiles = {"machine": result["machine"], "time": result["time"]}
+        profiles.update({name: p.result for name, p in profilers.items() if p.result is not None})
+        write_json(PROFILE_OUT, profiles)
+        for name, p in profilers.items():
+            if p.result:
+                kinds = ", ".join(f"{k} {v['fraction']:.0%}" for k, v in p.result["by_kind"].items())
+                print(f"{name} step {p.result['step']} ({p.result['wall_s']} s): {kinds}")
+        print(PROFILE_OUT)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Training past one process: the DPO and SFT stages under `accelerate launch` on 2 CPU processes (gloo), as
-the loop starts them (`launch.num_processes: 2`), save the whole model once, and equal a one-process run with
-the same effective batch."""
+"""Training past one process: the DPO, SFT, reward-model and PPO stages on 2 CPU processes (gloo), as the loop
+starts them (`launch.num_processes: 2`), save the whole model once, and equal a one-process run with the same
+effective batch. On the tiny model, so in the suite (each test ~15-30 s: child processes)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from selfreward.runs import train_in_child, training_command
 from .test_dpo import make_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow  # four child processes (two of them 2-process accelerate launches): ~1-2 min
 
 
 def config(tmp_path: Path, tiny_model: Path, name: str, processes: int):
@@ -118,3 +117,96 @@ def test_the_reward_model_on_two_cpu_processes_equals_one(tmp_path: Path, tiny_m
     two, one = weights(trained[2]), weights(trained[1])
     worst = assert_close(two, one, atol=1e-4)
     print(f"reward model: largest |2-process - 1-process| weight difference {worst:.2e}")
+
+
+def test_a_ppo_update_on_two_cpu_processes_equals_one(tmp_path: Path, tiny_model: Path) -> None:
+    """PPO (ours, DDP through accelerate) on the same rollouts: each process samples and scores half of every
+    rollout and takes half of every minibatch; the actor, the critic and the logged statistics equal one
+    process's."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = {}
+    for processes in (2, 1):
+        out = tmp_path / f"p{processes}"
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if processes == 2 else []
+        cmd = [sys.executable, *launcher, "-m", "tests.ppo_processes", "--model", str(tiny_model), "--out", str(out)]
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count(f"processes {processes}") == processes
+        run[processes] = out
+    two, one, start = weights(run[2] / "model"), weights(run[1] / "model"), weights(tiny_model)
+    assert two.keys() == start.keys()
+    moved = max((one[k] - start[k]).abs().max().item() for k in one)  # 8 AdamW steps of lr 1e-3
+    worst = assert_close(two, one, atol=1e-4)
+    assert worst < 0.01 * moved  # float noise of summing in another order, not another update
+    critic = assert_close(load_file(run[2] / "critic.safetensors"), load_file(run[1] / "critic.safetensors"), 1e-4)
+    print(
+        f"ppo: largest |2-process - 1-process| difference: actor {worst:.2e} (moved {moved:.2e}), critic {critic:.2e}"
+    )
+    logs = [[json.loads(x) for x in (run[p] / "log.jsonl").read_text().splitlines()] for p in (2, 1)]
+    assert len(logs[0]) == len(logs[1]) == 2
+    for a, b in zip(*logs, strict=True):
+        for key in ("reward_raw", "reward_scaled", "kl", "kl_coef", "policy_loss", "value_loss", "clip_frac"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+        assert a["response_length"] == b["response_length"] and a["ended_frac"] == b["ended_frac"]
+    assert sum(row["ended_frac"] for row in logs[0]) == 1.0  # 8 prompts once: the 4 with even numbers ended
+
+
+def test_reason_ppo_samples_on_two_cpu_processes(tmp_path: Path, tiny_model: Path) -> None:
+    """`selfreward reason`'s PPO round as its training child on 2 processes, sampling for real: every training
+    problem is sampled `reason.samples` times over the two processes' shares, each rollout verified once into
+    candidates.jsonl, and the saved policy is whole."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    overrides = [f"model={tiny_model}", f"output_dir={tmp_path}", "reason.sft_init=false", "reason.orm=false"]
+    overrides += ["reason.train_problems=4", "reason.test_problems=2", "reason.samples=2", "launch.num_processes=2"]
+    overrides += ["reason.methods=[ppo_verifier]"]
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", overrides)
+    run = RunPaths(cfg.run_dir)
+    run.root.mkdir(parents=True)
+    job = ["--job", "round", "--method", "ppo_verifier", "--round", "1"]
+    metrics = train_in_child(cfg, run, "selfreward.baselines.reason", job)
+    assert metrics["processes"] == 2 and metrics["updates"] == 2 and metrics["rollouts"] == 8
+    it = run.reason / "ppo_verifier" / "round_1"
+    rollouts = [json.loads(x) for x in (it / "candidates.jsonl").read_text().splitlines()]
+    counts = {}
+    for r in rollouts:
+        counts[r["problem_id"]] = counts.get(r["problem_id"], 0) + 1
+    assert len(counts) == 4 and set(counts.values()) == {2}
+    assert sorted((r["problem_id"], r["index"]) for r in rollouts) == sorted((p, i) for p in counts for i in (0, 1))
+    assert len((it / "ppo_log.jsonl").read_text().splitlines()) == 2
+    saved = weights(it / "model")
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in weights(tiny_model).items()}
+    AutoModelForCausalLM.from_pretrained(it / "model", use_safetensors=True)
+
+
+def test_selfreward_ppo_on_two_cpu_processes(tmp_path: Path, tiny_model: Path) -> None:
+    """`selfreward ppo` (judge reward) with `launch.num_processes=2`: one command, its training child on two
+    processes (the main one judges every response), the metrics and log of a one-process run."""
+    import json
+
+    from selfreward.artifacts import read_jsonl, write_jsonl
+    from selfreward.baselines.ppo import run_ppo
+
+    from .test_ppo import PROMPTS
+
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [f"model={tiny_model}", f"output_dir={tmp_path}", "seed_sft=false", "launch.num_processes=2"],
+    )
+    run = RunPaths(cfg.run_dir)
+    write_jsonl(run.iteration(1).prompts, [{"prompt_id": f"p{i}", "text": p} for i, p in enumerate(PROMPTS)])
+    paths = run_ppo(cfg)
+    metrics = json.loads(paths.metrics.read_text())
+    assert metrics["processes"] == 2 and metrics["steps"] == 2 and metrics["responses"] == 8
+    assert len(read_jsonl(paths.log)) == 2
+    saved = weights(paths.model)
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in weights(tiny_model).items()}

@@ -60,13 +60,28 @@ def test_policy_loss_hand_worked() -> None:
     token with a huge advantage changes nothing."""
     old = torch.tensor([[-1.0, -1.0, -1.0]])
     new = old + math.log(1.5)
-    loss, clip_frac, approx_kl, ratio = policy_loss(
-        new, old, torch.tensor([[1.0, -1.0, 100.0]]), torch.tensor([[True, True, False]]), 0.2
-    )
+    loss, stats = policy_loss(new, old, torch.tensor([[1.0, -1.0, 100.0]]), torch.tensor([[True, True, False]]), 0.2)
+    clip_frac, approx_kl, ratio = stats.tolist()
     assert loss.item() == pytest.approx(0.15)
     assert clip_frac == pytest.approx(0.5)
     assert approx_kl == pytest.approx(0.5 * math.log(1.5) ** 2)
     assert ratio == pytest.approx(1.5)
+
+
+def test_shares_of_a_minibatch_add_up_to_its_loss() -> None:
+    """What N processes do with one minibatch: each takes some rows and divides by the whole minibatch's token
+    count; the shares' losses and statistics add up to the one-process values."""
+    torch.manual_seed(0)
+    new, old, adv = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]]).bool()
+    whole, whole_stats = policy_loss(new, old, adv, mask, 0.2)
+    count, halves = float(mask.sum()), (slice(0, 2), slice(2, 4))
+    shares = [policy_loss(new[r], old[r], adv[r], mask[r], 0.2, count) for r in halves]
+    assert sum(s[0] for s in shares).item() == pytest.approx(whole.item())
+    assert torch.allclose(sum(s[1] for s in shares), whole_stats)
+    value_whole, _ = value_loss(new, old, adv, mask, 0.2)
+    value_shares = [value_loss(new[r], old[r], adv[r], mask[r], 0.2, count)[0] for r in halves]
+    assert sum(value_shares).item() == pytest.approx(value_whole.item())
 
 
 def test_value_loss_hand_worked() -> None:
@@ -77,7 +92,7 @@ def test_value_loss_hand_worked() -> None:
         torch.tensor([[2.0, 1.0]]), torch.tensor([[1.0, 2.0]]), torch.tensor([[1.5, 0.0]]), torch.ones(1, 2), 0.2
     )
     assert loss.item() == pytest.approx(0.8725)
-    assert frac == pytest.approx(0.5)
+    assert frac.item() == pytest.approx(0.5)
 
 
 def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -250,3 +265,17 @@ def test_run_ppo_with_a_reward_model_from_pairs(tmp_path: Path, tiny_model: Path
         run_ppo(longer, str(prompts), str(it))
     run_ppo(longer, str(prompts), str(it), force=True)
     assert len(read_jsonl(paths.log)) == 2 and json.loads(paths.metrics.read_text())["steps"] == 2
+
+
+def test_shares_of_rollouts_and_minibatches_must_divide_among_the_processes() -> None:
+    from selfreward.baselines.ppo import check_shares
+
+    check_shares(PPOConfig(rollout_batch_size=8, minibatch_size=4), 2)
+    check_shares(PPOConfig(rollout_batch_size=6, minibatch_size=4), 1)  # one process: a short last minibatch
+    for sizes, processes, match in (
+        ((8, 3), 2, r"ppo.minibatch_size=3 is not divisible by the 2 processes"),
+        ((6, 2), 4, r"ppo.rollout_batch_size=6 is not divisible by the 4 processes"),
+        ((12, 8), 2, r"rollout_batch_size=12 is not a multiple of ppo.minibatch_size=8"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            check_shares(PPOConfig(rollout_batch_size=sizes[0], minibatch_size=sizes[1]), processes)

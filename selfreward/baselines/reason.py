@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -62,7 +63,7 @@ from selfreward.artifacts import (
     write_json,
     write_jsonl,
 )
-from selfreward.baselines.ppo import PPOTrainer
+from selfreward.baselines.ppo import PPOTrainer, check_shares, ddp_launch
 from selfreward.baselines.rewards import ModelReward, VerifierReward, train_reward_model
 from selfreward.cards import Lineage, model_card
 from selfreward.config import ConfigError, RunConfig, fingerprint
@@ -438,7 +439,10 @@ def ppo_round(
     r = cfg.reason
     steps = len(train_rows) * r.samples // cfg.ppo.rollout_batch_size  # divides: checked by `reason`
     ppo_cfg = dataclasses.replace(cfg.ppo, steps=steps, max_new_tokens=r.max_tokens, temperature=r.temperature)
-    orm = ModelReward(s0.orm, cfg.ppo.rm_max_length, precision=cfg.ppo.precision) if method == "ppo_orm" else None
+    # the reward is given on the main process only (PPOTrainer): the others load no reward model
+    main = int(os.environ.get("RANK", "0")) == 0
+    use_orm = method == "ppo_orm" and main
+    orm = ModelReward(s0.orm, cfg.ppo.rm_max_length, precision=cfg.ppo.precision) if use_orm else None
     reward = VerifierReward({user_turn(p): (p.problem_id, p.answer) for p in train_rows}, orm)
     trainer = PPOTrainer(ppo_cfg, model, reward, seed=seed)
     limit = ppo_cfg.max_prompt_tokens
@@ -446,13 +450,15 @@ def ppo_round(
     if too_long:
         raise DataError(f"{it.root}: problems {too_long[:3]} are longer than ppo.max_prompt_tokens")
     rows = trainer.train([user_turn(p) for p in train_rows], steps, it.ppo_log, Tracker.of(cfg))
-    write_jsonl(it.candidates, reward.rows)
+    if trainer.accelerator.is_main_process:  # the reward is given (and the rollouts verified) there
+        write_jsonl(it.candidates, reward.rows)
     lineage = Lineage(cfg.model, str(run.root), 0, model)
     data = {"problems": len(train_rows), "updates": len(rows), "reward": method.removeprefix("ppo_")}
     summary = {"optimizer_steps": trainer.optimizer_steps, "last_row": rows[-1] if rows else None}
     trainer.save_policy(it.model, model_card(lineage, "ppo", {"ppo": dataclasses.asdict(ppo_cfg)}, data, summary))
     correct = [x["correct"] for x in reward.rows]
     return {
+        "processes": trainer.world,
         "updates": len(rows),
         "rollouts": len(correct),
         "rollouts_correct": sum(correct),
@@ -498,15 +504,6 @@ def train_round(cfg: RunConfig, run: RunPaths, method: str, k: int) -> dict:
         return sft.train_sft(origin, read_jsonl(it.sft_data), sft_cfg, it.model, seed)
     dpo_cfg = dataclasses.replace(cfg.dpo, min_pairs=min(cfg.dpo.min_pairs, 4), save_steps=0)
     return dpo.run(dpo_cfg, model, None, it, seed)
-
-
-def one_process(cfg: RunConfig) -> RunConfig:
-    """`cfg` with a one-process launch: PPO's trainer (ours) runs on one process, so its child is never
-    started N times (N copies would each train the whole policy)."""
-    if cfg.launch.num_processes > 1 or cfg.launch.accelerate_config or cfg.launch.fsdp:
-        log.warning("reason: PPO trains on one process; launch.num_processes / accelerate_config are not used for it")
-    launch = dataclasses.replace(cfg.launch, num_processes=1, accelerate_config="", fsdp=False, separate_process=True)
-    return dataclasses.replace(cfg, launch=launch)
 
 
 def candidate_files(run: RunPaths, method: str, k: int) -> list[Path]:
@@ -596,7 +593,7 @@ def run_round(
         stages.run(
             "train",
             (sampling(cfg), cfg.ppo, method),
-            lambda: in_child(one_process(cfg), run, job, lambda: train_round(cfg, run, method, k)),
+            lambda: in_child(ddp_launch(cfg), run, job, lambda: train_round(cfg, run, method, k)),
             inputs=lambda: (digest, orm_digest if method == "ppo_orm" else None),
         )
     elif method == "sft_solutions":
@@ -668,6 +665,8 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
             f"ppo.rm_batch_size={cfg.ppo.rm_batch_size} is not divisible by launch.num_processes={processes}: "
             "the outcome reward model's batch is shared among the processes"
         )
+    if any(m.startswith("ppo_") for m in cfg.reason.methods):
+        check_shares(cfg.ppo, processes)
     budget = cfg.reason.train_problems * cfg.reason.samples
     if any(m.startswith("ppo_") for m in cfg.reason.methods) and budget % cfg.ppo.rollout_batch_size:
         raise ConfigError(
