@@ -6,7 +6,8 @@ of the precision it ran in. Writes benchmarks/results/train.json with the CPU's 
     make bench-train                       # BENCH_ARGS="--steps 6"
     make bench-train BENCH_ARGS="--group-by-length --lora --profile"
 
-`--group-by-length` and `--lora` add SFT runs with length-grouped batches and with a LoRA adapter (its
+`--group-by-length` and `--lora` add SFT runs with the other batching than the config's (`sft_shuffled`, as the
+default groups by length) and with a LoRA adapter (its
 GFLOP/s still counts 6 * N * tokens for the whole model, so it is the speed of the same work); `--profile`
 records one SFT and one DPO optimiser step (after the first) with torch.profiler and writes where their time
 went, by kind of operator, to benchmarks/results/train_profile.json.
@@ -156,10 +157,25 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter())
 
 
-def steady_step_s(times: list[float]) -> float:
-    """Mean seconds per step after the first (which includes warm-up)."""
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+def steady_step_s(times: list[float], skip: int | None = None) -> float:
+    """Mean seconds per step after the first (which includes warm-up), leaving out step `skip` (1-based: the
+    profiled one, slowed by the profiler)."""
+    gaps = [b - a for i, (a, b) in enumerate(zip(times, times[1:], strict=False), start=2) if i != skip]
     return sum(gaps) / len(gaps) if gaps else float("nan")
+
+
+def epoch_padding(trainer) -> dict:
+    """Padded and real tokens over one whole epoch of the trainer's data loader (collation only, no training):
+    what length grouping saves on every step, not only on the timed ones."""
+    padded = real = 0
+    for batch in trainer.get_train_dataloader():
+        padded += batch["input_ids"].numel()
+        real += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+    return {
+        "epoch_padded_tokens": padded,
+        "epoch_real_tokens": real,
+        "epoch_padding_fraction": round(1 - real / padded, 3),
+    }
 
 
 class Padding:
@@ -199,14 +215,19 @@ def bench_sft(
     trainer.add_callback(timer)
     if profiler is not None:
         trainer.add_callback(profiler)
+    epoch = epoch_padding(trainer)
     padding = Padding(trainer.data_collator, steps * sft_cfg.grad_accum)
     trainer.data_collator = padding
     trainer.train()
     per_step_examples = sft_cfg.batch_size * sft_cfg.grad_accum
     tokens_per_step = padding.real / steps  # the real tokens of the batches these steps trained on
-    r = measured(trainer, timer, tokens_per_step, train_bf16(sft_cfg.precision), len(examples), per_step_examples)
+    skip = profiler.step if profiler is not None else None
+    r = measured(
+        trainer, timer, tokens_per_step, train_bf16(sft_cfg.precision), len(examples), per_step_examples, skip
+    )
     return {
         **r,
+        **epoch,
         "lora": lora,
         "group_by_length": sft_cfg.group_by_length,
         "padded_tokens_per_step": round(padding.padded / steps),
@@ -271,17 +292,21 @@ def bench_dpo(cfg: RunConfig, model: str, steps: int, scratch: Path, profiler: S
     ]
     trainer.train()
     tokens_per_step = sum(lengths) / len(pairs) * d.batch_size * d.grad_accum  # chosen + rejected sequences
-    return measured(trainer, timer, tokens_per_step, train_bf16(d.precision), len(pairs), d.batch_size * d.grad_accum)
+    skip = profiler.step if profiler is not None else None
+    per_step = d.batch_size * d.grad_accum
+    return measured(trainer, timer, tokens_per_step, train_bf16(d.precision), len(pairs), per_step, skip)
 
 
-def measured(trainer, timer: StepTimer, tokens_per_step: float, bf16: bool, examples: int, per_step: int) -> dict:
+def measured(
+    trainer, timer: StepTimer, tokens_per_step: float, bf16: bool, examples: int, per_step: int, skip: int | None
+) -> dict:
     # every parameter of the model (a LoRA adapter's base included): the FLOPs of the forward and backward
     n_params = sum(p.numel() for n, p in trainer.model.named_parameters() if "lora_" not in n)
-    step_s = steady_step_s(timer.times)
+    step_s = steady_step_s(timer.times, skip)
     tokens_s = tokens_per_step / step_s
     return {
         "precision": "bf16" if bf16 else "fp32",
-        "steps_timed": max(0, len(timer.times) - 1),
+        "steps_timed": max(0, len(timer.times) - 1 - (skip is not None)),
         "s_per_step": round(step_s, 2),
         "examples_per_step": per_step,
         "real_tokens_per_step": round(tokens_per_step),
@@ -297,7 +322,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="optimiser steps per trainer (the first is not timed)")
     parser.add_argument("--only", choices=["gemm", "sft", "dpo"], default=None)
     parser.add_argument(
-        "--group-by-length", action="store_true", help="SFT also with length-grouped batches (sft_grouped)"
+        "--group-by-length",
+        action="store_true",
+        help="SFT also with the other batching than the config's: sft_shuffled (or sft_grouped)",
     )
     parser.add_argument("--lora", action="store_true", help="SFT also with a LoRA adapter (sft_lora)")
     parser.add_argument("--profile", action="store_true", help=f"profile step 2 of SFT and DPO -> {PROFILE_OUT.name}")
@@ -311,9 +338,13 @@ def main() -> None:
     print(f"GEMM 2048^3: fp32 {ceilings['fp32']} GFLOP/s, bf16 {ceilings['bf16']} GFLOP/s")
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
         jobs = [("sft", lambda: bench_sft(cfg, model, args.steps, Path(scratch), profiler=profilers.get("sft")))]
-        if args.group_by_length:
+        if args.group_by_length:  # the other batching than the config's (`sft`)
+            other = not cfg.sft.group_by_length
             jobs.append(
-                ("sft_grouped", lambda: bench_sft(cfg, model, args.steps, Path(scratch), group_by_length=True))
+                (
+                    "sft_grouped" if other else "sft_shuffled",
+                    lambda: bench_sft(cfg, model, args.steps, Path(scratch), group_by_length=other),
+                )
             )
         if args.lora:
             jobs.append(("sft_lora", lambda: bench_sft(cfg, model, args.steps, Path(scratch), lora=True)))

@@ -92,16 +92,18 @@ def test_a_server_config_loads() -> None:
     assert cfg.engine.server_args == ["--x", "2"]
 
 
-def test_a_setting_added_later_changes_no_fingerprint_at_its_default() -> None:
-    """`sft.group_by_length` came after runs were made: at its default the fingerprint is that of the section
-    without it (earlier runs stay valid), alone and inside a tuple; set, it counts."""
+def test_a_setting_added_later_changes_no_fingerprint_at_what_runs_did_before_it() -> None:
+    """`sft.group_by_length` came after runs were made, which all trained on shuffled batches: false gives the
+    fingerprint of the section without it (those runs stay valid), alone and inside a tuple; true, now the
+    default, counts, so a seed SFT made without grouping is not taken for one made with it."""
     import dataclasses
     import hashlib
     import json
 
-    sft = RunConfig().sft
+    grouped = RunConfig().sft
+    assert grouped.group_by_length
+    sft = dataclasses.replace(grouped, group_by_length=False)
     without = {k: v for k, v in dataclasses.asdict(sft).items() if k != "group_by_length"}
     assert fingerprint(sft) == hashlib.sha256(json.dumps([without], sort_keys=True).encode()).hexdigest()[:16]
-    grouped = dataclasses.replace(sft, group_by_length=True)
     assert fingerprint(grouped) != fingerprint(sft) and fingerprint((grouped, "x")) != fingerprint((sft, "x"))
-    assert fingerprint(RunConfig()) != fingerprint(dataclasses.replace(RunConfig(), sft=grouped))
+    assert fingerprint(RunConfig()) != fingerprint(dataclasses.replace(RunConfig(), sft=sft))

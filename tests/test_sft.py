@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from selfreward.artifacts import IterPaths, read_jsonl
-from selfreward.config import ConfigError, JudgeConfig, RunConfig, SFTStageConfig
-from selfreward.loop.sft import build_trainer, seed_examples, train_sft, write_data
+from selfreward.config import JudgeConfig, RunConfig, SFTStageConfig
+from selfreward.loop.sft import build_trainer, sampling_strategy, seed_examples, train_sft, write_data
 
 CFG = SFTStageConfig(batch_size=2, grad_accum=1, learning_rate=1e-2, precision="fp32", max_steps=2, max_length=256)
 
@@ -77,14 +77,20 @@ def test_length_grouped_batches_pad_less_and_still_cover_every_example(tmp_path:
     assert grouped < shuffled and grouped == 0.0, (grouped, shuffled)
 
 
-def test_length_grouping_is_refused_on_several_processes(
-    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+def test_length_grouping_is_left_off_on_several_processes(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """It is the default, so a multi-process run still starts: with uniformly shuffled batches, said in the log."""
     import dataclasses
 
+    grouped, shuffled = dataclasses.replace(CFG, group_by_length=True), dataclasses.replace(CFG, group_by_length=False)
+    trainer = build_trainer(str(tiny_model), examples(2), grouped, str(tmp_path))
+    assert trainer.args.train_sampling_strategy == "group_by_length" == sampling_strategy(grouped)
+    assert sampling_strategy(shuffled) == "random"
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="group_by_length"):
-        build_trainer(str(tiny_model), examples(2), dataclasses.replace(CFG, group_by_length=True), str(tmp_path))
+    with caplog.at_level("WARNING"):
+        assert sampling_strategy(grouped) == "random"
+    assert "group_by_length is left off on 2 processes" in caplog.text
 
 
 def test_train_sft_changes_weights_and_logs(tmp_path: Path, tiny_model: Path) -> None:

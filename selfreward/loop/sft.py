@@ -34,7 +34,7 @@ from typing import Any
 
 from selfreward.artifacts import DataError, IterPaths, model_digest, resume_checkpoint, write_jsonl
 from selfreward.cards import Lineage, model_card
-from selfreward.config import ConfigError, JudgeConfig, SeedConfig, SFTStageConfig, fingerprint, train_bf16
+from selfreward.config import JudgeConfig, SeedConfig, SFTStageConfig, fingerprint, train_bf16
 from selfreward.inputs import load_examples, load_instructions
 from selfreward.loop import eft
 from selfreward.models import base_model, lora_config, save_trained
@@ -144,11 +144,6 @@ def build_trainer(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    if cfg.group_by_length and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError(
-            "sft.group_by_length: transformers' length-grouped sampler is not seeded per process, so N processes "
-            "could train on overlapping batches; use it on one process"
-        )
     tracker = tracker or Tracker()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = [to_prompt_completion(e) for e in examples]
@@ -175,7 +170,7 @@ def build_trainer(
         bf16=train_bf16(cfg.precision),
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=cfg.gradient_checkpointing,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        train_sampling_strategy=sampling_strategy(cfg),
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if save_steps else "no",
         save_steps=save_steps or 500,
@@ -194,6 +189,19 @@ def build_trainer(
         )
     trainer.dropped_too_long = len(rows) - len(fitting)
     return trainer
+
+
+def sampling_strategy(cfg: SFTStageConfig) -> str:
+    """The trainer's `train_sampling_strategy`: length-grouped batches with `cfg.group_by_length` on one process;
+    on several (WORLD_SIZE) uniformly shuffled ones, with a warning."""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.group_by_length and processes > 1:
+        log.warning(
+            "sft.group_by_length is left off on %d processes (transformers' length-grouped sampler is not seeded "
+            "per process, so they could train on overlapping batches): uniformly shuffled batches",
+            processes,
+        )
+    return "group_by_length" if cfg.group_by_length and processes == 1 else "random"
 
 
 def train_sft(
@@ -236,6 +244,7 @@ def train_sft(
         metrics = sft_metrics(trainer.state, result.metrics, len(examples), trainer.dropped_too_long)
         metrics["processes"] = trainer.accelerator.num_processes
         metrics["distributed_type"] = trainer.accelerator.distributed_type.value
+        metrics["group_by_length"] = trainer.args.train_sampling_strategy == "group_by_length"  # what ran
 
         def extras(folder: Path) -> None:
             trainer.processing_class.save_pretrained(folder)
