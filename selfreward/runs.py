@@ -425,6 +425,11 @@ class StageFailed(UserError):
     """A training stage run in a child process exited with an error (its own log says why)."""
 
 
+class ChildInputError(UserError):
+    """A training child stopped on bad input (a UserError there, e.g. no pairs, every prompt too long): its one
+    line, raised again in the parent (`stage_main` passes it through the metrics file)."""
+
+
 def training_command(cfg: RunConfig, module: str, args: list[str]) -> list[str]:
     """`python -m module args`, or on several processes: `accelerate launch` on GPUs (with the accelerate
     config file when one is given, whose process count wins unless `launch.num_processes` > 1), and
@@ -496,9 +501,12 @@ def train_in_child(cfg: RunConfig, run: RunPaths, module: str, args: list[str]) 
         held = _HELD_LOCKS.get(run.root.resolve())
         env = {**os.environ, **launch_env(cfg)}
         rc = subprocess.run(cmd, pass_fds=(held.fileno(),) if held else (), env=env).returncode
-        if rc != 0 or not metrics.exists():
+        written = read_json(metrics) if metrics.exists() else None
+        if written is not None and "user_error" in written:
+            raise ChildInputError(written["user_error"])
+        if rc != 0 or written is None:
             raise StageFailed(f"{module} exited with code {rc}; its log is above and in {run.log}")
-        return read_json(metrics)
+        return written
 
 
 def per_process_accumulation(grad_accum: int, key: str) -> int:
@@ -538,6 +546,19 @@ def write_stage_metrics(path: str | None, metrics: dict) -> None:
     """The stage's metrics for the parent (`train_in_child`); written by the main process only."""
     if path and int(os.environ.get("RANK", "0")) == 0:
         write_json(Path(path), metrics)
+
+
+def stage_main(args: argparse.Namespace, job: Callable[[], dict]) -> None:
+    """Run a training child's job and write its metrics for the parent. A UserError (bad input, not a crash)
+    is logged, written as {"user_error": message} for the parent to raise as its own one line
+    (`ChildInputError`), and the child exits with code 2."""
+    try:
+        metrics = job()
+    except UserError as e:
+        log.error("%s", e)
+        write_stage_metrics(args.metrics_out, {"user_error": str(e)})
+        sys.exit(2)
+    write_stage_metrics(args.metrics_out, metrics)
 
 
 # --------------------------------------------------------------------------- status

@@ -238,6 +238,34 @@ def test_cli_ppo_errors_are_one_line(tmp_path: Path) -> None:
     assert wrong.returncode == 2 and "ppo.reward=model" in wrong.stderr
 
 
+def test_cli_ppo_bad_input_in_its_training_child_is_still_one_line(tmp_path: Path, tiny_model: Path) -> None:
+    """The reward model's pairs are read in the training child: their absence is the parent's one-line error
+    (exit 2), not a traceback of the child."""
+    run = RunPaths(tmp_path / "tiny")
+    run.iteration(1).root.mkdir(parents=True)
+    run.iteration(1).prompts.write_text(
+        "".join(json.dumps({"prompt_id": f"p{i}", "text": p}) + "\n" for i, p in enumerate(PROMPTS))
+    )
+    empty = tmp_path / "no_pairs" / "iter_1"
+    empty.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "selfreward", "ppo", "--config", "configs/tiny.yaml", f"model={tiny_model}"]
+    cmd += [f"output_dir={tmp_path}", "seed_sft=false", "ppo.reward=model", "--pairs-from", str(empty)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert str(empty) in last and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_the_ppo_trainer_starts_after_a_bf16_trainer_in_the_same_process(tiny_model: Path) -> None:
+    """`selfreward ppo` trains the reward model (TRL, bf16 where native) and then PPO in one child: accelerate's
+    shared state, left at bf16, must not stop the PPO trainer's own (precision is PPO's autocast)."""
+    from accelerate import Accelerator
+
+    Accelerator(cpu=True, mixed_precision="bf16")
+    trainer = PPOTrainer(PPOConfig(precision="fp32"), str(tiny_model), ConstantReward(0.0))
+    assert trainer.accelerator.mixed_precision == "no" and trainer.world == 1
+
+
 def test_run_ppo_with_a_reward_model_from_pairs(tmp_path: Path, tiny_model: Path) -> None:
     from tests.test_rewards import make_pairs
 

@@ -49,6 +49,7 @@ import random
 import time
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ from selfreward.generation import open_generator
 from selfreward.inputs import load_prompt_file
 from selfreward.loop.pipeline import train
 from selfreward.models import lora_config, model_of_iteration, resolve_model
-from selfreward.runs import PeakMemory, manifest, open_run, stage_parser, stage_setup, write_stage_metrics
+from selfreward.runs import PeakMemory, manifest, open_run, stage_main, stage_parser, stage_setup
 from selfreward.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)
@@ -263,14 +264,23 @@ class PPOTrainer:
     def __init__(self, cfg: PPOConfig, policy_path: str, reward_fn: RewardFunction | None, seed: int = 0) -> None:
         """`reward_fn` is called on the main process only (with the whole rollout); the others may pass None."""
         from accelerate import Accelerator
-        from accelerate.utils import DistributedType
+        from accelerate.state import AcceleratorState
+        from accelerate.utils import DistributedType, InitProcessGroupKwargs
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.manual_seed(seed)
         self.cfg, self.policy_path, self.reward_fn, self.seed = cfg, policy_path, reward_fn, seed
-        # precision is ours (`autocast`), not accelerate's; on a machine without a GPU, cpu=True is what makes
-        # accelerate see torchrun's processes (MULTI_CPU, gloo) instead of one
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
+        # Precision is ours (`autocast`), not accelerate's: a TRL trainer earlier in this process (the reward
+        # model's, in bf16) leaves accelerate's shared state at its mixed precision, which a new Accelerator may
+        # not change, so that state is reset (the process group stays). cpu=True on a machine without a GPU is
+        # what makes accelerate see torchrun's processes (MULTI_CPU, gloo) instead of one. The other processes
+        # wait in a collective while the main one gives the rewards (a judge engine, a reward model): 1 h.
+        AcceleratorState._reset_state()
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            mixed_precision="no",
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=1))],
+        )
         kind = self.accelerator.distributed_type
         if kind not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
             raise ConfigError(
@@ -324,7 +334,7 @@ class PPOTrainer:
     def autocast(self) -> AbstractContextManager:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def policy(self) -> Any:
+    def policy(self) -> nn.Module:
         """The actor itself (outside DDP's wrapper): for sampling, scoring without gradients and saving."""
         return self.accelerator.unwrap_model(self.actor)
 
@@ -690,7 +700,7 @@ def make_reward(
 
 
 def train_policy(cfg: RunConfig, run: RunPaths, prompts_path: Path, pairs_from: str | None) -> dict[str, Any]:
-    """The training job of `selfreward ppo` (in its child process, on `launch.num_processes`, or inline): the
+    """The training job of `selfreward ppo` (in its child process, on `launch.num_processes`): the
     reward (model), then PPO from the start policy; writes ppo/model, ppo_log.jsonl and the reward model's
     files, and returns the numbers `run_ppo` puts in metrics.json."""
     policy = start_policy(cfg, run)
@@ -829,7 +839,7 @@ def main() -> None:
     parser.add_argument("--pairs-from", default=None)
     args = parser.parse_args()
     cfg, run = stage_setup(args)
-    write_stage_metrics(args.metrics_out, train_policy(cfg, run, Path(args.prompts), args.pairs_from))
+    stage_main(args, lambda: train_policy(cfg, run, Path(args.prompts), args.pairs_from))
 
 
 if __name__ == "__main__":

@@ -88,9 +88,9 @@ from selfreward.runs import (
     StageRunner,
     file_digests,
     open_run,
+    stage_main,
     stage_parser,
     stage_setup,
-    write_stage_metrics,
 )
 from selfreward.tracking import Tracker, flatten
 
@@ -759,16 +759,15 @@ def main() -> None:
     parser.add_argument("--method", choices=METHODS)
     parser.add_argument("--round", type=int, default=1)
     args = parser.parse_args()
+    if args.job == "round" and args.method is None:
+        parser.error("--job round needs --method")
     cfg, run = stage_setup(args)
-    if args.job == "init":
-        metrics_ = train_init(cfg, run)
-    elif args.job == "orm":
-        metrics_ = train_orm(cfg, run)
-    else:
-        if args.method is None:
-            parser.error("--job round needs --method")
-        metrics_ = train_round(cfg, run, args.method, args.round)
-    write_stage_metrics(args.metrics_out, metrics_)
+    jobs = {
+        "init": lambda: train_init(cfg, run),
+        "orm": lambda: train_orm(cfg, run),
+        "round": lambda: train_round(cfg, run, args.method, args.round),
+    }
+    stage_main(args, jobs[args.job])
 
 
 def table_row(method: str, k: int, it: IterPaths, gain: dict | None) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from selfreward.artifacts import (
 from selfreward.cards import Lineage, model_card
 from selfreward.config import DPOStageConfig, fingerprint, train_bf16
 from selfreward.models import copy_model, iteration_seed, lora_config, model_of_iteration, reference_for, save_trained
-from selfreward.runs import per_process_accumulation, stage_parser, stage_setup, write_stage_metrics
+from selfreward.runs import per_process_accumulation, stage_main, stage_parser, stage_setup
 from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -276,8 +276,7 @@ def main() -> None:
     lineage = Lineage(cfg.model, str(run_paths.root), k, policy)
     reference = reference_for(cfg, run_paths, k)
     it = run_paths.iteration(k)
-    metrics = run(cfg.dpo, policy, reference, it, iteration_seed(cfg, k), Tracker.of(cfg), lineage)
-    write_stage_metrics(args.metrics_out, metrics)
+    stage_main(args, lambda: run(cfg.dpo, policy, reference, it, iteration_seed(cfg, k), Tracker.of(cfg), lineage))
 
 
 if __name__ == "__main__":

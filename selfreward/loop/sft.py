@@ -38,7 +38,7 @@ from selfreward.config import JudgeConfig, SeedConfig, SFTStageConfig, fingerpri
 from selfreward.inputs import load_examples, load_instructions
 from selfreward.loop import eft
 from selfreward.models import base_model, lora_config, save_trained
-from selfreward.runs import per_process_accumulation, stage_parser, stage_setup, write_stage_metrics
+from selfreward.runs import per_process_accumulation, stage_main, stage_parser, stage_setup
 from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -284,8 +284,7 @@ def main() -> None:
     cfg, run_paths = stage_setup(args)
     base = base_model(cfg)
     lineage = Lineage(cfg.model, str(run_paths.root), 0, base)
-    metrics = run(cfg.sft, base, run_paths.iteration(0), cfg.seed, Tracker.of(cfg), lineage)
-    write_stage_metrics(args.metrics_out, metrics)
+    stage_main(args, lambda: run(cfg.sft, base, run_paths.iteration(0), cfg.seed, Tracker.of(cfg), lineage))
 
 
 if __name__ == "__main__":
