@@ -10,7 +10,9 @@ of the precision it ran in. Writes benchmarks/results/train.json with the CPU's 
 default groups by length) and with a LoRA adapter (its
 GFLOP/s still counts 6 * N * tokens for the whole model, so it is the speed of the same work); `--profile`
 records one SFT and one DPO optimiser step (after the first) with torch.profiler and writes where their time
-went, by kind of operator, to benchmarks/results/train_profile.json.
+went, by kind of operator, to benchmarks/results/train_profile.json. `--sft-batch-size 2` trains the same effective
+batch in smaller steps (more accumulation). Each run's peak memory (PSS) is clean for the invocation's first
+trainer only (`--only sft` for a memory comparison).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from selfreward.config import RunConfig, train_bf16
 from selfreward.loop import sft
 from selfreward.loop.dpo import chat_ids
 from selfreward.models import resolve_model
+from selfreward.runs import PeakMemory
 
 OUT = Path(__file__).resolve().parent / "results" / "train.json"
 PROFILE_OUT = OUT.with_name("train_profile.json")
@@ -327,10 +330,21 @@ def main() -> None:
         help="SFT also with the other batching than the config's: sft_shuffled (or sft_grouped)",
     )
     parser.add_argument("--lora", action="store_true", help="SFT also with a LoRA adapter (sft_lora)")
+    parser.add_argument(
+        "--sft-batch-size",
+        type=int,
+        default=None,
+        help="SFT's per-step batch (accumulation scaled to keep the config's effective batch)",
+    )
     parser.add_argument("--profile", action="store_true", help=f"profile step 2 of SFT and DPO -> {PROFILE_OUT.name}")
     args = parser.parse_args()
     profilers = {"sft": StepProfiler(), "dpo": StepProfiler()} if args.profile else {}
     cfg = RunConfig()
+    if args.sft_batch_size:
+        effective = cfg.sft.batch_size * cfg.sft.grad_accum
+        if effective % args.sft_batch_size:
+            parser.error(f"--sft-batch-size must divide the effective batch {effective}")
+        cfg.sft.batch_size, cfg.sft.grad_accum = args.sft_batch_size, effective // args.sft_batch_size
     model = resolve_model(cfg.model, cfg.cache_dir)
     result: dict = {"machine": cpu_flags(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "steps": args.steps}
     ceilings = {p: round(gemm_gflops(p), 1) for p in ("fp32", "bf16")}
@@ -352,12 +366,19 @@ def main() -> None:
         for name, job in jobs:
             if args.only not in (None, name.split("_")[0]):
                 continue
-            r = job()
+            with PeakMemory() as mem:  # this process's PSS: clean for the first job of an invocation only
+                r = job()
+            r["peak_pss_gib"] = round(mem.peak_gib, 2)
+            r["batch_size"], r["grad_accum"] = (
+                (cfg.sft.batch_size, cfg.sft.grad_accum)
+                if name.startswith("sft")
+                else (cfg.dpo.batch_size, cfg.dpo.grad_accum)
+            )
             r["fraction_of_ceiling"] = round(r["achieved_gflops"] / ceilings[r["precision"]], 3)
             result[name] = r
             print(
                 f"{name}: {r['s_per_step']} s/step, {r['real_tokens_per_s']} tok/s, {r['achieved_gflops']} GFLOP/s "
-                f"= {r['fraction_of_ceiling']:.0%} of the {r['precision']} GEMM ceiling"
+                f"= {r['fraction_of_ceiling']:.0%} of the {r['precision']} GEMM ceiling, peak {r['peak_pss_gib']} GiB"
             )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     write_json(OUT, result)

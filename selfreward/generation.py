@@ -111,6 +111,11 @@ class Generator:
     def close(self) -> None:
         """Release the engine's memory."""
 
+    def prefix_cache(self) -> dict[str, int] | None:
+        """The engine's prefix-cache counters so far, {"queried_tokens", "hit_tokens"} (prompt tokens looked up in
+        the cache and found there), or None where the engine reports none (transformers, a server)."""
+        return None
+
     def __enter__(self) -> Generator:
         return self
 
@@ -274,6 +279,8 @@ class VLLMGenerator(Generator):
             # raw logprobs: log-softmax of the model's logits over the whole vocabulary, before any
             # sampling processor, which is what `token_probs` returns (via `logprob_token_ids`).
             logprobs_mode="raw_logprobs",
+            # the engine's counters (prefix-cache queries and hits: `prefix_cache`); LLM turns them off by default
+            disable_log_stats=False,
         )
         if on_gpu:
             kwargs.update(
@@ -331,6 +338,20 @@ class VLLMGenerator(Generator):
             lp = out.outputs[0].logprobs[0]
             result.append([math.exp(lp[t].logprob) if t in lp else 0.0 for t in token_ids])
         return result
+
+    def prefix_cache(self) -> dict[str, int] | None:
+        counters = {"vllm:prefix_cache_queries": 0, "vllm:prefix_cache_hits": 0}
+        found = False
+        for metric in self.llm.get_metrics():
+            if metric.name in counters:
+                counters[metric.name] += int(metric.value)
+                found = True
+        if not found:
+            return None
+        return {
+            "queried_tokens": counters["vllm:prefix_cache_queries"],
+            "hit_tokens": counters["vllm:prefix_cache_hits"],
+        }
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

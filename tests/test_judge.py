@@ -211,3 +211,12 @@ def test_sampled_mode_needs_half_of_the_samples_parsed(parsed: int, scored: bool
     """K = 3: ceil(3/2) = 2 parsed samples are needed; one parsed sample of three is not a verdict."""
     (j,) = judge_texts(Counting(parsed), JudgeConfig(mode="sampled", samples=3), [("q", "a")])
     assert j.num_parsed == parsed and (j.score == 4.0 if scored else j.score is None)
+
+
+def test_the_prefix_cache_hit_rate_is_over_the_stage() -> None:
+    from selfreward.loop.judge import prefix_cache_delta
+
+    before, after = {"queried_tokens": 100, "hit_tokens": 10}, {"queried_tokens": 500, "hit_tokens": 310}
+    assert prefix_cache_delta(before, after) == {"queried_tokens": 400, "hit_tokens": 300, "hit_rate": 0.75}
+    assert prefix_cache_delta(None, None) is None  # an engine without counters (transformers, a server)
+    assert prefix_cache_delta(before, before)["hit_rate"] is None

@@ -366,11 +366,22 @@ def run(gen: Generator, cfg: JudgeConfig, it: IterPaths, seed: int = 0) -> dict:
         if c["prompt_id"] not in prompts:
             raise ValueError(f"{it.candidates}: candidate {c['candidate_id']} names unknown prompt {c['prompt_id']}")
         items.append((prompts[c["prompt_id"]]["text"], c["text"]))
+    before = gen.prefix_cache()
     judgements = judge_texts(gen, cfg, items, seed=seed)
     for c, j in zip(candidates, judgements, strict=True):
         j.candidate_id, j.prompt_id = c["candidate_id"], c["prompt_id"]
     write_jsonl(it.judgements, (to_row(j) for j in judgements))
-    return judgement_metrics(judgements)
+    return {**judgement_metrics(judgements), "prefix_cache": prefix_cache_delta(before, gen.prefix_cache())}
+
+
+def prefix_cache_delta(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, float | None] | None:
+    """The engine's prefix-cache counters over a stage: prompt tokens looked up, found, and the hit rate (None
+    where the engine reports no counters)."""
+    if before is None or after is None:
+        return None
+    queried = after["queried_tokens"] - before["queried_tokens"]
+    hit = after["hit_tokens"] - before["hit_tokens"]
+    return {"queried_tokens": queried, "hit_tokens": hit, "hit_rate": round(hit / queried, 4) if queried else None}
 
 
 def judgement_metrics(judgements: list[Judgement]) -> dict:
