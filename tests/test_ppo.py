@@ -260,7 +260,9 @@ def test_the_ppo_trainer_starts_after_a_bf16_trainer_in_the_same_process(tiny_mo
     """`selfreward ppo` trains the reward model (TRL, bf16 where native) and then PPO in one child: accelerate's
     shared state, left at bf16, must not stop the PPO trainer's own (precision is PPO's autocast)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    AcceleratorState._reset_state()  # as a fresh child process: no state yet, then a bf16 trainer's
     Accelerator(cpu=True, mixed_precision="bf16")
     trainer = PPOTrainer(PPOConfig(precision="fp32"), str(tiny_model), ConstantReward(0.0))
     assert trainer.accelerator.mixed_precision == "no" and trainer.world == 1
