@@ -537,14 +537,19 @@ def stage_setup(args: argparse.Namespace) -> tuple[RunConfig, RunPaths]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run = RunPaths(Path(args.run))
     cfg = load_config(args.config or run.config)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         add_log_file(run.log)
     return cfg, run
 
 
+def is_main_process() -> bool:
+    """Rank 0 under a launcher (accelerate, torchrun), or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def write_stage_metrics(path: str | None, metrics: dict) -> None:
     """The stage's metrics for the parent (`train_in_child`); written by the main process only."""
-    if path and int(os.environ.get("RANK", "0")) == 0:
+    if path and is_main_process():
         write_json(Path(path), metrics)
 
 

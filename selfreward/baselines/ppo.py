@@ -44,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import random
 import time
 from contextlib import AbstractContextManager
@@ -68,7 +67,7 @@ from selfreward.artifacts import (
     write_jsonl,
     write_text,
 )
-from selfreward.baselines.rewards import JudgeReward, ModelReward, RewardFunction, train_reward_model
+from selfreward.baselines.rewards import JudgeReward, ModelReward, RewardFunction, check_rm_batch, train_reward_model
 from selfreward.baselines.rl_math import (
     AdaptiveKLController,
     FixedKLController,
@@ -85,7 +84,7 @@ from selfreward.generation import open_generator
 from selfreward.inputs import load_prompt_file
 from selfreward.loop.pipeline import train
 from selfreward.models import lora_config, model_of_iteration, resolve_model
-from selfreward.runs import PeakMemory, manifest, open_run, stage_main, stage_parser, stage_setup
+from selfreward.runs import PeakMemory, is_main_process, manifest, open_run, stage_main, stage_parser, stage_setup
 from selfreward.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)
@@ -672,7 +671,7 @@ def make_reward(
     model's training metrics (or None), and a generator to close (or None). Every process trains the reward
     model (`train_reward_model` shares its batch among them)."""
     paths = run.ppo
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = is_main_process()
     if cfg.ppo.reward == "model":
         pairs = IterPaths(Path(pairs_from)) if pairs_from else run.iteration(1)
         rm_metrics = train_reward_model(
@@ -782,11 +781,8 @@ def run_ppo(
     if pairs_from and cfg.ppo.reward != "model":
         raise ConfigError("--pairs-from is only used with ppo.reward=model (a reward model trained on the pairs)")
     check_shares(cfg.ppo, cfg.launch.num_processes)
-    if cfg.ppo.reward == "model" and cfg.ppo.rm_batch_size % cfg.launch.num_processes:
-        raise ConfigError(
-            f"ppo.rm_batch_size={cfg.ppo.rm_batch_size} is not divisible by launch.num_processes="
-            f"{cfg.launch.num_processes}: the reward model's batch is shared among the processes"
-        )
+    if cfg.ppo.reward == "model":
+        check_rm_batch(cfg.ppo, cfg.launch.num_processes)
     run = open_run(cfg)
     paths = run.ppo
     paths.root.mkdir(parents=True, exist_ok=True)

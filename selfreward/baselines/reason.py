@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -64,7 +63,7 @@ from selfreward.artifacts import (
     write_jsonl,
 )
 from selfreward.baselines.ppo import PPOTrainer, check_shares, ddp_launch
-from selfreward.baselines.rewards import ModelReward, VerifierReward, train_reward_model
+from selfreward.baselines.rewards import ModelReward, VerifierReward, check_rm_batch, train_reward_model
 from selfreward.cards import Lineage, model_card
 from selfreward.config import ConfigError, RunConfig, fingerprint
 from selfreward.generation import SamplingSpec
@@ -87,6 +86,7 @@ from selfreward.runs import (
     RunChain,
     StageRunner,
     file_digests,
+    is_main_process,
     open_run,
     stage_main,
     stage_parser,
@@ -440,8 +440,7 @@ def ppo_round(
     steps = len(train_rows) * r.samples // cfg.ppo.rollout_batch_size  # divides: checked by `reason`
     ppo_cfg = dataclasses.replace(cfg.ppo, steps=steps, max_new_tokens=r.max_tokens, temperature=r.temperature)
     # the reward is given on the main process only (PPOTrainer): the others load no reward model
-    main = int(os.environ.get("RANK", "0")) == 0
-    use_orm = method == "ppo_orm" and main
+    use_orm = method == "ppo_orm" and is_main_process()
     orm = ModelReward(s0.orm, cfg.ppo.rm_max_length, precision=cfg.ppo.precision) if use_orm else None
     reward = VerifierReward({user_turn(p): (p.problem_id, p.answer) for p in train_rows}, orm)
     trainer = PPOTrainer(ppo_cfg, model, reward, seed=seed)
@@ -660,11 +659,8 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
                 "reason.methods: sft_solutions trains on the worked solutions; it needs reason.sft_init: true"
             )
     processes = cfg.launch.num_processes
-    if cfg.reason.orm and cfg.ppo.rm_batch_size % processes:
-        raise ConfigError(
-            f"ppo.rm_batch_size={cfg.ppo.rm_batch_size} is not divisible by launch.num_processes={processes}: "
-            "the outcome reward model's batch is shared among the processes"
-        )
+    if cfg.reason.orm:
+        check_rm_batch(cfg.ppo, processes)
     if any(m.startswith("ppo_") for m in cfg.reason.methods):
         check_shares(cfg.ppo, processes)
     budget = cfg.reason.train_problems * cfg.reason.samples

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from selfreward.artifacts import DataError, write_jsonl
 from selfreward.cards import Lineage, model_card
-from selfreward.config import JudgeConfig, PPOConfig, train_bf16
+from selfreward.config import ConfigError, JudgeConfig, PPOConfig, train_bf16
 from selfreward.loop.dpo import chat_ids as conversation_ids
 from selfreward.loop.judge import judge_texts
 from selfreward.models import save_trained
@@ -175,6 +175,15 @@ class VerifierReward(RewardFunction):
             return rewards
         self.unscored = 0
         return [1.0 if ok else 0.0 for ok in verdicts]
+
+
+def check_rm_batch(cfg: PPOConfig, processes: int) -> None:
+    """`ppo.rm_batch_size` is the batch of a reward-model step over all processes, so it must divide among them."""
+    if cfg.rm_batch_size % processes:
+        raise ConfigError(
+            f"ppo.rm_batch_size={cfg.rm_batch_size} is not divisible by launch.num_processes={processes}: "
+            "the reward model's batch is shared among the processes"
+        )
 
 
 def train_reward_model(

@@ -42,7 +42,7 @@ from selfreward.artifacts import (
 from selfreward.cards import Lineage, model_card
 from selfreward.config import DPOStageConfig, fingerprint, train_bf16
 from selfreward.models import copy_model, iteration_seed, lora_config, model_of_iteration, reference_for, save_trained
-from selfreward.runs import per_process_accumulation, stage_main, stage_parser, stage_setup
+from selfreward.runs import is_main_process, per_process_accumulation, stage_main, stage_parser, stage_setup
 from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def run(
             "reason": f"{len(dataset)} pairs < min_pairs {cfg.min_pairs}",
             "pairs": len(dataset),
         }
-        if int(os.environ.get("RANK", "0")) == 0:  # under a launcher every process gets here: one writes
+        if is_main_process():  # under a launcher every process gets here: one writes
             copy_model(policy, it.model, card=model_card(lineage, "dpo", card_config, pairs_data(it, 0), skipped))
             write_jsonl(it.dpo_log, [])
         return skipped
