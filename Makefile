@@ -4,7 +4,8 @@
 #   make iterate N=3        run/resume the loop on configs/default.yaml (CONFIG=..., ARGS="key=value ...")
 #   make test               pytest, serially (SLOW=1 adds the tests on the real 135M model)
 #   make smoke              every stage once on a tiny random model (configs/tiny.yaml) in about a minute
-#   make bench              engines side by side -> benchmarks/results/engines.json (BENCH_ARGS="--prompts 16")
+#   make bench              every stage's benchmark -> benchmarks/results/ (bench-engines, bench-judge-loop,
+#                           bench-judge, bench-train alone, each with BENCH_ARGS)
 #   make bench-judge        judge modes vs human labels -> benchmarks/results/judge_modes.json
 #   make report             one HTML page about a run -> $RUN/report.html (RUN=iterations/default)
 #   make judge-eval LABELS=f  judge vs human labels for every model of $RUN -> $RUN/judge_eval.json
@@ -43,7 +44,7 @@ IOMP     = $(wildcard $(VENV)/lib/libiomp5.so)
 PRELOAD  = $(strip $(TCMALLOC) $(IOMP))
 RUN_ENV  = $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
 
-.PHONY: install iterate reason smoke gpu-smoke bench-judge bench-train test test-slow bench report judge-eval compare baselines lint format clean-venv
+.PHONY: install iterate reason smoke gpu-smoke bench-engines bench-judge-loop bench-judge bench-train test test-slow bench report judge-eval compare baselines lint format clean-venv
 
 install: $(STAMP)
 
@@ -96,8 +97,23 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+# Every stage, one after the other (never two at once): generation (engines), judging at the loop's shapes
+# (on $(RUN)'s iteration 1, when it exists: run `make iterate` first), judge modes vs human labels (when the
+# shared labels exist), training against the GEMM ceiling. Each also alone, with BENCH_ARGS.
 bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_engines.py
+	@if [ -f $(RUN)/iter_1/candidates.jsonl ]; then HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_judge_loop.py --run $(RUN); \
+		else echo "bench: no $(RUN)/iter_1/candidates.jsonl: judging at the loop's shapes skipped (make iterate first)"; fi
+	@if [ -f $(LABELS) ]; then HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_judge_modes.py $(if $(wildcard $(RUN)/iter_0/model),--model $(RUN)/iter_0/model); \
+		else echo "bench: no $(LABELS): judge accuracy vs human labels skipped"; fi
+	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_train.py
+
+bench-engines: $(STAMP)
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_engines.py $(BENCH_ARGS)
+
+# The judge stage on a run's own candidates: each mode, prefix cache on and off, pairs kept.
+bench-judge-loop: $(STAMP)
+	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_judge_loop.py --run $(RUN) $(BENCH_ARGS)
 
 # Training against the machine's GEMM ceiling: SFT and DPO seconds per step, tokens/s, GFLOP/s.
 bench-train: $(STAMP)

