@@ -6,7 +6,7 @@ Reads  a run's iter_K/prompts.jsonl and candidates.jsonl, and the model that jud
 Writes benchmarks/results/judge_loop.json (with the CPU's flags) and prints a table.
 
 For each mode (`direct`, `probabilities`, `sampled`, with the config's K, max_tokens and temperature)
-and each prefix-cache setting, the loop's own `judge_texts` scores the first `--limit` candidates
+and each prefix-cache setting, the loop's own judge stage (`judge.run`) scores the first `--limit` candidates
 (whole prompts: all of a prompt's candidates or none), and the loop's own `make_pairs` turns the scores
 into pairs with the config's pairing rules. A row: seconds per 100 candidates, unscored candidates,
 pairs kept and why the others were dropped, the engine's prefix-cache hit rate, and how each mode's
@@ -21,17 +21,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import tempfile
 import time
 from pathlib import Path
 
 from bench_judge_modes import cpu_flags
 
-from selfreward.artifacts import RunPaths, read_jsonl, write_json
+from selfreward.artifacts import RunPaths, read_jsonl, write_json, write_jsonl
 from selfreward.config import RunConfig, load_config
 from selfreward.generation import VLLMGenerator
-from selfreward.loop.judge import judge_texts, prefix_cache_delta
+from selfreward.loop import judge
 from selfreward.loop.pairs import make_pairs
-from selfreward.records import to_row
 
 OUT = Path(__file__).resolve().parent / "results" / "judge_loop.json"
 
@@ -49,30 +49,30 @@ def first_prompts(candidates: list[dict], limit: int) -> list[dict]:
     return kept
 
 
-def one_mode(gen: VLLMGenerator, cfg: RunConfig, mode: str, prompts: dict, candidates: list[dict]) -> dict:
+def one_mode(gen: VLLMGenerator, cfg: RunConfig, mode: str, prompts: list[dict], candidates: list[dict]) -> dict:
+    """The loop's own judge stage (`judge.run`) on a scratch iteration holding these prompts and candidates,
+    then the loop's own `make_pairs` on what it wrote."""
     judge_cfg = dataclasses.replace(cfg.judge, mode=mode)
-    items = [(prompts[c["prompt_id"]]["text"], c["text"]) for c in candidates]
-    before = gen.prefix_cache()
-    start = time.perf_counter()
-    judgements = judge_texts(gen, judge_cfg, items, seed=cfg.seed)
-    seconds = time.perf_counter() - start
-    rows = []
-    for c, j in zip(candidates, judgements, strict=True):
-        j.candidate_id, j.prompt_id = c["candidate_id"], c["prompt_id"]
-        rows.append(to_row(j))
-    used = [p for p in prompts.values() if any(c["prompt_id"] == p["prompt_id"] for c in candidates)]
-    pairs, dropped = make_pairs(used, candidates, rows, cfg.pairs)
+    with tempfile.TemporaryDirectory() as tmp:
+        it = RunPaths(Path(tmp)).iteration(1)
+        it.root.mkdir(parents=True)
+        write_jsonl(it.prompts, prompts)
+        write_jsonl(it.candidates, candidates)
+        start = time.perf_counter()
+        metrics = judge.run(gen, judge_cfg, it, seed=cfg.seed)
+        seconds = time.perf_counter() - start
+        pairs, dropped = make_pairs(prompts, candidates, read_jsonl(it.judgements), cfg.pairs)
     return {
         "mode": mode,
         "samples_per_candidate": 1 if mode == "direct" else judge_cfg.samples,
         "candidates": len(candidates),
-        "prompts": len(used),
+        "prompts": len(prompts),
         "seconds": round(seconds, 1),
         "seconds_per_100_candidates": round(100 * seconds / len(candidates), 1),
-        "unscored_candidates": sum(j.score is None for j in judgements),
+        "unscored_candidates": metrics["unscored_candidates"],
         "pairs": len(pairs),
         "dropped": dropped,
-        "prefix_cache": prefix_cache_delta(before, gen.prefix_cache()),
+        "prefix_cache": metrics["prefix_cache"],
         "directions": {p.prompt_id: (p.chosen_id, p.rejected_id) for p in pairs},
     }
 
@@ -108,8 +108,9 @@ def main() -> None:
     run = RunPaths(Path(args.run))
     it = run.iteration(args.iteration)
     judge_model = args.judge or str(run.iteration(args.iteration - 1).model)
-    prompts = {p["prompt_id"]: p for p in read_jsonl(it.prompts)}
     candidates = first_prompts(read_jsonl(it.candidates), args.limit)
+    used = {c["prompt_id"] for c in candidates}
+    prompts = [p for p in read_jsonl(it.prompts) if p["prompt_id"] in used]
     rows = []
     for cache in args.cache.split(","):
         start = time.perf_counter()
