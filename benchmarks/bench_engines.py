@@ -35,16 +35,36 @@ from selfreward.models import resolve_model
 OUT = Path(__file__).resolve().parent / "results" / "engines.json"
 
 
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of this process and each child (vLLM's engine core and worker)."""
+    me = psutil.Process()
+    seen = {}
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            seen[p.pid] = ("bench" if p.pid == me.pid else p.name(), t.user + t.system)
+        except psutil.Error:
+            pass
+    return seen
+
+
 def bench(make, prompts: list[list[dict]], spec: SamplingSpec) -> dict:
     start = time.perf_counter()
     gen = make()
     startup = time.perf_counter() - start
     try:
+        before = cpu_seconds()
         t0 = time.perf_counter()
         out = gen.chat(prompts, spec)
         seconds = time.perf_counter() - t0
+        after = cpu_seconds()
     finally:
         gen.close()
+    # where the cores went while generating: a process other than the model's worker that burns CPU
+    # takes it from the worker's OpenMP threads on a small machine
+    busy: dict[str, float] = {}
+    for pid, (name, total) in after.items():
+        busy[name] = busy.get(name, 0.0) + total - before.get(pid, (name, 0.0))[1]
     tokens = sum(c.num_tokens for group in out for c in group)
     return {
         "startup_s": round(startup, 1),
@@ -52,6 +72,7 @@ def bench(make, prompts: list[list[dict]], spec: SamplingSpec) -> dict:
         "generated_tokens": tokens,
         "tokens_per_s": round(tokens / seconds, 1),
         "completions": sum(len(g) for g in out),
+        "cpu_busy_by_process": {k: round(v / seconds, 2) for k, v in sorted(busy.items()) if v >= 0.01 * seconds},
     }
 
 
@@ -62,7 +83,7 @@ def run_one(args: argparse.Namespace) -> None:
     prompts = [[{"role": "user", "content": q}] for q in pool]
     r = cfg.responses
     spec = SamplingSpec(n=args.n, temperature=r.temperature, top_p=r.top_p, max_tokens=args.max_tokens, seed=0)
-    engine_cfg = dataclasses.replace(cfg.engine, dtype=args.dtype)
+    engine_cfg = dataclasses.replace(cfg.engine, dtype=args.dtype, reproducible=not args.not_reproducible)
     if args.one == "vllm":
         result = bench(lambda: VLLMGenerator(model, engine_cfg, Path(cfg.cache_dir)), prompts, spec)
     else:
@@ -78,6 +99,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="", help="both engines' dtype (default: the loop's vLLM dtype here)")
     parser.add_argument("--engines", default="vllm,transformers")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per engine before it is recorded stalled")
+    parser.add_argument(
+        "--not-reproducible",
+        action="store_true",
+        help="engine.reproducible=false: one engine-wide vLLM seed, chunked prefill (a redone stage samples anew)",
+    )
+    parser.add_argument("--out", type=Path, default=OUT, help="result file (default: %(default)s)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one engine, print its JSON result
     args = parser.parse_args()
     args.dtype = args.dtype or vllm_dtype(RunConfig().engine, on_gpu=torch.cuda.is_available())
@@ -91,6 +118,7 @@ def main() -> None:
         # engine is recorded as such instead of hanging the benchmark
         cmd = [sys.executable, __file__, "--one", name, "--prompts", str(args.prompts), "--n", str(args.n)]
         cmd += ["--max-tokens", str(args.max_tokens), "--dtype", args.dtype]
+        cmd += ["--not-reproducible"] if args.not_reproducible else []
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             out, err = proc.communicate(timeout=args.timeout)
@@ -107,6 +135,7 @@ def main() -> None:
             "n": args.n,
             "max_tokens": args.max_tokens,
             "dtype": args.dtype,
+            "reproducible": not args.not_reproducible,
         },
         "results": results,
         "machine": {
@@ -115,6 +144,7 @@ def main() -> None:
             "cpus": psutil.cpu_count(),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "ld_preload": os.environ.get("LD_PRELOAD", ""),
+            "vllm_env": {k: v for k, v in os.environ.items() if k.startswith(("VLLM_CPU_", "OMP_", "KMP_"))},
             "cpu": cpu_flags(),
         },
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -124,7 +154,7 @@ def main() -> None:
         report["ratio_vllm_over_transformers"] = round(
             results["vllm"]["tokens_per_s"] / results["transformers"]["tokens_per_s"], 2
         )
-    write_json(OUT, report)
+    write_json(args.out, report)
     print(f"\n{'engine':<14}{'start-up s':>12}{'tokens':>10}{'tok/s':>10}")
     for name, r in results.items():
         if "error" in r:
@@ -133,7 +163,7 @@ def main() -> None:
             print(f"{name:<14}{r['startup_s']:>12}{r['generated_tokens']:>10}{r['tokens_per_s']:>10}")
     if "ratio_vllm_over_transformers" in report:
         print(f"vLLM / transformers: {report['ratio_vllm_over_transformers']}x")
-    print(f"written to {OUT}")
+    print(f"written to {args.out}")
 
 
 if __name__ == "__main__":
