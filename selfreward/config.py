@@ -96,9 +96,9 @@ class EngineConfig:
     per-request generator after a partial prefill), and on a CPU `dtype: auto` resolves to float32: bf16 on
     CPU is not batch-invariant (measured: 19/30 prompts re-sampled equal in bf16, 30/30 in fp32). Cost on
     an AVX512-BF16 EPYC: 65 s vs 41 s for 90 samples of 64 tokens; on an AMX Xeon 2.2x on the candidates stage's
-    shapes (88.6 vs 195.1 tok/s, of which per-request seeds ~1%: bench-engines); none where fp32 is the default
-    anyway (a CPU without native bf16). `false`: one engine-wide seed and bf16 where the CPU has it, faster, and
-    a resumed stage samples anew."""
+    shapes (88.6 vs 195.1 tok/s, of which per-request seeds and unchunked prefill ~1%: bench-engines); none
+    where fp32 is the default anyway (a CPU without native bf16). `false`: one engine-wide seed and bf16 where
+    the CPU has it, faster, and a resumed stage samples anew."""
 
 
 @dataclass
