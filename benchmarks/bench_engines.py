@@ -107,7 +107,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT, help="result file (default: %(default)s)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one engine, print its JSON result
     args = parser.parse_args()
-    args.dtype = args.dtype or vllm_dtype(RunConfig().engine, on_gpu=torch.cuda.is_available())
+    # the dtype the loop's vLLM engine would run in with this reproducibility (fp32 on a CPU only when reproducible)
+    engine = dataclasses.replace(RunConfig().engine, reproducible=not args.not_reproducible)
+    args.dtype = args.dtype or vllm_dtype(engine, on_gpu=torch.cuda.is_available())
     if args.one:
         run_one(args)
         return
