@@ -103,6 +103,60 @@ def test_policy_shift_is_zero_for_an_unchanged_model(tmp_path: Path, tiny_model:
     assert shift["chosen_logp_change"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_policy_shift_batched_equals_one_answer_at_a_time(tmp_path: Path, tiny_model: Path) -> None:
+    """Left-padded batches of answers of different lengths give the numbers of one unpadded answer per pass,
+    for a model that did move (noise added to every weight)."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfreward.loop.dpo import chat_ids, policy_shift
+
+    moved = tmp_path / "moved"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for w in model.parameters():
+            w.add_(0.02 * torch.randn_like(w))
+    model.save_pretrained(moved)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(moved)
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "Tell me about colour " + "and more " * i}],
+            "chosen": [{"role": "assistant", "content": "Blue is calm. " * (1 + 2 * i)}],
+            "rejected": [{"role": "assistant", "content": f"No idea {i}."}],
+        }
+        for i in range(5)
+    ]
+    pairs = datasets.Dataset.from_list(rows)
+    batched = policy_shift(str(tiny_model), str(moved), pairs, 64, batch_size=3)
+
+    # the definition, one unpadded answer per forward pass, full logits
+    tok = AutoTokenizer.from_pretrained(moved)
+    models = [AutoModelForCausalLM.from_pretrained(m, dtype=torch.float32).eval() for m in (tiny_model, moved)]
+    change: dict[str, list[float]] = {"chosen": [], "rejected": []}
+    kl, kl_tokens = 0.0, 0
+    for row in rows:
+        start = len(chat_ids(tok, row["prompt"], add_generation_prompt=True))
+        for side in ("chosen", "rejected"):
+            x = torch.tensor([chat_ids(tok, row["prompt"] + row[side])[:64]])
+            with torch.inference_mode():
+                o, w = (torch.log_softmax(m(x).logits[0, start - 1 : -1], -1) for m in models)
+            target = x[0, start:].unsqueeze(-1)
+            change[side].append((w.gather(-1, target) - o.gather(-1, target)).mean().item())
+            if side == "chosen":
+                kl += (w.exp() * (w - o)).sum().item()
+                kl_tokens += x.shape[1] - start
+    expected = {
+        "chosen_logp_change": sum(change["chosen"]) / len(rows),
+        "rejected_logp_change": sum(change["rejected"]) / len(rows),
+        "kl_per_token": kl / kl_tokens,
+    }
+    assert expected["kl_per_token"] > 1e-4 and expected["chosen_logp_change"] != 0.0
+    for key, value in expected.items():
+        assert batched[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
 def test_accumulation_is_divided_by_the_number_of_processes(monkeypatch) -> None:
     """Effective batch = batch x accumulation x processes stays constant: 8 on 1 process is 2 on 4."""
     from selfreward.config import ConfigError

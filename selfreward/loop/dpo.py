@@ -188,13 +188,18 @@ def planned_steps(n_pairs: int, cfg: DPOStageConfig, grad_accum: int, processes:
     return max(at_least, min(cfg.min_steps, math.ceil(cfg.max_epochs * per_pass)))
 
 
-def policy_shift(before: str, after: str, pairs: Any, max_length: int) -> dict:
+def policy_shift(before: str, after: str, pairs: Any, max_length: int, batch_size: int = 4) -> dict:
     """How far the model at `after` moved from `before` on the pairs' answers (teacher-forced, per answer
     token, prompt + answer cut to `max_length`):
     - chosen_logp_change, rejected_logp_change: mean over pairs of the per-token mean of
       log p_after(token) - log p_before(token) (DPO should raise the first relative to the second);
     - kl_per_token: mean over all answer tokens of KL(p_after || p_before) over the whole vocabulary at that
-      position (exact, not a sampled estimate); 0 for an unchanged model."""
+      position (exact, not a sampled estimate); 0 for an unchanged model.
+
+    In fp32, `batch_size` answers of similar length per forward pass, left-padded, with logits only at the
+    answer positions (`logits_to_keep`): the same numbers as one answer at a time (tested). 37 pairs of the
+    default run on a 2-core AMX Xeon: 56.7-61.1 s vs 70-78 s one at a time (1.23-1.28x), peak RSS 2.5 vs
+    1.9 GiB (batch 8: 56.9 s, 3.4 GiB). bf16 autocast would be 39 s but moves the rejected change by 3.5%."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -203,22 +208,38 @@ def policy_shift(before: str, after: str, pairs: Any, max_length: int) -> dict:
         AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, use_safetensors=True).eval()
         for p in (before, after)
     ]
-    change: dict[str, list[float]] = {"chosen": [], "rejected": []}
-    kl_sum, kl_tokens = 0.0, 0
+    answers: list[tuple[str, list[int], int]] = []  # (side, prompt + answer ids, answer tokens)
     for row in pairs:
         start = len(chat_ids(tokenizer, row["prompt"], add_generation_prompt=True))
         for side in ("chosen", "rejected"):
             ids = chat_ids(tokenizer, row["prompt"] + row[side])[:max_length]
-            if len(ids) <= start:
-                continue
-            x = torch.tensor([ids])
-            with torch.inference_mode():
-                old, new = (torch.log_softmax(m(x).logits[0, start - 1 : -1].float(), -1) for m in models)
-            target = x[0, start:].unsqueeze(-1)
-            change[side].append((new.gather(-1, target) - old.gather(-1, target)).mean().item())
+            if len(ids) > start:
+                answers.append((side, ids, len(ids) - start))
+    answers.sort(key=lambda a: len(a[1]))  # similar lengths together: little padding
+    change: dict[str, list[float]] = {"chosen": [], "rejected": []}
+    kl_sum, kl_tokens = 0.0, 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for b in range(0, len(answers), batch_size):
+        batch = answers[b : b + batch_size]
+        width = max(len(ids) for _, ids, _ in batch)
+        x = torch.tensor([[pad] * (width - len(ids)) + ids for _, ids, _ in batch])
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids, _ in batch])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        keep = max(n for _, _, n in batch) + 1  # the last position predicts past the answer: dropped below
+        with torch.inference_mode():
+            old, new = (
+                torch.log_softmax(
+                    m(input_ids=x, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits.float(), -1
+                )
+                for m in models
+            )
+        for i, (side, ids, n) in enumerate(batch):
+            o, w = old[i, keep - 1 - n : keep - 1], new[i, keep - 1 - n : keep - 1]
+            target = torch.tensor(ids[-n:]).unsqueeze(-1)
+            change[side].append((w.gather(-1, target) - o.gather(-1, target)).mean().item())
             if side == "chosen":  # KL on the chosen answers' positions (the rejected ones agree closely)
-                kl_sum += (new.exp() * (new - old)).sum().item()
-                kl_tokens += len(ids) - start
+                kl_sum += (w.exp() * (w - o)).sum().item()
+                kl_tokens += n
     return {
         "pairs": len(pairs),
         "chosen_logp_change": _mean(change["chosen"]),
