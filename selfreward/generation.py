@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 
 from selfreward.config import EngineConfig, resolve_dtype
+from selfreward.models import left_pad
 from selfreward.server import ServerError, VLLMServer
 
 log = logging.getLogger(__name__)
@@ -156,12 +157,7 @@ class HFGenerator(Generator):
         return [(order[i : i + bs], [ids[j] for j in order[i : i + bs]]) for i in range(0, len(order), bs)]
 
     def _pad(self, batch: list[list[int]]) -> dict[str, Any]:
-        import torch
-
-        width = max(len(x) for x in batch)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch], device=self.device)
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=self.device)
+        input_ids, mask = left_pad(batch, self.tokenizer.pad_token_id, self.device)
         return {"input_ids": input_ids, "attention_mask": mask}
 
     def _complete(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:

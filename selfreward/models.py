@@ -138,6 +138,16 @@ def copy_model(src: str | Path, dst: Path, card: str | None = None) -> None:
             (tmp / "README.md").write_text(card, encoding="utf-8")
 
 
+def left_pad(rows: list[list[int]], pad: int, device: Any = None) -> tuple[Any, Any]:
+    """Token id rows as one left-padded batch: (input_ids, attention_mask), each rows x longest row."""
+    import torch
+
+    width = max(len(x) for x in rows)
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows], device=device)
+    return input_ids, mask
+
+
 def lora_config(r: int, alpha: int, dropout: float) -> Any:
     """The peft LoRA adapter every training stage uses: all linear layers of a causal LM."""
     from peft import LoraConfig

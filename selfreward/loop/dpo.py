@@ -41,7 +41,15 @@ from selfreward.artifacts import (
 )
 from selfreward.cards import Lineage, model_card
 from selfreward.config import DPOStageConfig, fingerprint, train_bf16
-from selfreward.models import copy_model, iteration_seed, lora_config, model_of_iteration, reference_for, save_trained
+from selfreward.models import (
+    copy_model,
+    iteration_seed,
+    left_pad,
+    lora_config,
+    model_of_iteration,
+    reference_for,
+    save_trained,
+)
 from selfreward.runs import is_main_process, per_process_accumulation, stage_main, stage_parser, stage_setup
 from selfreward.tracking import Tracker
 
@@ -221,9 +229,7 @@ def policy_shift(before: str, after: str, pairs: Any, max_length: int, batch_siz
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for b in range(0, len(answers), batch_size):
         batch = answers[b : b + batch_size]
-        width = max(len(ids) for _, ids, _ in batch)
-        x = torch.tensor([[pad] * (width - len(ids)) + ids for _, ids, _ in batch])
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids, _ in batch])
+        x, mask = left_pad([ids for _, ids, _ in batch], pad)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         keep = max(n for _, _, n in batch) + 1  # the last position predicts past the answer: dropped below
         with torch.inference_mode():
