@@ -11,17 +11,22 @@ default groups by length) and with a LoRA adapter (its
 GFLOP/s still counts 6 * N * tokens for the whole model, so it is the speed of the same work); `--profile`
 records one SFT and one DPO optimiser step (after the first) with torch.profiler and writes where their time
 went, by kind of operator, to benchmarks/results/train_profile.json. `--sft-batch-size 2` trains the same effective
-batch in smaller steps (more accumulation). Each run's peak memory (PSS) is clean for the invocation's first
-trainer only (`--only sft` for a memory comparison).
+batch in smaller steps (more accumulation). `--all-positions` adds SFT and DPO runs with TRL's own fused LM head
+on CPU, which projects every position, prompt and padding included (`sft_all_positions`, `dpo_all_positions`; the
+stages project only the labelled ones: `models.lm_head_on_labelled_positions_only`). Each run's peak memory (PSS)
+is clean for the invocation's first trainer only (`--only sft` for a memory comparison).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench_judge_modes import cpu_flags  # same folder: `python benchmarks/bench_train.py`
@@ -31,7 +36,7 @@ from selfreward.artifacts import IterPaths, write_json
 from selfreward.config import RunConfig, train_bf16
 from selfreward.loop import sft
 from selfreward.loop.dpo import chat_ids
-from selfreward.models import resolve_model
+from selfreward.models import lm_head_on_labelled_positions_only, resolve_model
 from selfreward.runs import PeakMemory
 
 OUT = Path(__file__).resolve().parent / "results" / "train.json"
@@ -87,6 +92,19 @@ KINDS = (
         ),
     ),
 )
+
+
+@contextlib.contextmanager
+def trl_every_position():
+    """TRL's own choice of positions for its fused LM head (every one on CPU) inside the block."""
+    import trl.trainer.utils as trl_utils
+
+    ours = trl_utils._use_triton
+    trl_utils._use_triton = getattr(ours, "trl_default", ours)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = ours
 
 
 def gemm_gflops(dtype_name: str, n: int = 2048, seconds: float = 3.0) -> float:
@@ -320,6 +338,13 @@ def measured(
     }
 
 
+def every_position(
+    bench: Callable[..., dict], cfg: RunConfig, model: str, args: argparse.Namespace, scratch: str
+) -> dict:
+    with trl_every_position():
+        return {**bench(cfg, model, args.steps, Path(scratch)), "lm_head": "every position (TRL's CPU default)"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5, help="optimiser steps per trainer (the first is not timed)")
@@ -336,6 +361,11 @@ def main() -> None:
         default=None,
         help="SFT's per-step batch (accumulation scaled to keep the config's effective batch)",
     )
+    parser.add_argument(
+        "--all-positions",
+        action="store_true",
+        help="SFT and DPO also with TRL's every-position LM head (sft_all_positions, dpo_all_positions)",
+    )
     parser.add_argument("--profile", action="store_true", help=f"profile step 2 of SFT and DPO -> {PROFILE_OUT.name}")
     args = parser.parse_args()
     profilers = {"sft": StepProfiler(), "dpo": StepProfiler()} if args.profile else {}
@@ -346,6 +376,7 @@ def main() -> None:
             parser.error(f"--sft-batch-size must divide the effective batch {effective}")
         cfg.sft.batch_size, cfg.sft.grad_accum = args.sft_batch_size, effective // args.sft_batch_size
     model = resolve_model(cfg.model, cfg.cache_dir)
+    lm_head_on_labelled_positions_only()  # as the loop's SFT and DPO stages
     result: dict = {"machine": cpu_flags(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "steps": args.steps}
     ceilings = {p: round(gemm_gflops(p), 1) for p in ("fp32", "bf16")}
     result["gemm_gflops"] = ceilings
@@ -363,6 +394,10 @@ def main() -> None:
         if args.lora:
             jobs.append(("sft_lora", lambda: bench_sft(cfg, model, args.steps, Path(scratch), lora=True)))
         jobs.append(("dpo", lambda: bench_dpo(cfg, model, args.steps, Path(scratch), profilers.get("dpo"))))
+        if args.all_positions:
+            for name, bench in (("sft", bench_sft), ("dpo", bench_dpo)):
+                job = functools.partial(every_position, bench, cfg, model, args, scratch)
+                jobs.append((f"{name}_all_positions", job))
         for name, job in jobs:
             if args.only not in (None, name.split("_")[0]):
                 continue

@@ -148,6 +148,34 @@ def left_pad(rows: list[list[int]], pad: int, device: Any = None) -> tuple[Any, 
     return input_ids, mask
 
 
+def lm_head_on_labelled_positions_only() -> None:
+    """Make TRL's fused LM head project only the positions that have a label on CPU too (the trainers built after
+    this call, in this process; calling it again does nothing).
+
+    TRL 1.16's SFT and DPO trainers get their per-token log-probabilities from a fused LM head
+    (`trl.trainer.utils.add_fused_lm_head`) that never builds the full logits. On Triton devices it projects only
+    the positions whose label is not -100; everywhere else, CPU included, it projects every position (prompt and
+    padding too) through the 49k-token vocabulary, folds each tile in fp32 and runs the backward's two GEMMs in fp32,
+    all for a gradient that is zero there. TRL keeps every position for devices that recompile whenever a shape
+    changes (Neuron); eager CPU does not. The choice is TRL's private `_use_triton` in `trl.trainer.utils`, read
+    on every call, so CPU is added to it here: the same loss and gradients (tests/test_models.py), 1.66x on the seed
+    SFT's steps, whose labels are ~30% of the tokens (README). A TRL without that hook is left as it is."""
+    import trl.trainer.utils as trl_utils
+
+    chooses_compact = getattr(trl_utils, "_use_triton", None)
+    if chooses_compact is None:
+        log.warning("trl.trainer.utils._use_triton not found: TRL's fused LM head scores every position on CPU")
+        return
+    if hasattr(chooses_compact, "trl_default"):
+        return
+
+    def compact(device: Any) -> bool:
+        return device.type == "cpu" or chooses_compact(device)
+
+    compact.trl_default = chooses_compact  # type: ignore[attr-defined]  # what bench_train's --all-positions restores
+    trl_utils._use_triton = compact
+
+
 def lora_config(r: int, alpha: int, dropout: float) -> Any:
     """The peft LoRA adapter every training stage uses: all linear layers of a causal LM."""
     from peft import LoraConfig

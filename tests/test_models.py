@@ -52,3 +52,56 @@ def test_local_folder_and_errors(tmp_path: Path, tiny_model: Path) -> None:
     with pytest.raises(ValueError, match="no such folder"):
         resolve_model("./missing/model", tmp_path)
     assert resolve_model("org/name", tmp_path) == "org/name"  # a hub id is passed on, not loaded
+
+
+def test_lm_head_on_labelled_positions_only_same_loss_and_gradients(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TRL's fused LM head with only the labelled positions projected (what the SFT and DPO stages use on CPU)
+    gives the loss, per-token outputs and gradients of TRL's every-position default, from fewer rows."""
+    import torch
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+
+    from selfreward.models import lm_head_on_labelled_positions_only
+
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # TRL's own again after the test
+    real = trl_utils._ChunkedLogProbFunction
+    rows: list[int] = []
+
+    class Spy:
+        @staticmethod
+        def apply(hidden, *args):
+            rows.append(hidden.shape[0])
+            return real.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Spy)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 49152, (2, 40), generator=gen)
+    labels = ids.clone()
+    labels[0, :25] = -100  # a prompt
+    labels[1, :10] = -100  # a shorter prompt ...
+    labels[1, 33:] = -100  # ... and right padding
+    mask = torch.ones_like(ids)
+    mask[1, 33:] = 0
+    labelled = int((labels[:, 1:] != -100).sum())  # next-token labels: 15 + 23
+
+    def forward_backward():
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, use_safetensors=True)
+        trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    every, every_grads = forward_backward()
+    lm_head_on_labelled_positions_only()
+    lm_head_on_labelled_positions_only()  # a second call changes nothing
+    only, only_grads = forward_backward()
+    assert rows == [2 * 39, labelled]
+    torch.testing.assert_close(only.loss, every.loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(only.log_probs, every.log_probs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(only.entropy, every.entropy, rtol=1e-5, atol=1e-6)
+    assert torch.equal(only.is_top1, every.is_top1) and torch.equal(only.label_mask, every.label_mask)
+    assert only_grads.keys() == every_grads.keys() and len(only_grads) > 0
+    for name, grad in every_grads.items():
+        torch.testing.assert_close(only_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)

@@ -45,6 +45,7 @@ from selfreward.models import (
     copy_model,
     iteration_seed,
     left_pad,
+    lm_head_on_labelled_positions_only,
     lora_config,
     model_of_iteration,
     reference_for,
@@ -133,6 +134,7 @@ def run(
             disable_tqdm=False,
             **tracker.trainer_args(f"{it.root.name}/dpo"),
         )
+        lm_head_on_labelled_positions_only()
         with tracker.trainer_env(f"{it.root.name}/dpo"):
             trainer = DPOTrainer(
                 model=model,

@@ -37,7 +37,7 @@ from selfreward.cards import Lineage, model_card
 from selfreward.config import JudgeConfig, SeedConfig, SFTStageConfig, fingerprint, train_bf16
 from selfreward.inputs import load_examples, load_instructions
 from selfreward.loop import eft
-from selfreward.models import base_model, lora_config, save_trained
+from selfreward.models import base_model, lm_head_on_labelled_positions_only, lora_config, save_trained
 from selfreward.runs import per_process_accumulation, stage_main, stage_parser, stage_setup
 from selfreward.tracking import Tracker
 
@@ -232,6 +232,7 @@ def train_sft(
     with tempfile.TemporaryDirectory(prefix="sft-", dir=out_dir.parent) as scratch:
         key = fingerprint(cfg, model_path, model_digest(model_path), examples, seed)
         resume = resume_checkpoint(keep, key) if keep is not None else None
+        lm_head_on_labelled_positions_only()
         trainer = build_trainer(
             model_path, examples, cfg, str(keep or scratch), seed, tracker, stage, cfg.save_steps if keep else 0
         )
