@@ -26,7 +26,7 @@ import functools
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench_judge_modes import cpu_flags  # same folder: `python benchmarks/bench_train.py`
@@ -95,7 +95,7 @@ KINDS = (
 
 
 @contextlib.contextmanager
-def trl_every_position():
+def trl_every_position() -> Iterator[None]:
     """TRL's own choice of positions for its fused LM head (every one on CPU) inside the block."""
     import trl.trainer.utils as trl_utils
 
@@ -364,7 +364,8 @@ def main() -> None:
     parser.add_argument(
         "--all-positions",
         action="store_true",
-        help="SFT and DPO also with TRL's every-position LM head (sft_all_positions, dpo_all_positions)",
+        help="SFT and DPO also with TRL's every-position LM head (sft_all_positions, dpo_all_positions; peak memory "
+        "not clean: not the first trainer)",
     )
     parser.add_argument("--profile", action="store_true", help=f"profile step 2 of SFT and DPO -> {PROFILE_OUT.name}")
     args = parser.parse_args()

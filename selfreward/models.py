@@ -149,8 +149,9 @@ def left_pad(rows: list[list[int]], pad: int, device: Any = None) -> tuple[Any, 
 
 
 def lm_head_on_labelled_positions_only() -> None:
-    """Make TRL's fused LM head project only the positions that have a label on CPU too (the trainers built after
-    this call, in this process; calling it again does nothing).
+    """Make TRL's fused LM head project only the positions that have a label on CPU too: every fused-head forward in
+    this process from then on (TRL reads the choice on each call), whenever its trainer was built; calling it
+    again does nothing.
 
     TRL 1.16's SFT and DPO trainers get their per-token log-probabilities from a fused LM head
     (`trl.trainer.utils.add_fused_lm_head`) that never builds the full logits. On Triton devices it projects only
@@ -158,8 +159,8 @@ def lm_head_on_labelled_positions_only() -> None:
     padding too) through the 49k-token vocabulary, folds each tile in fp32 and runs the backward's two GEMMs in fp32,
     all for a gradient that is zero there. TRL keeps every position for devices that recompile whenever a shape
     changes (Neuron); eager CPU does not. The choice is TRL's private `_use_triton` in `trl.trainer.utils`, read
-    on every call, so CPU is added to it here: the same loss and gradients (tests/test_models.py), 1.66x on the seed
-    SFT's steps, whose labels are ~30% of the tokens (README). A TRL without that hook is left as it is."""
+    on every call, so CPU is added to it here: the same loss and gradients (tests/test_models.py), 1.3-1.7x on the
+    seed SFT's steps, whose labels are ~28% of the text (README). A TRL without that hook is left as it is."""
     import trl.trainer.utils as trl_utils
 
     chooses_compact = getattr(trl_utils, "_use_triton", None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,3 +38,14 @@ def vllm_installed() -> bool:
 
 
 requires_vllm = pytest.mark.skipif(not vllm_installed(), reason="vLLM is not installed")
+
+
+@pytest.fixture
+def trl_lm_head_default(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`trl.trainer.utils` with TRL's own choice of LM-head positions (every one on CPU) for the test, whatever an
+    earlier test's stage installed (`models.lm_head_on_labelled_positions_only` is process-wide); put back after."""
+    import trl.trainer.utils as trl_utils
+    from trl.kernels import chunked_logprob
+
+    monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
+    return trl_utils

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ def make_pairs(it: IterPaths, n: int) -> None:
     (datasets.Dataset.from_list(rows) if rows else _empty_dataset()).save_to_disk(str(it.pairs_dataset), num_shards=1)
 
 
-def test_dpo_changes_every_parameter_and_logs(tmp_path: Path, tiny_model: Path) -> None:
+def test_dpo_changes_every_parameter_and_logs(tmp_path: Path, tiny_model: Path, trl_lm_head_default: Any) -> None:
     from safetensors.torch import load_file
 
     it = IterPaths(tmp_path)
@@ -43,6 +44,7 @@ def test_dpo_changes_every_parameter_and_logs(tmp_path: Path, tiny_model: Path) 
         max_length=64,
     )
     metrics = run(cfg, str(tiny_model), None, it)
+    assert hasattr(trl_lm_head_default._use_triton, "trl_default")  # the LM head scored only labelled positions
     assert metrics["skipped"] is False and metrics["steps"] == 4
     # 4 pairs / (batch 2 x accumulation 1) = 2 steps a pass; raised towards min_steps 50 but at most
     # max_epochs 2 passes: 4 optimiser steps, still below min_steps, which the metrics say

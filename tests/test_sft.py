@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,11 +94,12 @@ def test_length_grouping_is_left_off_on_several_processes(
     assert "group_by_length is left off on 2 processes" in caplog.text
 
 
-def test_train_sft_changes_weights_and_logs(tmp_path: Path, tiny_model: Path) -> None:
+def test_train_sft_changes_weights_and_logs(tmp_path: Path, tiny_model: Path, trl_lm_head_default: Any) -> None:
     from safetensors.torch import load_file
 
     out, log = tmp_path / "model", tmp_path / "sft_log.jsonl"
     metrics = train_sft(str(tiny_model), examples(4), CFG, out, seed=0, log_path=log)
+    assert hasattr(trl_lm_head_default._use_triton, "trl_default")  # the LM head scored only labelled positions
     assert metrics["steps"] == 2 and metrics["trained_examples"] == 4 and metrics["first_loss"] > 0
     before, after = load_file(tiny_model / "model.safetensors"), load_file(out / "model.safetensors")
     assert before.keys() == after.keys()
