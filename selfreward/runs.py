@@ -127,7 +127,7 @@ class StageRunner:
         }
         write_json(self.it.metrics, self.metrics)
         write_marker(self.it, name, self.chain, inputs=digest)
-        log.info("%s/%s: finished in %.0f s (peak RSS %.2f GiB)", self.it.root.name, name, wall, mem.peak_gib)
+        log.info("%s/%s: finished in %.0f s (peak memory %.2f GiB)", self.it.root.name, name, wall, mem.peak_gib)
         self.ran = True
 
     def finish(self) -> None:

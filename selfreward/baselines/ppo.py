@@ -29,7 +29,7 @@ The policy starts where the DPO loop's iteration 1 starts (M1 of the seed SFT, o
 Reads  iter_1/prompts.jsonl of the run (or --prompts FILE: JSONL with `text`); with `ppo.reward: model`
        iter_K/pairs/ (--pairs-from iterations/<run>/iter_K; default iter_1)
 Writes iterations/<run>/ppo/: model/ (final policy, fp32 safetensors + tokenizer), ppo_log.jsonl,
-       metrics.json (wall time, peak RSS, steps, rollouts), config.yaml; with a reward model
+       metrics.json (wall time, peak memory, steps, rollouts), config.yaml; with a reward model
        reward_model/ and reward_model_log.jsonl
 
     selfreward ppo --config configs/default.yaml [--prompts FILE] [--pairs-from iterations/<run>/iter_K] \
@@ -824,7 +824,7 @@ def run_ppo(
             "manifest": manifest(argv or ["selfreward", "ppo"]),
         },
     )
-    log.info("ppo: %d steps in %.0f s -> %s (peak RSS %.2f GiB)", trained["steps"], wall, paths.model, mem.peak_gib)
+    log.info("ppo: %d steps in %.0f s -> %s (peak memory %.2f GiB)", trained["steps"], wall, paths.model, mem.peak_gib)
     return paths
 
 
