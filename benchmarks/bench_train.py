@@ -20,13 +20,12 @@ is clean for the invocation's first trainer only (`--only sft` for a memory comp
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import json
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from bench_judge_modes import cpu_flags  # same folder: `python benchmarks/bench_train.py`
@@ -36,7 +35,7 @@ from selfreward.artifacts import IterPaths, write_json
 from selfreward.config import RunConfig, train_bf16
 from selfreward.loop import sft
 from selfreward.loop.dpo import chat_ids
-from selfreward.models import lm_head_on_labelled_positions_only, resolve_model
+from selfreward.models import lm_head_on_labelled_positions_only, resolve_model, trl_lm_head_default
 from selfreward.runs import PeakMemory
 
 OUT = Path(__file__).resolve().parent / "results" / "train.json"
@@ -92,19 +91,6 @@ KINDS = (
         ),
     ),
 )
-
-
-@contextlib.contextmanager
-def trl_every_position() -> Iterator[None]:
-    """TRL's own choice of positions for its fused LM head (every one on CPU) inside the block."""
-    import trl.trainer.utils as trl_utils
-
-    ours = trl_utils._use_triton
-    trl_utils._use_triton = getattr(ours, "trl_default", ours)
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = ours
 
 
 def gemm_gflops(dtype_name: str, n: int = 2048, seconds: float = 3.0) -> float:
@@ -341,7 +327,7 @@ def measured(
 def every_position(
     bench: Callable[..., dict], cfg: RunConfig, model: str, args: argparse.Namespace, scratch: str
 ) -> dict:
-    with trl_every_position():
+    with trl_lm_head_default():
         return {**bench(cfg, model, args.steps, Path(scratch)), "lm_head": "every position (TRL's CPU default)"}
 
 

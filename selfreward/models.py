@@ -14,8 +14,10 @@ Lineage of a run: `base_model` (M0), `model_of_iteration` (the model iteration k
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -173,8 +175,23 @@ def lm_head_on_labelled_positions_only() -> None:
     def compact(device: Any) -> bool:
         return device.type == "cpu" or chooses_compact(device)
 
-    compact.trl_default = chooses_compact  # type: ignore[attr-defined]  # what bench_train's --all-positions restores
+    compact.trl_default = chooses_compact  # type: ignore[attr-defined]  # what `trl_lm_head_default` restores
     trl_utils._use_triton = compact
+
+
+@contextlib.contextmanager
+def trl_lm_head_default() -> Iterator[None]:
+    """TRL's own choice of positions for its fused LM head (every one on CPU) inside the block, whether or not
+    `lm_head_on_labelled_positions_only` ran before; what was there is put back after (bench_train's
+    `--all-positions`, the tests that compare the two)."""
+    import trl.trainer.utils as trl_utils
+
+    ours = trl_utils._use_triton
+    trl_utils._use_triton = getattr(ours, "trl_default", ours)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = ours
 
 
 def lora_config(r: int, alpha: int, dropout: float) -> Any:

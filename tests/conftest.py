@@ -4,6 +4,7 @@ Llama on its tokenizer (what configs/tiny.yaml points at)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,12 @@ requires_vllm = pytest.mark.skipif(not vllm_installed(), reason="vLLM is not ins
 
 
 @pytest.fixture
-def trl_lm_head_default(monkeypatch: pytest.MonkeyPatch) -> Any:
+def trl_lm_head_default() -> Iterator[Any]:
     """`trl.trainer.utils` with TRL's own choice of LM-head positions (every one on CPU) for the test, whatever an
     earlier test's stage installed (`models.lm_head_on_labelled_positions_only` is process-wide); put back after."""
     import trl.trainer.utils as trl_utils
-    from trl.kernels import chunked_logprob
 
-    monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
-    return trl_utils
+    from selfreward.models import trl_lm_head_default
+
+    with trl_lm_head_default():
+        yield trl_utils
