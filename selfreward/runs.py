@@ -223,10 +223,15 @@ class Engine:
         self.start_s = 0.0
 
     def __call__(self) -> Generator:
+        """The engine for a stage: started on first use, later handed out with its prefix cache emptied, so what a
+        stage samples does not depend on the stages the engine served before it (a resumed run starts a fresh
+        engine at the stage it redoes; in bf16 a prefix read from the cache is not bitwise one computed anew)."""
         if self.gen is None:
             start = time.perf_counter()
             self.gen = open_generator(self.cfg.engine, self.model, Path(self.cfg.cache_dir), seed=self.cfg.seed)
             self.start_s = time.perf_counter() - start
+        else:
+            self.gen.reset_prefix_cache()
         return self.gen
 
     def __enter__(self) -> Engine:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from selfreward.config import EngineConfig, resolve_dtype
 from selfreward.generation import HFGenerator, SamplingSpec, VLLMGenerator, request_seed, vllm_dtype
 
-from .conftest import CACHE, requires_vllm
+from .conftest import CACHE, ROOT, requires_vllm
 
 CHATS = [
     [{"role": "user", "content": "Say something about the sea."}],
@@ -118,11 +119,66 @@ def test_vllm_engine_matches_transformers(tiny_model: Path, hf) -> None:
         gen.close()
 
 
-def test_reproducible_vllm_on_cpu_runs_in_float32_unless_a_dtype_is_given() -> None:
-    assert vllm_dtype(EngineConfig(dtype="auto"), on_gpu=False) == "float32"
-    assert vllm_dtype(EngineConfig(dtype="bfloat16"), on_gpu=False) == "bfloat16"
-    assert vllm_dtype(EngineConfig(dtype="auto", reproducible=False), on_gpu=False) == resolve_dtype("auto")
-    assert vllm_dtype(EngineConfig(dtype="auto"), on_gpu=True) == resolve_dtype("auto")
+def test_vllm_dtype_on_cpu_is_float32_only_for_a_reproducible_server() -> None:
+    # in-process engines run the same batches every time: bf16 where the CPU has it; a server's batches
+    # follow request timing, so a reproducible one on a CPU runs fp32 (the only batch-invariant dtype there)
+    assert vllm_dtype(EngineConfig(dtype="auto"), on_gpu=False) == resolve_dtype("auto")
+    assert vllm_dtype(EngineConfig(dtype="auto"), on_gpu=False, server=True) == "float32"
+    assert vllm_dtype(EngineConfig(dtype="bfloat16"), on_gpu=False, server=True) == "bfloat16"
+    free = EngineConfig(dtype="auto", reproducible=False)
+    assert vllm_dtype(free, on_gpu=False, server=True) == resolve_dtype("auto")
+    assert vllm_dtype(EngineConfig(dtype="auto"), on_gpu=True, server=True) == resolve_dtype("auto")
+
+
+def judge_chats(count: int) -> list[list[dict[str, str]]]:
+    """Judge-stage requests (the rubric around our seed instructions and their answers): ~400 tokens each."""
+    template = (ROOT / "prompts" / "judge.txt").read_text()
+    rows = [json.loads(line) for line in (ROOT / "prompts" / "seed" / "instructions.jsonl").open()][:count]
+    texts = [template.replace("{instruction}", r["instruction"]).replace("{response}", r["response"]) for r in rows]
+    return [[{"role": "user", "content": t}] for t in texts]
+
+
+@requires_vllm
+@pytest.mark.parametrize("which", ["tiny", pytest.param("embedded", marks=pytest.mark.slow)])
+def test_vllm_call_redone_in_a_fresh_engine_samples_the_same_text(which: str, request: pytest.FixtureRequest) -> None:
+    """What a resumed stage relies on, in the loop's dtype (bf16 on a CPU that has it): engine A has served
+    another call (with these very prompts, so its prefix cache holds their blocks) before its prefix cache is
+    emptied; a fresh engine B samples what A then samples and finds in its cache what A found. Closing an
+    in-process engine gives back its memory and removes the environment variables vLLM set in this process.
+    On the real model the text is the sensitive part (engines in their own processes, whose batches follow
+    request timing, sampled the same text for 2 of 60 such prompts in bf16); the tiny random model's
+    near-uniform logits rarely change a draw, so there the cache counters are."""
+    import os
+
+    import psutil
+
+    model = request.getfixturevalue("tiny_model" if which == "tiny" else "embedded_model")
+    cfg = EngineConfig(backend="vllm", kv_cache_gib=1, max_model_len=1024)
+    chats = judge_chats(24)
+    spec = SamplingSpec(n=3, temperature=0.7, top_p=0.9, max_tokens=32, seed=11)
+    environ = dict(os.environ)
+    a = VLLMGenerator(str(model), cfg, CACHE)
+    try:
+        assert a.dtype == resolve_dtype("auto")
+        a.chat(chats[::-1] + [[{"role": "user", "content": "Count to five."}]], dataclasses.replace(spec, seed=3))
+        a.reset_prefix_cache()
+        before = a.prefix_cache()["hit_tokens"]
+        first = [[c.text for c in g] for g in a.chat(chats, spec)]
+        hits_a = a.prefix_cache()["hit_tokens"] - before
+    finally:
+        a.close()
+    left = {k for k in os.environ if os.environ[k] != environ.get(k)}  # ours (configure_vllm_cpu_env) stay
+    assert not left & {"LOCAL_WORLD_SIZE", "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_DIST_IDENT"}, left
+    after_close = psutil.Process().memory_full_info().pss
+    b = VLLMGenerator(str(model), cfg, CACHE)
+    try:
+        assert psutil.Process().memory_full_info().pss - after_close > 0.5 * 2**30  # B's 1 GiB KV cache, here
+        second = [[c.text for c in g] for g in b.chat(chats, spec)]
+        assert b.prefix_cache()["hit_tokens"] == hits_a  # A found in its cache only what the call put there
+    finally:
+        b.close()
+    assert psutil.Process().memory_full_info().pss - after_close < 0.3 * 2**30
+    assert sum(x == y for x, y in zip(first, second, strict=True)) == len(chats)
 
 
 def test_request_seeds_keep_the_samples_of_neighbouring_prompts_apart() -> None:

@@ -26,6 +26,23 @@ def test_embedded_conversion_happens_once(embedded_model: Path) -> None:
     assert (embedded_model / "model.safetensors").stat().st_mtime_ns == before
 
 
+def test_embedded_conversion_runs_in_a_child_process(tmp_path: Path, embedded_model: Path) -> None:
+    """Dequantising leaves ~1.1 GiB in the process that does it; the loop converts at its start and would carry that
+    beside every later stage, so the conversion runs in a child and writes the same weights."""
+    import psutil
+    import torch
+    from safetensors.torch import load_file
+
+    from selfreward.models import convert_embedded
+
+    before = psutil.Process().memory_full_info().pss
+    out = convert_embedded(tmp_path)
+    assert psutil.Process().memory_full_info().pss - before < 0.3 * 2**30
+    assert out == tmp_path / "models" / "smollm2-135m-instruct"
+    ours, fixture = load_file(out / "model.safetensors"), load_file(embedded_model / "model.safetensors")
+    assert ours.keys() == fixture.keys() and all(torch.equal(ours[k], fixture[k]) for k in ours)
+
+
 def test_embedded_chat_template_and_tokens(embedded_model: Path) -> None:
     from transformers import AutoTokenizer
 
