@@ -110,7 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     # the dtype the loop's vLLM engine runs in (bf16 where the CPU or GPU has it, else fp32)
     engine = dataclasses.replace(RunConfig().engine, reproducible=not args.not_reproducible)
-    args.dtype = args.dtype or vllm_dtype(engine, on_gpu=torch.cuda.is_available())
+    args.dtype = args.dtype or vllm_dtype(engine, on_gpu=torch.cuda.is_available(), in_process=True)
     if args.one:
         run_one(args)
         return

@@ -238,12 +238,13 @@ def configure_vllm_cpu_env(cfg: EngineConfig, cache_dir: Path) -> None:
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 
-def vllm_dtype(cfg: EngineConfig, on_gpu: bool, server: bool = False) -> str:
-    """The vLLM engine's dtype: `engine.dtype`, except that `auto` with `reproducible` for a server on a CPU is
-    float32. A server's engine schedules requests as they arrive, so its batches differ from run to run, and on a
-    CPU only fp32 samples the same text whatever the batch; the in-process engine (`VLLMGenerator`) runs the same
-    batches every time, so there `auto` is bf16 where the CPU has it."""
-    if cfg.dtype == "auto" and cfg.reproducible and server and not on_gpu:
+def vllm_dtype(cfg: EngineConfig, on_gpu: bool, in_process: bool) -> str:
+    """The vLLM engine's dtype: `engine.dtype`, except that `auto` with `reproducible` on a CPU is float32 where the
+    engine runs in another process (a server, or the engine beside a distributed job: `VLLMGenerator`). There it
+    schedules requests as they arrive, so its batches differ from run to run, and on a CPU only fp32 samples the same
+    text whatever the batch; an engine in this process runs the same batches every time, so there `auto` is bf16
+    where the CPU has it."""
+    if cfg.dtype == "auto" and cfg.reproducible and not in_process and not on_gpu:
         return "float32"
     return resolve_dtype(cfg.dtype)
 
@@ -272,7 +273,8 @@ def request_seed(seed: int, i: int) -> int:
 class VLLMGenerator(Generator):
     """vLLM offline engine (prefix caching on).
 
-    On a CPU the engine core runs in this process (vLLM's `VLLM_ENABLE_V1_MULTIPROCESSING=0`): `generate` hands it
+    On a CPU the engine core runs in this process (vLLM's `VLLM_ENABLE_V1_MULTIPROCESSING=0`; in its own process, and
+    fp32 when `reproducible`, beside a distributed job's process group): `generate` hands it
     every request of a call before its first step, so a call's batches are the same each time it runs. In its own
     process (vLLM's default) the engine core starts stepping on the first requests to arrive, so batches depend on
     timing, and in bf16 a sequence's logits depend on its batch: the same 60 judge prompts (3 samples each,
@@ -293,11 +295,14 @@ class VLLMGenerator(Generator):
         import torch
 
         on_gpu = torch.cuda.is_available()
+        # In this process on a CPU, unless this process is one rank of a distributed job (a PPO judge on the main
+        # rank): vLLM's in-process worker would join that job's process group, and tear it down on close.
+        self.in_process = not on_gpu and not (torch.distributed.is_available() and torch.distributed.is_initialized())
         if not on_gpu:
             configure_vllm_cpu_env(cfg, cache_dir)
         from vllm import LLM
 
-        dtype = vllm_dtype(cfg, on_gpu)
+        dtype = vllm_dtype(cfg, on_gpu, self.in_process)
         kwargs: dict[str, Any] = dict(
             model=model_path,
             dtype=dtype,
@@ -322,7 +327,6 @@ class VLLMGenerator(Generator):
             # prefill every prompt is prefilled whole, which needs a token budget of a whole context.
             kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(cfg.max_model_len, 4096))
         self.dtype = dtype
-        self.in_process = not on_gpu
         self._environ = dict(os.environ)  # what `close` puts back: vLLM sets variables in the engine's process
         if self.in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -435,7 +439,7 @@ class ServerGenerator(Generator):
         super().__init__(model_path, cfg)
         self.server: VLLMServer | None = None
         on_gpu = torch.cuda.is_available()
-        self.dtype = vllm_dtype(cfg, on_gpu, server=True)
+        self.dtype = vllm_dtype(cfg, on_gpu, in_process=False)
         if cfg.launch_server:
             if not on_gpu:
                 configure_vllm_cpu_env(cfg, cache_dir)

@@ -119,15 +119,16 @@ def test_vllm_engine_matches_transformers(tiny_model: Path, hf) -> None:
         gen.close()
 
 
-def test_vllm_dtype_on_cpu_is_float32_only_for_a_reproducible_server() -> None:
-    # in-process engines run the same batches every time: bf16 where the CPU has it; a server's batches
-    # follow request timing, so a reproducible one on a CPU runs fp32 (the only batch-invariant dtype there)
-    assert vllm_dtype(EngineConfig(dtype="auto"), on_gpu=False) == resolve_dtype("auto")
-    assert vllm_dtype(EngineConfig(dtype="auto"), on_gpu=False, server=True) == "float32"
-    assert vllm_dtype(EngineConfig(dtype="bfloat16"), on_gpu=False, server=True) == "bfloat16"
+def test_vllm_dtype_on_cpu_is_float32_only_for_a_reproducible_engine_in_another_process() -> None:
+    # an in-process engine runs the same batches every time: bf16 where the CPU has it; a server's (or an engine
+    # beside a distributed job's) batches follow request timing, so a reproducible one on a CPU runs fp32 (the
+    # only batch-invariant dtype there)
+    assert vllm_dtype(EngineConfig(dtype="auto"), on_gpu=False, in_process=True) == resolve_dtype("auto")
+    assert vllm_dtype(EngineConfig(dtype="auto"), on_gpu=False, in_process=False) == "float32"
+    assert vllm_dtype(EngineConfig(dtype="bfloat16"), on_gpu=False, in_process=False) == "bfloat16"
     free = EngineConfig(dtype="auto", reproducible=False)
-    assert vllm_dtype(free, on_gpu=False, server=True) == resolve_dtype("auto")
-    assert vllm_dtype(EngineConfig(dtype="auto"), on_gpu=True, server=True) == resolve_dtype("auto")
+    assert vllm_dtype(free, on_gpu=False, in_process=False) == resolve_dtype("auto")
+    assert vllm_dtype(EngineConfig(dtype="auto"), on_gpu=True, in_process=False) == resolve_dtype("auto")
 
 
 def judge_chats(count: int) -> list[list[dict[str, str]]]:
@@ -179,6 +180,34 @@ def test_vllm_call_redone_in_a_fresh_engine_samples_the_same_text(which: str, re
         b.close()
     assert psutil.Process().memory_full_info().pss - after_close < 0.3 * 2**30
     assert sum(x == y for x, y in zip(first, second, strict=True)) == len(chats)
+
+
+@requires_vllm
+def test_vllm_beside_a_distributed_job_runs_in_its_own_process(tiny_model: Path) -> None:
+    """On the main rank of a distributed job (PPO's judge) an in-process vLLM worker would join the job's process
+    group and destroy it on close: there the engine runs in its own process, in fp32 when reproducible."""
+    import socket
+
+    import torch
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        gen = VLLMGenerator(str(tiny_model), EngineConfig(backend="vllm", kv_cache_gib=1, max_model_len=512), CACHE)
+        try:
+            assert not gen.in_process and gen.dtype == "float32"
+            check_records(gen)
+        finally:
+            gen.close()
+        assert dist.is_initialized()
+        total = torch.ones(1)
+        dist.all_reduce(total)  # the job's group still works
+        assert total.item() == 1.0
+    finally:
+        dist.destroy_process_group()
 
 
 def test_request_seeds_keep_the_samples_of_neighbouring_prompts_apart() -> None:
