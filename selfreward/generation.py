@@ -273,9 +273,9 @@ def request_seed(seed: int, i: int) -> int:
 class VLLMGenerator(Generator):
     """vLLM offline engine (prefix caching on).
 
-    On a CPU the engine core runs in this process (vLLM's `VLLM_ENABLE_V1_MULTIPROCESSING=0`; in its own process, and
-    fp32 when `reproducible`, beside a distributed job's process group): `generate` hands it
-    every request of a call before its first step, so a call's batches are the same each time it runs. In its own
+    On a CPU the engine core runs in this process (vLLM's `VLLM_ENABLE_V1_MULTIPROCESSING=0`; beside a distributed
+    job's process group it runs in its own, in fp32 when `reproducible`): `generate` hands it every request of a
+    call before its first step, so a call's batches are the same each time it runs. In its own
     process (vLLM's default) the engine core starts stepping on the first requests to arrive, so batches depend on
     timing, and in bf16 a sequence's logits depend on its batch: the same 60 judge prompts (3 samples each,
     per-request seeds) sampled equal text for 60/60 prompts in two fresh in-process engines (one had served
