@@ -10,10 +10,15 @@ of the precision it ran in. Writes benchmarks/results/train.json with the CPU's 
 default groups by length) and with a LoRA adapter (its
 GFLOP/s still counts 6 * N * tokens for the whole model, so it is the speed of the same work); `--profile`
 records one SFT and one DPO optimiser step (after the first) with torch.profiler and writes where their time
-went, by kind of operator, to benchmarks/results/train_profile.json. `--sft-batch-size 2` trains the same effective
-batch in smaller steps (more accumulation). `--all-positions` adds SFT and DPO runs with TRL's own fused LM head
-on CPU, which projects every position, prompt and padding included (`sft_all_positions`, `dpo_all_positions`; the
-stages project only the labelled ones: `models.lm_head_on_labelled_positions_only`). Each run's peak memory (PSS)
+went, by kind of operator, to benchmarks/results/train_profile.json. `--sft-batch-size 2` and `--dpo-batch-size 2`
+train the same effective batch in other steps (accumulation scaled). DPO trains on pairs made from the seed data
+(`seed_pairs`) or, with `--dpo-pairs iterations/<run>/iter_K/pairs`, on a run's own pairs. `--precision fp32` trains
+both in fp32, as a CPU without native bf16 does; on an AVX-512 CPU, `ATEN_CPU_CAPABILITY=avx2
+ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` in the environment keeps torch's kernels, oneDNN and MKL to
+AVX2 (the GEMM ceiling is then measured under the same limit; its bf16 figure means nothing there).
+`--all-positions` adds SFT and DPO runs with TRL's own fused LM head on CPU, which projects every position, prompt
+and padding included (`sft_all_positions`, `dpo_all_positions`; the stages project only the labelled ones:
+`models.lm_head_on_labelled_positions_only`). Each run's peak memory (PSS)
 is clean for the invocation's first trainer only (`--only sft` for a memory comparison).
 """
 
@@ -34,7 +39,6 @@ from transformers import TrainerCallback
 from selfreward.artifacts import IterPaths, write_json
 from selfreward.config import RunConfig, train_bf16
 from selfreward.loop import sft
-from selfreward.loop.dpo import chat_ids
 from selfreward.models import lm_head_on_labelled_positions_only, resolve_model, trl_lm_head_default
 from selfreward.runs import PeakMemory
 
@@ -242,27 +246,40 @@ def bench_sft(
     }
 
 
-def bench_dpo(cfg: RunConfig, model: str, steps: int, scratch: Path, profiler: StepProfiler | None = None) -> dict:
+def seed_pairs(cfg: RunConfig) -> list[dict]:
+    """Pairs with the loop's shapes: our seed instructions with their reference answer as chosen and the answer to
+    an instruction half the file away as rejected, so the two sides' lengths are independent draws from one
+    distribution, as two sampled candidates' are (what is measured is the speed, not what is learnt). The pairs of a
+    default run (3 iterations): 124-154 tokens per side on average, 31-34% of a 2-pair batch padding; these: 28%."""
+    rows = [json.loads(line) for line in Path(cfg.seed_data.instructions).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("response")]
+    return [
+        {
+            "prompt": [{"role": "user", "content": r["instruction"]}],
+            "chosen": [{"role": "assistant", "content": r["response"]}],
+            "rejected": [{"role": "assistant", "content": rows[(i + len(rows) // 2) % len(rows)]["response"]}],
+        }
+        for i, r in enumerate(rows)
+    ]
+
+
+def bench_dpo(
+    cfg: RunConfig,
+    model: str,
+    steps: int,
+    scratch: Path,
+    profiler: StepProfiler | None = None,
+    pairs_dir: Path | None = None,
+) -> dict:
+    """DPO optimiser steps on `seed_pairs`, or on a run's pairs (`pairs_dir`: an iter_K/pairs folder)."""
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    # pairs with the loop's shapes: our seed instructions, the reference answer as chosen and its first
-    # third as rejected (what is measured is the speed, not what is learnt)
-    rows = [json.loads(line) for line in Path(cfg.seed_data.instructions).read_text().splitlines() if line.strip()]
-    pairs = []
-    for r in rows:
-        text = r.get("response") or r.get("output") or ""
-        if text:
-            prompt = [{"role": "user", "content": r.get("instruction") or r.get("text")}]
-            chosen = [{"role": "assistant", "content": text}]
-            pairs.append(
-                {
-                    "prompt": prompt,
-                    "chosen": chosen,
-                    "rejected": [{"role": "assistant", "content": text[: len(text) // 3]}],
-                }
-            )
+    if pairs_dir is None:
+        dataset = datasets.Dataset.from_list(seed_pairs(cfg))
+    else:
+        dataset = datasets.load_from_disk(str(pairs_dir)).select_columns(["prompt", "chosen", "rejected"])
     tokenizer = AutoTokenizer.from_pretrained(model)
     d = cfg.dpo
     args = DPOConfig(
@@ -285,23 +302,26 @@ def bench_dpo(cfg: RunConfig, model: str, steps: int, scratch: Path, profiler: S
     import torch
 
     policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, use_safetensors=True)
-    trainer = DPOTrainer(
-        model=policy, args=args, train_dataset=datasets.Dataset.from_list(pairs), processing_class=tokenizer
-    )
+    trainer = DPOTrainer(model=policy, args=args, train_dataset=dataset, processing_class=tokenizer)
     timer = StepTimer()
     trainer.add_callback(timer)
     if profiler is not None:
         trainer.add_callback(profiler)
-    lengths = [
-        len(chat_ids(tokenizer, p["prompt"] + p[side])[: d.max_length])
-        for p in pairs
-        for side in ("chosen", "rejected")
-    ]
+    epoch = epoch_padding(trainer)
+    padding = Padding(trainer.data_collator, steps * d.grad_accum)
+    trainer.data_collator = padding
     trainer.train()
-    tokens_per_step = sum(lengths) / len(pairs) * d.batch_size * d.grad_accum  # chosen + rejected sequences
+    tokens_per_step = padding.real / steps  # chosen + rejected: the real tokens of the batches these steps trained on
     skip = profiler.step if profiler is not None else None
     per_step = d.batch_size * d.grad_accum
-    return measured(trainer, timer, tokens_per_step, train_bf16(d.precision), len(pairs), per_step, skip)
+    r = measured(trainer, timer, tokens_per_step, train_bf16(d.precision), len(dataset), per_step, skip)
+    return {
+        **r,
+        "pairs": str(pairs_dir) if pairs_dir else "seed_pairs",
+        **epoch,
+        "padded_tokens_per_step": round(padding.padded / steps),
+        "padding_fraction": round(1 - padding.real / padding.padded, 3),
+    }
 
 
 def measured(
@@ -348,6 +368,24 @@ def main() -> None:
         help="SFT's per-step batch (accumulation scaled to keep the config's effective batch)",
     )
     parser.add_argument(
+        "--dpo-batch-size",
+        type=int,
+        default=None,
+        help="DPO's per-step batch in pairs (accumulation scaled to keep the config's effective batch)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default=None,
+        help="SFT and DPO precision instead of the config's (fp32: what a CPU without native bf16 trains in)",
+    )
+    parser.add_argument(
+        "--dpo-pairs",
+        type=Path,
+        default=None,
+        help="DPO on a run's pairs (an iterations/<run>/iter_K/pairs folder) instead of pairs made from the seed data",
+    )
+    parser.add_argument(
         "--all-positions",
         action="store_true",
         help="SFT and DPO also with TRL's every-position LM head (sft_all_positions, dpo_all_positions; peak memory "
@@ -362,6 +400,13 @@ def main() -> None:
         if effective % args.sft_batch_size:
             parser.error(f"--sft-batch-size must divide the effective batch {effective}")
         cfg.sft.batch_size, cfg.sft.grad_accum = args.sft_batch_size, effective // args.sft_batch_size
+    if args.precision:
+        cfg.sft.precision = cfg.dpo.precision = args.precision
+    if args.dpo_batch_size:
+        effective = cfg.dpo.batch_size * cfg.dpo.grad_accum
+        if effective % args.dpo_batch_size:
+            parser.error(f"--dpo-batch-size must divide the effective batch {effective}")
+        cfg.dpo.batch_size, cfg.dpo.grad_accum = args.dpo_batch_size, effective // args.dpo_batch_size
     model = resolve_model(cfg.model, cfg.cache_dir)
     lm_head_on_labelled_positions_only()  # as the loop's SFT and DPO stages
     result: dict = {"machine": cpu_flags(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "steps": args.steps}
@@ -380,7 +425,9 @@ def main() -> None:
             )
         if args.lora:
             jobs.append(("sft_lora", lambda: bench_sft(cfg, model, args.steps, Path(scratch), lora=True)))
-        jobs.append(("dpo", lambda: bench_dpo(cfg, model, args.steps, Path(scratch), profilers.get("dpo"))))
+        jobs.append(
+            ("dpo", lambda: bench_dpo(cfg, model, args.steps, Path(scratch), profilers.get("dpo"), args.dpo_pairs))
+        )
         if args.all_positions:
             for name, bench in (("sft", bench_sft), ("dpo", bench_dpo)):
                 job = functools.partial(every_position, bench, cfg, model, args, scratch)

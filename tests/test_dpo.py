@@ -65,6 +65,49 @@ def test_dpo_changes_every_parameter_and_logs(tmp_path: Path, tiny_model: Path, 
     assert json.loads((it.model / "config.json").read_text())["torch_dtype" if False else "dtype"] == "float32"
 
 
+def test_one_pair_per_pass_twice_accumulated_trains_the_model_of_two_pairs_per_pass(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """The default (batch 1 x accumulation 2) pads each pass to its own pair only; it must train the same model as
+    batch 2 x accumulation 1 on the same pairs in the same order: DPO's loss is a mean over pairs. 5 pairs, 2 passes:
+    each pass ends on a step of one pair."""
+    import datasets
+    import torch
+    from safetensors.torch import load_file
+
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"Question {i}: name a colour." + " Why?" * (i % 3)}],
+            "chosen": [{"role": "assistant", "content": "Blue, like the sky on a clear day. " * (1 + i % 4)}],
+            "rejected": [{"role": "assistant", "content": f"I do not know {i}."}],
+        }
+        for i in range(5)
+    ]
+    models = {}
+    for batch, accum in ((2, 1), (1, 2)):
+        it = IterPaths(tmp_path / f"b{batch}")
+        datasets.Dataset.from_list(rows).save_to_disk(str(it.pairs_dataset), num_shards=1)
+        cfg = DPOStageConfig(
+            batch_size=batch,
+            grad_accum=accum,
+            epochs=2,
+            max_epochs=2,
+            learning_rate=1e-3,
+            precision="fp32",
+            min_pairs=2,
+            max_length=96,
+            save_steps=0,
+        )
+        metrics = run(cfg, str(tiny_model), None, it)
+        assert metrics["optimizer_steps"] == 6 and metrics["effective_batch"] == 2
+        models[batch] = load_file(it.model / "model.safetensors")
+    base = load_file(tiny_model / "model.safetensors")
+    for name, tensor in models[2].items():
+        moved = (tensor - base[name]).abs().max()
+        assert torch.allclose(models[1][name], tensor, rtol=0, atol=1e-3 * float(moved) + 1e-7), name
+    assert any(not torch.equal(models[2][n], base[n]) for n in base)
+
+
 def test_small_pair_sets_get_more_passes_up_to_max_epochs() -> None:
     from selfreward.loop.dpo import planned_steps
 

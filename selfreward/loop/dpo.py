@@ -191,8 +191,8 @@ def planned_steps(n_pairs: int, cfg: DPOStageConfig, grad_accum: int, processes:
     """Optimiser steps for `n_pairs`: `epochs` passes, raised to `min_steps` but never past `max_epochs` passes.
 
     Steps per pass are ceil(ceil(n_pairs / (batch_size * processes)) / grad_accum), as the trainer counts
-    them. Example: 18 pairs, batch 2, accumulation 1, one process -> 9 per pass; epochs 3 give 27, raised
-    to min_steps 50 (5.6 passes, under max_epochs 8)."""
+    them. Example: 18 pairs, batch 1, accumulation 2 (the default), one process -> 9 per pass; epochs 3 give 27,
+    raised to min_steps 50 (5.6 passes, under max_epochs 8)."""
     per_pass = max(1, math.ceil(math.ceil(n_pairs / (cfg.batch_size * processes)) / grad_accum))
     at_least = math.ceil(cfg.epochs * per_pass)
     return max(at_least, min(cfg.min_steps, math.ceil(cfg.max_epochs * per_pass)))
