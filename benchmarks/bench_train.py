@@ -398,18 +398,16 @@ def main() -> None:
     parser.add_argument("--job-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     cfg = RunConfig()
-    if args.sft_batch_size:
-        effective = cfg.sft.batch_size * cfg.sft.grad_accum
-        if effective % args.sft_batch_size:
-            parser.error(f"--sft-batch-size must divide the effective batch {effective}")
-        cfg.sft.batch_size, cfg.sft.grad_accum = args.sft_batch_size, effective // args.sft_batch_size
+    for stage, batch in ((cfg.sft, args.sft_batch_size), (cfg.dpo, args.dpo_batch_size)):
+        if batch:  # the same effective batch in other steps
+            effective = stage.batch_size * stage.grad_accum
+            if effective % batch:
+                parser.error(
+                    f"--{'sft' if stage is cfg.sft else 'dpo'}-batch-size must divide the effective batch {effective}"
+                )
+            stage.batch_size, stage.grad_accum = batch, effective // batch
     if args.precision:
         cfg.sft.precision = cfg.dpo.precision = args.precision
-    if args.dpo_batch_size:
-        effective = cfg.dpo.batch_size * cfg.dpo.grad_accum
-        if effective % args.dpo_batch_size:
-            parser.error(f"--dpo-batch-size must divide the effective batch {effective}")
-        cfg.dpo.batch_size, cfg.dpo.grad_accum = args.dpo_batch_size, effective // args.dpo_batch_size
     if args.job:
         run_job(args, cfg)
         return
