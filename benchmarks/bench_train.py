@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from bench_judge_modes import cpu_flags  # same folder: `python benchmarks/bench_train.py`
@@ -346,13 +345,6 @@ def measured(
     }
 
 
-def every_position(
-    bench: Callable[..., dict], cfg: RunConfig, model: str, args: argparse.Namespace, scratch: str
-) -> dict:
-    with trl_lm_head_default():
-        return {**bench(cfg, model, args.steps, Path(scratch)), "lm_head": "every position (TRL's CPU default)"}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5, help="optimiser steps per trainer (the first is not timed)")
@@ -475,9 +467,13 @@ def run_job(args: argparse.Namespace, cfg: RunConfig) -> None:
             r = bench_sft(cfg, model, args.steps, scratch, lora=True)
         elif name == "dpo":
             r = bench_dpo(cfg, model, args.steps, scratch, profiler, args.dpo_pairs)
-        else:  # sft_all_positions, dpo_all_positions
-            bench = bench_sft if name.startswith("sft") else bench_dpo
-            r = every_position(bench, cfg, model, args, tmp)
+        else:  # sft_all_positions, dpo_all_positions: TRL's own LM head, on the same data as `sft` / `dpo`
+            with trl_lm_head_default():
+                if name == "sft_all_positions":
+                    r = bench_sft(cfg, model, args.steps, scratch)
+                else:
+                    r = bench_dpo(cfg, model, args.steps, scratch, pairs_dir=args.dpo_pairs)
+            r["lm_head"] = "every position (TRL's CPU default)"
     r["peak_pss_gib"] = round(mem.peak_gib, 2)
     sft_job = name.startswith("sft")
     r["batch_size"] = cfg.sft.batch_size if sft_job else cfg.dpo.batch_size
