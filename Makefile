@@ -5,7 +5,7 @@
 #   make test               pytest, serially (SLOW=1 adds the tests on the real 135M model)
 #   make smoke              every stage once on a tiny random model (configs/tiny.yaml) in about a minute
 #   make bench              every stage's benchmark -> benchmarks/results/ (bench-engines, bench-judge-loop,
-#                           bench-judge, bench-train alone, each with BENCH_ARGS)
+#                           bench-judge, bench-pair-yield, bench-train alone, each with BENCH_ARGS)
 #   make bench-judge        judge modes vs human labels -> benchmarks/results/judge_modes.json
 #   make report             one HTML page about a run -> $RUN/report.html (RUN=iterations/default)
 #   make judge-eval LABELS=f  judge vs human labels for every model of $RUN -> $RUN/judge_eval.json
@@ -44,7 +44,7 @@ IOMP     = $(wildcard $(VENV)/lib/libiomp5.so)
 PRELOAD  = $(strip $(TCMALLOC) $(IOMP))
 RUN_ENV  = $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
 
-.PHONY: install iterate reason smoke gpu-smoke bench-engines bench-judge-loop bench-judge bench-train test test-slow bench report judge-eval compare baselines lint format clean-venv
+.PHONY: install iterate reason smoke gpu-smoke bench-engines bench-judge-loop bench-judge bench-pair-yield bench-train test test-slow bench report judge-eval compare baselines lint format clean-venv
 
 install: $(STAMP)
 
@@ -106,6 +106,8 @@ bench: $(STAMP)
 		else echo "bench: no $(RUN)/iter_1/candidates.jsonl: judging at the loop's shapes skipped (make iterate first)"; fi
 	@if [ -f $(LABELS) ]; then HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_judge_modes.py $(if $(wildcard $(RUN)/iter_0/model),--model $(RUN)/iter_0/model); \
 		else echo "bench: no $(LABELS): judge accuracy vs human labels skipped"; fi
+	@if [ -f $(RUN)/iter_1/pairs.jsonl ]; then HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_pair_yield.py --run $(RUN); \
+		else echo "bench: no $(RUN)/iter_1/pairs.jsonl: pair yield with fewer candidates or judge samples skipped"; fi
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_train.py
 
 bench-engines: $(STAMP)
@@ -114,6 +116,10 @@ bench-engines: $(STAMP)
 # The judge stage on a run's own candidates: each mode, prefix cache on and off, pairs kept.
 bench-judge-loop: $(STAMP)
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_judge_loop.py --run $(RUN) $(BENCH_ARGS)
+
+# Fewer candidates per prompt or judge samples per candidate, replayed from $(RUN)'s own judgements (no model).
+bench-pair-yield: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_pair_yield.py --run $(RUN) $(BENCH_ARGS)
 
 # Training against the machine's GEMM ceiling: SFT and DPO seconds per step, tokens/s, GFLOP/s.
 bench-train: $(STAMP)

@@ -176,3 +176,54 @@ def test_length_bias_of_scores_and_pairs() -> None:
     bias = length_bias(candidates, judgements, [pair])
     assert bias["score_length_correlation"] == pytest.approx(1.0)
     assert bias["mean_chosen_minus_rejected_tokens"] == 20 and bias["truncated_candidates"] == 0
+
+
+def test_replaying_fewer_candidates_and_judge_samples_scores_and_pairs_as_the_loop_would() -> None:
+    """benchmarks/bench_pair_yield.py: each prompt's first n candidates, each judged by its first K samples."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_pair_yield import replay
+
+    from selfreward.config import JudgeConfig
+
+    samples = {  # candidate -> its K = 3 sampled scores (None: no score line)
+        "p1-c0": [5, 5, 5],
+        "p1-c1": [1, 1, None],
+        "p1-c2": [None, 4, 2],
+        "p2-c0": [4, 1, 1],  # full mean 2.0, first sample 4
+        "p2-c1": [2, 3, 3],  # full mean 2.67, first sample 2: one sample reverses the two
+    }
+    prompts = [{"prompt_id": "p1", "text": "q1"}, {"prompt_id": "p2", "text": "q2"}]
+    candidates = [
+        {"candidate_id": c, "prompt_id": c[:2], "text": f"answer {c}", "num_tokens": 10, "finish_reason": "stop"}
+        for c in samples
+    ]
+    judgements = []
+    for c, scores in samples.items():
+        parsed = [x for x in scores if x is not None]
+        judgements.append(
+            {
+                "candidate_id": c,
+                "score": sum(parsed) / len(parsed),
+                "num_parsed": len(parsed),
+                "samples": [{"score": x, "error": None if x is not None else "no_score_line"} for x in scores],
+            }
+        )
+    judge_cfg = JudgeConfig(mode="sampled", samples=3)
+
+    full = replay(prompts, candidates, judgements, PairsConfig(), judge_cfg, n=3, k=3)
+    # p2's margin (0.67) is inside the judge's noise (se 1.0 and 0.33): no pair
+    assert (full["pairs"], full["dropped"], full["judge_samples"]) == (1, {"within_noise": 1}, 15)
+    assert (full["pairs_on_a_one_sample_score"], full["pairs_equal_to_the_runs"]) == (0, 1)
+
+    one = replay(prompts, candidates, judgements, PairsConfig(), judge_cfg, n=3, k=1)
+    # p1-c2's first sample has no score: unscored; p2 now pairs c0 over c1, which the full scores reverse
+    assert (one["pairs"], one["unscored_candidates"], one["judge_samples"]) == (2, 1, 5)
+    assert one["pairs_on_a_one_sample_score"] == 2
+    assert (one["pairs_equal_to_the_runs"], one["pairs_reversed_by_the_runs_scores"]) == (1, 1)
+
+    two = replay(prompts, candidates, judgements, PairsConfig(), judge_cfg, n=2, k=2)
+    # p2: 2.5 against 2.5 from the first two samples
+    assert (two["candidates"], two["pairs"], two["dropped"]) == (4, 1, {"tie": 1})
