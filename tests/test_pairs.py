@@ -178,12 +178,13 @@ def test_length_bias_of_scores_and_pairs() -> None:
     assert bias["mean_chosen_minus_rejected_tokens"] == 20 and bias["truncated_candidates"] == 0
 
 
-def test_replaying_fewer_candidates_and_judge_samples_scores_and_pairs_as_the_loop_would() -> None:
+def test_replaying_fewer_candidates_and_judge_samples_scores_and_pairs_as_the_loop_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """benchmarks/bench_pair_yield.py: each prompt's first n candidates, each judged by its first K samples."""
-    import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
     from bench_pair_yield import replay
 
     from selfreward.config import JudgeConfig
