@@ -58,21 +58,20 @@ def replay(
     judge_cfg: JudgeConfig,
     n: int,
     k: int,
+    run_pairs: dict[str, tuple[str, str]],
     identical=lambda p, a, b: a == b,  # noqa: ANN001 - make_pairs' `identical`
 ) -> dict:
-    """Pairs from each prompt's first `n` candidates judged by their first `k` samples, against the pairs
-    of all the candidates and samples the run has."""
+    """Pairs from each prompt's first `n` candidates judged by their first `k` samples, against the run's own
+    pairs (`run_pairs`: prompt id -> chosen and rejected candidate ids) and scores."""
     kept = [c for c in candidates if candidate_index(c["candidate_id"]) < n]
     need = min_parsed(dataclasses.replace(judge_cfg, samples=k))
     rescored = {j["candidate_id"]: rescore(j, k, need) for j in judgements}
     pairs, dropped = make_pairs(prompts, kept, list(rescored.values()), pairs_cfg, identical)
-    full_pairs, _ = make_pairs(prompts, candidates, judgements, pairs_cfg, identical)
-    full_direction = {p.prompt_id: (p.chosen_id, p.rejected_id) for p in full_pairs}
     full_score = {j["candidate_id"]: j["score"] for j in judgements}
     one_sample = same = reversed_ = 0
     for p in pairs:
         one_sample += min(rescored[p.chosen_id]["num_parsed"], rescored[p.rejected_id]["num_parsed"]) < 2
-        same += full_direction.get(p.prompt_id) == (p.chosen_id, p.rejected_id)
+        same += run_pairs.get(p.prompt_id) == (p.chosen_id, p.rejected_id)
         chosen, rejected = full_score[p.chosen_id], full_score[p.rejected_id]
         reversed_ += chosen is not None and rejected is not None and chosen < rejected
     return {
@@ -111,13 +110,15 @@ def main() -> None:
             continue
         prompts, candidates = read_jsonl(it.prompts), read_jsonl(it.candidates)
         judgements = read_jsonl(it.judgements)
+        run_pairs = {p["prompt_id"]: (p["chosen_id"], p["rejected_id"]) for p in read_jsonl(it.pairs)}
         tokenizer = AutoTokenizer.from_pretrained(str(run.iteration(k_iter - 1).model))
         identical = truncation_check(tokenizer, cfg.dpo.max_length)
         for n in ns:
             for k in ks:
                 row = {"iteration": k_iter}
-                row.update(replay(prompts, candidates, judgements, cfg.pairs, cfg.judge, n, k, identical))
-                if (n, k) == (cfg.responses.n, cfg.judge.samples) and row["pairs"] != len(read_jsonl(it.pairs)):
+                row.update(replay(prompts, candidates, judgements, cfg.pairs, cfg.judge, n, k, run_pairs, identical))
+                full = (n, k) == (cfg.responses.n, cfg.judge.samples)
+                if full and not row["pairs"] == row["pairs_equal_to_the_runs"] == len(run_pairs):
                     raise SystemExit(f"{it.pairs}: the replay of the run's own n and K does not reproduce its pairs")
                 rows.append(row)
     if not rows:

@@ -213,18 +213,19 @@ def test_replaying_fewer_candidates_and_judge_samples_scores_and_pairs_as_the_lo
             }
         )
     judge_cfg = JudgeConfig(mode="sampled", samples=3)
+    run_pairs = {"p1": ("p1-c0", "p1-c1")}  # what the loop made of all of them
 
-    full = replay(prompts, candidates, judgements, PairsConfig(), judge_cfg, n=3, k=3)
+    full = replay(prompts, candidates, judgements, PairsConfig(), judge_cfg, 3, 3, run_pairs)
     # p2's margin (0.67) is inside the judge's noise (se 1.0 and 0.33): no pair
     assert (full["pairs"], full["dropped"], full["judge_samples"]) == (1, {"within_noise": 1}, 15)
     assert (full["pairs_on_a_one_sample_score"], full["pairs_equal_to_the_runs"]) == (0, 1)
 
-    one = replay(prompts, candidates, judgements, PairsConfig(), judge_cfg, n=3, k=1)
+    one = replay(prompts, candidates, judgements, PairsConfig(), judge_cfg, 3, 1, run_pairs)
     # p1-c2's first sample has no score: unscored; p2 now pairs c0 over c1, which the full scores reverse
     assert (one["pairs"], one["unscored_candidates"], one["judge_samples"]) == (2, 1, 5)
     assert one["pairs_on_a_one_sample_score"] == 2
     assert (one["pairs_equal_to_the_runs"], one["pairs_reversed_by_the_runs_scores"]) == (1, 1)
 
-    two = replay(prompts, candidates, judgements, PairsConfig(), judge_cfg, n=2, k=2)
+    two = replay(prompts, candidates, judgements, PairsConfig(), judge_cfg, 2, 2, run_pairs)
     # p2: 2.5 against 2.5 from the first two samples
     assert (two["candidates"], two["pairs"], two["dropped"]) == (4, 1, {"tie": 1})
