@@ -31,7 +31,7 @@ from bench_judge_modes import cpu_flags
 
 from selfreward.artifacts import RunPaths, read_jsonl, write_json
 from selfreward.config import JudgeConfig, PairsConfig, load_config
-from selfreward.loop.judge import min_parsed
+from selfreward.loop.judge import candidate_score, min_parsed
 from selfreward.loop.pairs import make_pairs, truncation_check
 
 OUT = Path(__file__).resolve().parent / "results" / "pair_yield.json"
@@ -45,9 +45,8 @@ def candidate_index(candidate_id: str) -> int:
 def rescore(judgement: dict, k: int, need: int) -> dict:
     """The judgement as the judge stage would have written it from the first `k` samples."""
     samples = judgement["samples"][:k]
-    parsed = [s["score"] for s in samples if s["score"] is not None]
-    score = sum(parsed) / len(parsed) if len(parsed) >= need else None
-    return {**judgement, "samples": samples, "score": score, "num_parsed": len(parsed)}
+    score, parsed = candidate_score([s["score"] for s in samples], need)
+    return {**judgement, "samples": samples, "score": score, "num_parsed": parsed}
 
 
 def replay(

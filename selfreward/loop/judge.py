@@ -301,10 +301,16 @@ def judge_texts(gen: Generator, cfg: JudgeConfig, items: list[tuple[str, str]], 
     need = min_parsed(cfg)
     judgements = []
     for samples in all_samples:
-        scores = [s.score for s in samples if s.score is not None]
-        mean = sum(scores) / len(scores) if len(scores) >= need else None
-        judgements.append(Judgement("", "", mean, len(scores), samples))
+        mean, parsed = candidate_score([s.score for s in samples], need)
+        judgements.append(Judgement("", "", mean, parsed, samples))
     return judgements
+
+
+def candidate_score(sample_scores: list[float | None], need: int) -> tuple[float | None, int]:
+    """A candidate's score from its samples' scores (None: unscored sample): their mean when at least `need`
+    parsed (`min_parsed`), else None; and how many parsed."""
+    parsed = [x for x in sample_scores if x is not None]
+    return (sum(parsed) / len(parsed) if len(parsed) >= need else None), len(parsed)
 
 
 def min_parsed(cfg: JudgeConfig) -> int:
