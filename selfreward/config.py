@@ -150,7 +150,12 @@ class PromptGenConfig:
     """Add the prompts kept by earlier iterations of the run to the few-shot pool."""
     exclude: str = "prompts/eval/heldout.jsonl"
     """Prompts the loop must never train on (the evaluation prompts of `compare`): a generated prompt
-    equal to one of them or with ROUGE-L >= similarity_threshold is rejected (`eval_prompt`). '' for none."""
+    equal to one of them or with ROUGE-L >= similarity_threshold is rejected (`eval_prompt`). '' for none.
+    The base instructions of `eval.prompts` are excluded the same way."""
+    constraint_fraction: float = 0.5
+    """Share of each iteration's kept prompts that get 1-3 checkable instructions from our generator
+    (`constraints.generator`): their answers are also checked by program, which measures the judge against
+    ground truth every iteration and lets `pairs.source` use the checkers. 0 for none (the paper's loop)."""
 
 
 @dataclass
@@ -208,6 +213,11 @@ class PairsConfig:
     scores follow answer length: r 0.3-0.4 in a default run; README "Length")."""
     tie_tolerance: float = 0.25
     """Scores within this distance of the best (worst) count as the top (bottom) tier."""
+    source: Literal["judge", "checker", "judge_checked"] = "judge"
+    """Who picks the pair of a prompt with checkable instructions: `judge` (the paper); `checker` (chosen
+    passes more instructions than rejected, among equals the judge's score decides; equal everywhere: the
+    judge's pair); `judge_checked` (the judge's pair, but an answer that fails an instruction another
+    candidate follows is never chosen). Prompts without instructions always use the judge."""
 
 
 @dataclass
@@ -420,6 +430,24 @@ class CompareConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Model quality on checkable instructions (`selfreward evaluate`, and optionally after every iteration)."""
+
+    prompts: str = "prompts/eval/constraints.jsonl"
+    """Constraint prompts in IFEval's format (`key`, `prompt`, `instruction_id_list`, `kwargs`): ours by default
+    (held out from everything the loop trains on), or a user's IFEval `input_data.jsonl`."""
+    max_tokens: int = 384
+    """Longest answer in tokens (greedy); an answer cut here is counted in `cut_off`."""
+    limit: int = 0
+    """Evaluate on the first N prompts only; 0: all."""
+    every_iteration: bool = False
+    """Evaluate each new model after its iteration (results in the run's evaluate.json)."""
+    stop_if_worse: bool = False
+    """With `every_iteration`: stop the run when M_{t+1}'s prompt-level strict accuracy is below M_t's with
+    the whole paired interval below zero."""
+
+
+@dataclass
 class ExpertIterConfig:
     """Expert iteration baseline (`selfreward expert-iter`): each round, sample answers, judge them, fine-tune
     (sft section) on the best answer per prompt that scores at least `threshold`."""
@@ -534,6 +562,7 @@ class RunConfig:
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     expert_iter: ExpertIterConfig = field(default_factory=ExpertIterConfig)
     reason: ReasonConfig = field(default_factory=ReasonConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
@@ -714,11 +743,13 @@ RANGES: dict[str, list[str]] = {
         "sft.batch_size sft.grad_accum sft.max_length sft.lora_r sft.lora_alpha sft.logging_steps "
         "ppo.rm_batch_size ppo.rm_max_length ppo.steps ppo.rollout_batch_size ppo.minibatch_size ppo.ppo_epochs "
         "ppo.max_new_tokens ppo.max_prompt_tokens ppo.kl_horizon ppo.lora_r ppo.lora_alpha "
-        "compare.max_tokens expert_iter.rounds expert_iter.samples expert_iter.min_examples launch.num_processes "
+        "compare.max_tokens eval.max_tokens expert_iter.rounds expert_iter.samples expert_iter.min_examples "
+        "launch.num_processes "
         "reason.samples reason.max_tokens reason.rounds reason.max_number reason.train_problems reason.test_problems"
     ).split(),
     "non_negative": (
-        "iterations seed prompt_gen.min_chars dpo.min_steps dpo.shift_pairs sft.max_examples expert_iter.max_prompts "
+        "iterations seed eval.limit prompt_gen.min_chars dpo.min_steps dpo.shift_pairs sft.max_examples "
+        "expert_iter.max_prompts "
         "engine.server_port dpo.save_steps sft.save_steps "
         "pairs.min_margin pairs.noise_z pairs.tie_tolerance ppo.init_kl_coef "
         "prompt_gen.temperature responses.temperature judge.temperature compare.temperature"
@@ -731,7 +762,8 @@ RANGES: dict[str, list[str]] = {
         "ppo.reward_clip"
     ).split(),
     "probability": (
-        "judge.min_digit_mass dpo.warmup_ratio prompt_gen.similarity_threshold compare.length_tolerance "
+        "judge.min_digit_mass prompt_gen.constraint_fraction dpo.warmup_ratio prompt_gen.similarity_threshold "
+        "compare.length_tolerance "
         "ppo.gamma ppo.lam dpo.lora_dropout sft.lora_dropout ppo.lora_dropout"
     ).split(),
     "open_probability": "prompt_gen.top_p responses.top_p judge.top_p engine.gpu_memory_utilization".split(),
@@ -746,11 +778,12 @@ INPUT_FILES = (
     "prompt_gen.exclude",
     "judge.template",
     "compare.template",
+    "eval.prompts",
     "sft.eft_data",
     "launch.accelerate_config",
     "reason.problems",
 )
-OPTIONAL_FILES = {"prompt_gen.exclude", "sft.eft_data", "launch.accelerate_config", "reason.problems"}
+OPTIONAL_FILES = {"eval.prompts", "prompt_gen.exclude", "sft.eft_data", "launch.accelerate_config", "reason.problems"}
 RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 

@@ -17,6 +17,12 @@ class Prompt:
     text: str
     source: str
     """Where it came from: `self-instruct` (written by the model)."""
+    instruction_id_list: list[str] = field(default_factory=list)
+    """Checkable instructions the prompt carries (IFEval ids, `constraints.checkers`); empty: none."""
+    kwargs: list[dict[str, Any]] = field(default_factory=list)
+    """The arguments of each instruction (parallel to `instruction_id_list`)."""
+    base: str = ""
+    """With instructions added by our generator: the prompt before them (the model's own prompt)."""
 
 
 @dataclass
@@ -73,6 +79,22 @@ class Judgement:
     """Mean of the parsed sample scores; None when none parsed (in sampled mode: fewer than ceil(K/2))."""
     num_parsed: int
     samples: list[JudgeSample] = field(default_factory=list)
+    checks: ConstraintChecks | None = None
+    """For a prompt with checkable instructions: the checkers' verdicts on the candidate (never seen by the judge)."""
+
+
+@dataclass
+class ConstraintChecks:
+    """The checkers' verdicts on one answer to a prompt with checkable instructions (`constraints.checkers`)."""
+
+    strict: list[bool]
+    """Per instruction of the prompt (in its order): followed, strictly."""
+    loose: list[bool]
+    """The same, IFEval's loose way (markdown `*` and the first or last line may be removed)."""
+
+    @property
+    def passed(self) -> int:
+        return sum(self.strict)
 
 
 @dataclass
@@ -94,6 +116,12 @@ class PreferencePair:
     rejected_tokens: int
     noise_band: float = 0.0
     """The margin the pair had to beat: pairs.noise_z * sqrt(se_chosen^2 + se_rejected^2)."""
+    source: str = "judge"
+    """Who picked it (`pairs.source`): `judge`, `checker` (chosen follows more checkable instructions), or
+    `judge_checked` (the judge's pair, its chosen answer passing every instruction another candidate passes)."""
+    chosen_passed: int = -1
+    """For a prompt with checkable instructions: how many the chosen answer follows (strict); -1: none."""
+    rejected_passed: int = -1
 
 
 def to_row(record: Any) -> dict[str, Any]:

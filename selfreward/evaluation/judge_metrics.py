@@ -51,9 +51,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
-
 from selfreward.loop.judge import MAX_SCORE
+from selfreward.stats import bootstrap_ratio
 
 # --------------------------------------------------------------------------- metrics
 
@@ -97,7 +96,7 @@ def pairwise_accuracy(
             item_scores.append(total)
             item_pairs.append(pairs)
     n_pairs = sum(item_pairs)
-    ci_low, ci_high = _bootstrap(item_scores, item_pairs, n_resamples, seed, confidence)
+    ci_low, ci_high = bootstrap_ratio(item_scores, item_pairs, n_resamples, seed, confidence)
     return {
         "accuracy": sum(item_scores) / n_pairs if n_pairs else math.nan,
         "n_pairs": n_pairs,
@@ -108,19 +107,6 @@ def pairwise_accuracy(
         "ci_low": ci_low,
         "ci_high": ci_high,
     }
-
-
-def _bootstrap(
-    item_scores: list[float], item_pairs: list[int], n_resamples: int, seed: int, confidence: float
-) -> tuple[float, float]:
-    if not item_pairs or n_resamples <= 0:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(item_pairs), size=(n_resamples, len(item_pairs)))
-    acc = np.asarray(item_scores)[idx].sum(axis=1) / np.asarray(item_pairs)[idx].sum(axis=1)
-    alpha = (1.0 - confidence) / 2
-    low, high = np.quantile(acc, [alpha, 1.0 - alpha])
-    return float(low), float(high)
 
 
 def exact_match(scores: Sequence[float], ranks: Sequence[int]) -> bool:

@@ -41,8 +41,10 @@ from collections.abc import Iterable
 
 from selfreward.artifacts import IterPaths, project_file, read_jsonl, write_jsonl
 from selfreward.config import ConfigError, JudgeConfig
+from selfreward.constraints.agreement import judge_checker_agreement
+from selfreward.constraints.checkers import check_prompt
 from selfreward.generation import Generator, SamplingSpec
-from selfreward.records import Candidate, Judgement, JudgeSample, Prompt, required_fields, to_row
+from selfreward.records import Candidate, ConstraintChecks, Judgement, JudgeSample, Prompt, required_fields, to_row
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +366,9 @@ def digit_sample(text: str, raw: list[float], min_mass: float) -> JudgeSample:
 
 
 def run(gen: Generator, cfg: JudgeConfig, it: IterPaths, seed: int = 0) -> dict:
-    """Judge every candidate of the iteration in one batch; returns the stage's metrics."""
+    """Judge every candidate of the iteration in one batch; returns the stage's metrics. A candidate of a prompt
+    with checkable instructions also gets the checkers' verdicts (`checks`), which the judge never sees, and the
+    metrics say how often the judge agrees with them (`constraints.agreement`)."""
     prompts = {r["prompt_id"]: r for r in read_jsonl(it.prompts, required_fields(Prompt))}
     candidates = read_jsonl(it.candidates, required_fields(Candidate))
     items = []
@@ -376,8 +380,16 @@ def run(gen: Generator, cfg: JudgeConfig, it: IterPaths, seed: int = 0) -> dict:
     judgements = judge_texts(gen, cfg, items, seed=seed)
     for c, j in zip(candidates, judgements, strict=True):
         j.candidate_id, j.prompt_id = c["candidate_id"], c["prompt_id"]
-    write_jsonl(it.judgements, (to_row(j) for j in judgements))
-    return {**judgement_metrics(judgements), "prefix_cache": prefix_cache_delta(before, gen.prefix_cache())}
+        prompt = prompts[c["prompt_id"]]
+        if prompt.get("instruction_id_list"):
+            j.checks = ConstraintChecks(*check_prompt(prompt["instruction_id_list"], prompt["kwargs"], c["text"]))
+    rows = [to_row(j) for j in judgements]
+    write_jsonl(it.judgements, rows)
+    return {
+        **judgement_metrics(judgements),
+        "constraints": judge_checker_agreement(rows),
+        "prefix_cache": prefix_cache_delta(before, gen.prefix_cache()),
+    }
 
 
 def prefix_cache_delta(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, float | None] | None:

@@ -24,6 +24,15 @@ Rules (`select_pair` is pure and unit-tested):
 - a pair whose two responses are identical after tokenisation and truncation to the DPO
   `max_length` is dropped (`identical_after_truncation`).
 
+Prompts with checkable instructions (their candidates carry the checkers' verdicts, `checks` in
+judgements.jsonl) are paired by `pairs.source` (`select_checked_pair`):
+- `judge`: as above, the verdicts unused (the paper);
+- `checker`: chosen is a candidate following the most instructions (strict), rejected one following the
+  fewest, when they differ; among equals the judge's score decides (then length control), and the noise
+  band does not apply (the checkers are exact). When every candidate follows as many, the judge's pair;
+- `judge_checked`: the judge's pair, but a candidate that fails an instruction another candidate follows is
+  never chosen (no eligible candidate: `fails_instruction`).
+
 The metrics also show how much the judge's scores follow answer length: the Pearson correlation of
 score and token count over the scored candidates, and the mean chosen-minus-rejected token count.
 """
@@ -52,10 +61,19 @@ class Scored:
     """Standard error of `score` from the judge's own samples (see the module docstring)."""
     ended: bool = True
     """False when the answer was cut at `responses.max_tokens` (finish_reason `length`)."""
+    followed: list[bool] | None = None
+    """For a prompt with checkable instructions: the checkers' strict verdict per instruction."""
+
+    @property
+    def passed(self) -> int:
+        return sum(self.followed or [])
 
 
-def select_pair(scored: list[Scored], cfg: PairsConfig) -> tuple[Scored, Scored] | str:
-    """(chosen, rejected) for one prompt's scored candidates, or the reason there is no pair."""
+def select_pair(
+    scored: list[Scored], cfg: PairsConfig, eligible: Callable[[Scored], bool] | None = None
+) -> tuple[Scored, Scored] | str:
+    """(chosen, rejected) for one prompt's scored candidates, or the reason there is no pair. Only candidates
+    for which `eligible` holds may be chosen (default: all)."""
     if len(scored) < 2:
         return "fewer_than_2_scored"
     best = max(s.score for s in scored)
@@ -63,6 +81,10 @@ def select_pair(scored: list[Scored], cfg: PairsConfig) -> tuple[Scored, Scored]
     if best - worst <= cfg.min_margin or best == worst:
         return "tie"
     choosable = scored if cfg.allow_truncated_chosen else [s for s in scored if s.ended]
+    if eligible is not None:
+        choosable = [s for s in choosable if eligible(s)]
+        if not choosable:
+            return "fails_instruction"
     if not choosable or max(s.score for s in choosable) - worst <= cfg.min_margin:
         return "truncated"
     best_ended = max(s.score for s in choosable)
@@ -79,6 +101,31 @@ def select_pair(scored: list[Scored], cfg: PairsConfig) -> tuple[Scored, Scored]
     if chosen.score - rejected.score <= noise_band(chosen, rejected, cfg.noise_z):
         return "within_noise"
     return chosen, rejected
+
+
+def select_checked_pair(scored: list[Scored], cfg: PairsConfig) -> tuple[Scored, Scored] | str:
+    """The pair of a prompt with checkable instructions under `cfg.source` (module docstring)."""
+    if cfg.source == "judge_checked":
+        followed = [any(col) for col in zip(*(s.followed or [] for s in scored), strict=True)]
+        return select_pair(
+            scored, cfg, lambda s: all(f or not other for f, other in zip(s.followed or [], followed, strict=True))
+        )
+    if cfg.source == "checker" and len(scored) >= 2:
+        choosable = scored if cfg.allow_truncated_chosen else [s for s in scored if s.ended]
+        most = max((s.passed for s in choosable), default=-1)
+        fewest = min(s.passed for s in scored)
+        if most > fewest:
+            top = [s for s in choosable if s.passed == most]
+            bottom = [s for s in scored if s.passed == fewest]
+            best, worst = max(s.score for s in top), min(s.score for s in bottom)
+            top = [s for s in top if s.score >= best - (cfg.tie_tolerance if cfg.length_control else 0)]
+            bottom = [s for s in bottom if s.score <= worst + (cfg.tie_tolerance if cfg.length_control else 0)]
+            if cfg.length_control:
+                return min(top, key=lambda s: (s.num_tokens, -s.score)), max(
+                    bottom, key=lambda s: (s.num_tokens, -s.score)
+                )
+            return top[0], bottom[0]
+    return select_pair(scored, cfg)
 
 
 def noise_band(a: Scored, b: Scored, z: float) -> float:
@@ -125,11 +172,14 @@ def make_pairs(
                     c["num_tokens"],
                     se=score_se(j.get("samples") or []),
                     ended=c.get("finish_reason", "stop") != "length",
+                    followed=(j.get("checks") or {}).get("strict"),
                 )
             )
     pairs, dropped = [], {}
     for p in prompts:
-        result = select_pair(by_prompt[p["prompt_id"]], cfg)
+        scored = by_prompt[p["prompt_id"]]
+        checked = bool(p.get("instruction_id_list")) and all(s.followed is not None for s in scored)
+        result = select_checked_pair(scored, cfg) if checked else select_pair(scored, cfg)
         if isinstance(result, tuple) and identical(p["text"], result[0].text, result[1].text):
             result = "identical_after_truncation"
         if isinstance(result, str):
@@ -150,9 +200,20 @@ def make_pairs(
                 chosen_tokens=chosen.num_tokens,
                 rejected_tokens=rejected.num_tokens,
                 noise_band=noise_band(chosen, rejected, cfg.noise_z),
+                source=pair_source(chosen, rejected, cfg) if checked else "judge",
+                chosen_passed=chosen.passed if checked else -1,
+                rejected_passed=rejected.passed if checked else -1,
             )
         )
     return pairs, dropped
+
+
+def pair_source(chosen: Scored, rejected: Scored, cfg: PairsConfig) -> str:
+    """Who decided a checked prompt's pair: the checker when it ranked the two apart (`checker` source), else
+    `judge_checked` or `judge` as configured."""
+    if cfg.source == "checker" and chosen.passed > rejected.passed:
+        return "checker"
+    return "judge_checked" if cfg.source == "judge_checked" else "judge"
 
 
 def length_bias(candidates: list[dict], judgements: list[dict], pairs: list[PreferencePair]) -> dict:
@@ -259,6 +320,9 @@ def _empty_dataset():
             "chosen_tokens": datasets.Value("int64"),
             "rejected_tokens": datasets.Value("int64"),
             "noise_band": datasets.Value("float64"),
+            "source": datasets.Value("string"),
+            "chosen_passed": datasets.Value("int64"),
+            "rejected_passed": datasets.Value("int64"),
         }
     )
     # An arrow table with the schema: `from_list([], features=...)` loses the columns in datasets 5.2

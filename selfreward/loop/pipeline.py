@@ -20,6 +20,7 @@ from typing import Any
 from selfreward.artifacts import IterPaths, RunPaths, file_digest, model_digest, read_json, read_jsonl
 from selfreward.cards import Lineage
 from selfreward.config import ResponsesConfig, RunConfig
+from selfreward.constraints.data import load_constraint_prompts
 from selfreward.inputs import load_prompt_file, load_seed_pool
 from selfreward.loop import dpo, judge, pairs, prompt_gen, responses, sft
 from selfreward.models import base_model, iteration_seed, model_of_iteration, reference_for
@@ -48,7 +49,7 @@ def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) ->
     stages.metrics["start_model"] = model
     reference = reference_for(cfg, run, k)
     pool = prompt_pool(cfg, run, k)
-    excluded = [p.text for p in load_prompt_file(cfg.prompt_gen.exclude)] if cfg.prompt_gen.exclude else []
+    excluded = excluded_prompts(cfg)
     seed = iteration_seed(cfg, k)
     gen_settings = engine_settings(cfg)
     templates = file_digests([cfg.prompt_gen.template, cfg.seed_data.instructions])
@@ -181,12 +182,23 @@ def iterate(cfg: RunConfig, iterations: int, force: bool = False, argv: list[str
 
 
 def prompt_pool(cfg: RunConfig, run: RunPaths, k: int) -> list[str]:
-    """Few-shot pool of iteration k: the seed prompts plus, optionally, earlier iterations' kept prompts."""
+    """Few-shot pool of iteration k: the seed prompts plus, optionally, earlier iterations' kept prompts (as the
+    model wrote them: without the checkable instructions added to some)."""
     pool = load_seed_pool(cfg.seed_data.instructions)
     if cfg.prompt_gen.use_previous_iterations:
         for j in range(1, k):
-            pool += [row["text"] for row in read_jsonl(run.iteration(j).prompts, ["text"])]
+            pool += [row.get("base") or row["text"] for row in read_jsonl(run.iteration(j).prompts, ["text"])]
     return pool
+
+
+def excluded_prompts(cfg: RunConfig) -> list[str]:
+    """What the loop must never train on: the compare prompts (`prompt_gen.exclude`), and the evaluation
+    constraint prompts (`eval.prompts`) with their base instructions."""
+    excluded = [p.text for p in load_prompt_file(cfg.prompt_gen.exclude)] if cfg.prompt_gen.exclude else []
+    if cfg.eval.prompts:
+        for p in load_constraint_prompts(cfg.eval.prompts):
+            excluded += [p.text, *([p.base] if p.base else [])]
+    return excluded
 
 
 def tokenizer(model: str) -> Any:

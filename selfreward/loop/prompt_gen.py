@@ -14,6 +14,11 @@ Filters, in order: empty, too_short, too_long, truncated (hit max_tokens), templ
 not_text, duplicate (exact, case/space-insensitive), near_duplicate (ROUGE-L F1 with any pool
 or already-kept prompt >= threshold). Rounds continue until `num_prompts` are kept or
 `max_rounds` is reached.
+
+Then `constraint_fraction` of the kept prompts (a seeded draw) get 1-3 checkable instructions from our
+generator (`constraints.generator.add_constraints`) appended to their text; the row keeps the model's own
+prompt as `base` and the instructions in IFEval's fields (`instruction_id_list`, `kwargs`). The few-shot
+pool of later iterations takes the `base`, so the model keeps writing prompts of its own kind.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from rouge_score import rouge_scorer
 
 from selfreward.artifacts import IterPaths, project_file, write_jsonl
 from selfreward.config import PromptGenConfig
+from selfreward.constraints.generator import add_constraints
 from selfreward.generation import Generator, SamplingSpec
 from selfreward.records import Prompt, RejectedPrompt, to_row
 
@@ -170,6 +176,22 @@ def generate_prompts(
     return kept, rejected
 
 
+def attach_constraints(prompts: list[Prompt], fraction: float, rng: random.Random, avoid: set[str]) -> None:
+    """Give round(fraction * len(prompts)) of `prompts` (a seeded draw) checkable instructions, in place. A
+    result equal to a text in `avoid` (normalised: the evaluation prompts) is drawn again."""
+    chosen = rng.sample(range(len(prompts)), round(fraction * len(prompts)))
+    for i in sorted(chosen):
+        p = prompts[i]
+        for _ in range(100):
+            c = add_constraints(p.text, rng)
+            if normalise(c.prompt) not in avoid:
+                break
+        else:  # pragma: no cover - would need 100 draws equal to evaluation prompts
+            continue
+        p.base, p.text = p.text, c.prompt
+        p.instruction_id_list, p.kwargs = c.instruction_id_list, c.kwargs
+
+
 def run(
     gen: Generator,
     cfg: PromptGenConfig,
@@ -180,6 +202,8 @@ def run(
     excluded: list[str] | None = None,
 ) -> dict:
     kept, rejected = generate_prompts(gen, cfg, pool, iteration, seed, excluded)
+    avoid = {normalise(t) for t in excluded or []}
+    attach_constraints(kept, cfg.constraint_fraction, random.Random(f"constraints-{seed}-{iteration}"), avoid)
     write_jsonl(it.prompts_rejected, (to_row(r) for r in rejected))
     write_jsonl(it.prompts, (to_row(p) for p in kept))
     reasons: dict[str, int] = {}
@@ -191,4 +215,5 @@ def run(
         "prompts_rejected": len(rejected),
         "rejected_by_reason": reasons,
         "pool_size": len(pool),
+        "prompts_with_constraints": sum(1 for p in kept if p.instruction_id_list),
     }

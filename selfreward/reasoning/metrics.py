@@ -15,13 +15,9 @@ rerank_at_k
     Per problem, the answer with the highest score (a judge's or a reward model's) among the first k is
     checked; a tie goes to the earlier answer; a None or nan score loses to any score, and with no score
     at all the first answer is checked.
-bootstrap_ci, mean_with_ci
-    Percentile bootstrap over problems: draw m of the m per-problem values with replacement, take the mean;
-    the (1 - level)/2 and (1 + level)/2 quantiles over `n_resamples` draws of `numpy.random.default_rng(seed)`.
-paired_gain_with_ci
-    A model's gain over another on the same problems (e.g. greedy correctness after training minus before):
-    the mean per-problem difference, with the interval of resampled problems (a paired bootstrap: both
-    models' results on a problem stay together, so the interval is of the difference, not of either).
+bootstrap_ci, mean_with_ci, paired_gain_with_ci
+    From `selfreward.stats` (one statistics module for every evaluator): the bootstrap over problems, and a
+    model's gain over another on the same problems (a paired bootstrap).
 judge_accuracy_on_pairs
     Does a judge tell right from wrong? Over every (correct, incorrect) pair of answers to the same problem:
     1 if the correct one scored higher, 0.5 for equal scores, 0 otherwise, pooled over pairs; the interval
@@ -38,6 +34,9 @@ from typing import Any
 import numpy as np
 
 from selfreward.reasoning.verifier import format_number, normalize_number
+from selfreward.stats import bootstrap_ci, bootstrap_ratio, mean_with_ci, paired_gain_with_ci
+
+__all__ = ["bootstrap_ci", "mean_with_ci", "paired_gain_with_ci"]  # the statistics, from `stats`, used here
 
 # --------------------------------------------------------------------------- pass@k
 
@@ -139,49 +138,6 @@ def rerank_at_k(
 # --------------------------------------------------------------------------- intervals
 
 
-def _bootstrap_ratio(
-    numerators: Sequence[float], denominators: Sequence[float], n_resamples: int, seed: int, level: float
-) -> tuple[float, float]:
-    """Percentile interval of sum(num) / sum(den) over resampled problems; (nan, nan) with nothing to resample."""
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
-    if len(num) == 0 or n_resamples < 1:
-        return math.nan, math.nan
-    idx = np.random.default_rng(seed).integers(0, len(num), size=(n_resamples, len(num)))
-    ratios = num[idx].sum(axis=1) / den[idx].sum(axis=1)
-    low, high = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
-
-
-def bootstrap_ci(
-    per_problem_values: Sequence[float], n_resamples: int = 1000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean over problems; (nan, nan) for no values."""
-    return _bootstrap_ratio(per_problem_values, [1.0] * len(per_problem_values), n_resamples, seed, level)
-
-
-def mean_with_ci(
-    per_problem_values: Sequence[float], n_resamples: int = 1000, seed: int = 0, level: float = 0.95
-) -> dict[str, float | int]:
-    """{value: the mean, ci_low, ci_high: `bootstrap_ci`, n: the number of problems}; nan for no values."""
-    low, high = bootstrap_ci(per_problem_values, n_resamples, seed, level)
-    value = float(np.mean(per_problem_values)) if len(per_problem_values) else math.nan
-    return {"value": value, "ci_low": low, "ci_high": high, "n": len(per_problem_values)}
-
-
-def paired_gain_with_ci(
-    after: dict[str, float], before: dict[str, float], n_resamples: int = 1000, seed: int = 0, level: float = 0.95
-) -> dict[str, float | int]:
-    """`mean_with_ci` of after[p] - before[p] over the problems p of `before`; both must have the same problems.
-
-    after = {a: 1, b: 1, c: 0}, before = {a: 0, b: 1, c: 0}: differences [1, 0, 0], value 1/3."""
-    if set(after) != set(before):
-        missing = sorted(set(before) ^ set(after))[:3]
-        raise ValueError(f"the two results are not on the same problems (e.g. {missing})")
-    return mean_with_ci([after[p] - before[p] for p in before], n_resamples, seed, level)
-
-
 # --------------------------------------------------------------------------- the judge on right vs wrong
 
 
@@ -221,7 +177,7 @@ def judge_accuracy_on_pairs(
             sums.append(total)
             counts.append(pairs)
     n_pairs = int(sum(counts))
-    low, high = _bootstrap_ratio(sums, counts, n_resamples, seed, level)
+    low, high = bootstrap_ratio(sums, counts, n_resamples, seed, level)
     return {
         "accuracy": sum(sums) / n_pairs if n_pairs else math.nan,
         "ci_low": low,
