@@ -212,6 +212,16 @@ class RunPaths:
         return self.root / "methods.json"
 
     @property
+    def evaluate(self) -> Path:
+        """`selfreward evaluate`: one row per model and prompt file (accuracy on checkable instructions)."""
+        return self.root / "evaluate.json"
+
+    @property
+    def evaluate_dir(self) -> Path:
+        """Each model's answers to the constraint prompts with the checkers' verdicts (answers/<label>.jsonl)."""
+        return self.root / "evaluate"
+
+    @property
     def compare_dir(self) -> Path:
         """Answers per model (answers/<label>.jsonl) and per comparison verdicts (<a>_vs_<b>.jsonl)."""
         return self.root / "compare"

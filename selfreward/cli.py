@@ -7,6 +7,7 @@ selfreward inspect iterations/default [--iter 2 --show 5 --sort margin --where '
 selfreward report iterations/default                              # -> iterations/default/report.html
 selfreward judge-eval --model smollm2-135m-instruct --labels FILE # judge vs human labels (or --run DIR)
 selfreward compare --run iterations/default                       # M_t vs M0 win rates (or --model/--model-b)
+selfreward evaluate iterations/default [--prompts input_data.jsonl] # every model on checkable instructions
 selfreward compare-methods --run iterations/default               # DPO loop vs PPO vs expert iteration
 selfreward eft build --labels FILE [--model M] [--out FILE]       # EFT data from judgements that agree with humans
 selfreward expert-iter --config configs/default.yaml --rounds 2    # baseline: SFT on the best judged answers
@@ -107,6 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("evaluate", help="every model of a run on checkable instructions: IFEval accuracies, gains")
+    p.add_argument("run", help="the run folder, e.g. iterations/default")
+    p.add_argument("--models", default=None, help="comma-separated labels (M0,M1,...) or model folders")
+    p.add_argument("--prompts", default=None, help="constraint prompts in IFEval's format (default: eval.prompts)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N prompts (default: eval.limit)")
+    p.add_argument("--config", default=None, help="YAML config (default: the run's config.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. eval.max_tokens=256")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("constraints", help="checkable-instruction prompt files: check one, or rewrite ours")
+    constraints_sub = p.add_subparsers(dest="constraints_command", required=True, metavar="ACTION")
+    p = constraints_sub.add_parser("check", help="read an IFEval-format file; print its instruction counts")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_constraints_check)
+    p = constraints_sub.add_parser("write-eval", help="rewrite prompts/eval/constraints.jsonl from the generator")
+    p.set_defaults(func=cmd_constraints_write_eval)
+
     p = sub.add_parser("compare-methods", help="self-rewarding DPO vs PPO vs expert iteration: win rate vs M0, cost")
     p.add_argument("--run", default="iterations/default", help="run folder (default: %(default)s)")
     p.add_argument("--config", default=None, help="YAML config (default: the run's config.yaml)")
@@ -188,7 +206,12 @@ def cmd_iterate(args: argparse.Namespace) -> None:
     if args.iterations is not None and args.iterations < 0:
         raise ConfigError(f"--iterations must be 0 or more, got {args.iterations}")
     iterations = cfg.iterations if args.iterations is None else args.iterations
-    iterate(cfg, iterations, force=args.force, argv=["selfreward", *args.argv])
+    hook = None
+    if cfg.eval.every_iteration:
+        from selfreward.evaluation.instructions import after_iteration
+
+        hook = after_iteration(cfg)
+    iterate(cfg, iterations, force=args.force, argv=["selfreward", *args.argv], after_iteration=hook)
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -245,6 +268,76 @@ def cmd_compare(args: argparse.Namespace) -> None:
         rows = [compare.head_to_head(cfg, run.compare_dir, a, b, compare.fixed_judge(cfg, args.judge))]
         compare.save_rows(run.compare, rows, ("a", "b", "judge"))
     print_rows(f"head-to-head on {cfg.compare.prompts} -> {run.compare}", rows, COMPARE_COLUMNS)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from selfreward.evaluation.instructions import evaluate, labelled_models
+
+    run = RunPaths(Path(args.run))
+    cfg = load_config(args.config or str(run.config), args.overrides)
+    models = None
+    if args.models:
+        known = dict(labelled_models(cfg, run))
+        models = [(m, known.get(m) or str(Path(m))) for m in args.models.split(",")]
+        for label, path in models:
+            if not (Path(path) / "config.json").exists():
+                raise ConfigError(f"--models: {label} is not a model of {run.root} nor a model folder")
+    if args.limit is not None and args.limit < 0:
+        raise ConfigError(f"--limit must be 0 (all) or more, got {args.limit}")
+    rows = evaluate(cfg, run, models, args.prompts, args.limit)
+    print_rows(
+        f"checkable instructions ({args.prompts or cfg.eval.prompts}) -> {run.evaluate}", flat_eval(rows), EVAL_COLUMNS
+    )
+
+
+def flat_eval(rows: list[dict]) -> list[dict]:
+    """evaluate.json rows as table cells: value [low, high] for each measure and gain."""
+
+    def cell(m: dict | None) -> str | None:
+        return None if m is None else f"{m['value']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]"
+
+    out = []
+    for r in rows:
+        flat = {k: r.get(k) for k in ("model", "prompts", "mean_tokens", "cut_off", "seconds")}
+        for m in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"):
+            flat[m] = f"{r[m]['value']:.3f} [{r[m]['ci_low']:.3f}, {r[m]['ci_high']:.3f}]"
+        for base in ("M0", "M1"):
+            flat[f"gain_vs_{base}"] = cell((r.get(f"gain_vs_{base}") or {}).get("prompt_strict"))
+        out.append(flat)
+    return out
+
+
+EVAL_COLUMNS = [
+    "model",
+    "prompts",
+    "prompt_strict",
+    "prompt_loose",
+    "instruction_strict",
+    "instruction_loose",
+    "gain_vs_M0",
+    "gain_vs_M1",
+    "mean_tokens",
+    "cut_off",
+    "seconds",
+]
+
+
+def cmd_constraints_check(args: argparse.Namespace) -> None:
+    from collections import Counter
+
+    from selfreward.constraints.data import load_constraint_prompts
+
+    prompts = load_constraint_prompts(args.file)
+    counts = Counter(i for p in prompts for i in p.instruction_id_list)
+    print(f"{args.file}: {len(prompts)} prompts, {sum(counts.values())} instructions of {len(counts)} types")
+    for instruction, n in sorted(counts.items()):
+        print(f"  {instruction:48s} {n}")
+
+
+def cmd_constraints_write_eval(args: argparse.Namespace) -> None:
+    from selfreward.constraints.data import write_held_out
+
+    print(f"wrote {write_held_out()}")
 
 
 def cmd_compare_methods(args: argparse.Namespace) -> None:

@@ -80,7 +80,7 @@ def paired_gain_with_ci(
     after = {a: 1, b: 1, c: 0}, before = {a: 0, b: 1, c: 0}: differences [1, 0, 0], value 1/3."""
     if set(after) != set(before):
         missing = sorted(set(before) ^ set(after))[:3]
-        raise ValueError(f"the two results are not on the same units (e.g. {missing})")
+        raise ValueError(f"the two results are not on the same problems or prompts (e.g. {missing})")
     return mean_with_ci([after[u] - before[u] for u in before], n_resamples, seed, level)
 
 

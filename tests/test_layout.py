@@ -21,6 +21,7 @@ TOP_LEVEL = {
     "cards",
     "tracking",
     "hub",
+    "stats",
 }
 
 
@@ -66,6 +67,14 @@ def test_reasoning_imports_only_top_level_modules() -> None:
     for module, deps in package_imports().items():
         if module.startswith("reasoning."):
             bad = {d for d in deps if d not in TOP_LEVEL and not d.startswith("reasoning")}
+            assert not bad, f"{module} imports {bad}"
+
+
+def test_constraints_import_only_top_level_modules() -> None:
+    """The checkers, the generator and the IFEval reader are a library the loop, evaluation and reporting use."""
+    for module, deps in package_imports().items():
+        if module.startswith("constraints."):
+            bad = {d for d in deps if d not in TOP_LEVEL and not d.startswith("constraints")}
             assert not bad, f"{module} imports {bad}"
 
 

@@ -180,7 +180,7 @@ def answers(cfg: RunConfig, label: str, model: str, prompts: list[Prompt], out_d
     """The model's answers to `prompts` (cached in out_dir/answers/<label>.jsonl)."""
     path = out_dir / "answers" / f"{slug(label)}.jsonl"
     meta = out_dir / "answers" / f"{slug(label)}.json"
-    key = fingerprint(model, _model_stamp(model), [p.text for p in prompts], cfg.compare, cfg.seed)
+    key = fingerprint(model, model_stamp(model), [p.text for p in prompts], cfg.compare, cfg.seed)
     if path.exists() and meta.exists() and read_json(meta).get("fingerprint") == key:
         return [r["text"] for r in read_jsonl(path, ["text"])]
     with open_generator(cfg.engine, model, Path(cfg.cache_dir), seed=cfg.seed) as gen:
@@ -192,7 +192,7 @@ def answers(cfg: RunConfig, label: str, model: str, prompts: list[Prompt], out_d
     return texts
 
 
-def _model_stamp(model: str) -> list[float]:
+def model_stamp(model: str) -> list[float]:
     """Modification times of a local model's weights, so a retrained folder is not mistaken for the old one."""
     return sorted(p.stat().st_mtime for p in Path(model).glob("*.safetensors")) if Path(model).is_dir() else []
 

@@ -164,8 +164,15 @@ def seed_sft(cfg: RunConfig, run: RunPaths, chain: RunChain) -> None:
             run_seed_sft(cfg, run, stages)
 
 
-def iterate(cfg: RunConfig, iterations: int, force: bool = False, argv: list[str] | None = None) -> RunPaths:
-    """Run (or resume) iterations 1..`iterations` of the run `cfg.run_dir`."""
+def iterate(
+    cfg: RunConfig,
+    iterations: int,
+    force: bool = False,
+    argv: list[str] | None = None,
+    after_iteration: Callable[[RunPaths, int], bool] | None = None,
+) -> RunPaths:
+    """Run (or resume) iterations 1..`iterations` of the run `cfg.run_dir`. `after_iteration(run, k)` runs after
+    each finished iteration (the CLI passes the evaluation of `eval.every_iteration`); True stops the run."""
     run = open_run(cfg)
     start = time.perf_counter()
     progress = Progress(cfg.run_name, "iteration", iterations)
@@ -177,6 +184,9 @@ def iterate(cfg: RunConfig, iterations: int, force: bool = False, argv: list[str
             run_iteration(cfg, run, k, stages)
         if stages.ran:
             log_iteration(Tracker.of(cfg), k, read_json(run.iteration(k).metrics))
+        if after_iteration is not None and after_iteration(run, k):
+            log.info("stopped after iteration %d of %d", k, iterations)
+            break
     log.info("done: %d iterations in %s (%.0f s this invocation)", iterations, run.root, time.perf_counter() - start)
     return run
 
