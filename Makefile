@@ -10,6 +10,7 @@
 #   make report             one HTML page about a run -> $RUN/report.html (RUN=iterations/default)
 #   make judge-eval LABELS=f  judge vs human labels for every model of $RUN -> $RUN/judge_eval.json
 #   make compare            M_t vs M0 win rates on the held-out prompts -> $RUN/compare.json
+#   make evaluate           every model of $RUN on checkable instructions (IFEval's measures) -> $RUN/evaluate.json
 #   make baselines          the loop (N iterations), PPO and expert iteration from the same start, then
 #                           one table: win rate vs M0, lengths, cost -> $RUN/methods.json
 #   make lint               ruff check + format check
@@ -44,7 +45,7 @@ IOMP     = $(wildcard $(VENV)/lib/libiomp5.so)
 PRELOAD  = $(strip $(TCMALLOC) $(IOMP))
 RUN_ENV  = $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
 
-.PHONY: install iterate reason smoke gpu-smoke bench-engines bench-judge-loop bench-judge bench-pair-yield bench-train test test-slow bench report judge-eval compare baselines lint format clean-venv
+.PHONY: install iterate reason smoke gpu-smoke bench-engines bench-judge-loop bench-judge bench-pair-yield bench-pair-sources bench-train test test-slow bench report judge-eval compare evaluate baselines lint format clean-venv
 
 install: $(STAMP)
 
@@ -121,6 +122,11 @@ bench-judge-loop: $(STAMP)
 bench-pair-yield: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_pair_yield.py --run $(RUN) $(BENCH_ARGS)
 
+# pairs.source judge / checker / judge_checked from the same seed SFT, every model on the held-out checkable
+# instructions -> benchmarks/results/pair_sources.json (long: the seed SFT and N iterations of three runs).
+bench-pair-sources: $(STAMP)
+	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_pair_sources.py $(BENCH_ARGS)
+
 # Training against the machine's GEMM ceiling: SFT and DPO seconds per step, tokens/s, GFLOP/s.
 bench-train: $(STAMP)
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_train.py $(BENCH_ARGS)
@@ -137,6 +143,9 @@ judge-eval: $(STAMP)
 
 compare: $(STAMP)
 	$(RUN_ENV) $(PY) -m selfreward compare --run $(RUN) $(ARGS)
+
+evaluate: $(STAMP)
+	$(RUN_ENV) $(PY) -m selfreward evaluate $(RUN) $(ARGS)
 
 # Problems with checkable answers: every method from the same start, one table (reason/reason.json).
 reason: $(STAMP)

@@ -13,6 +13,10 @@ paired_gain_with_ci
     together, so the interval is of the difference).
 wilson
     The Wilson score interval of a proportion k / n (no resampling; good at small n and near 0 or 1).
+length_controlled_rate
+    AlpacaEval 2's length control, for one pair of systems: a logistic regression of the per-prompt preference
+    (1 win, 0.5 tie, 0 loss) on tanh(length difference / its standard deviation), fitted by maximum likelihood;
+    the rate at zero length difference is sigmoid(intercept). The interval refits on resampled prompts.
 pairwise_agreement
     Over every pair of members of a group whose ground truth differs (e.g. two answers to one prompt of
     which one passes more constraints): 1 when the scorer ranks the truly better one higher, 0.5 for equal
@@ -147,3 +151,54 @@ def pairwise_agreement(
 
 def _missing(score: float | None) -> bool:
     return score is None or (isinstance(score, float) and math.isnan(score))
+
+
+def _sigmoid(x: np.ndarray | float) -> np.ndarray | float:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def logistic_intercept(y: np.ndarray, x: np.ndarray, l2: float = 1e-3, steps: int = 50) -> float:
+    """The intercept of a logistic regression of y in [0, 1] on one feature x, by Newton's method (a tiny L2
+    penalty on the slope keeps a separable sample finite)."""
+    design = np.stack([np.ones_like(x), x], axis=1)
+    theta = np.zeros(2)
+    penalty = np.diag([0.0, l2])
+    for _ in range(steps):
+        p = _sigmoid(design @ theta)
+        grad = design.T @ (y - p) - penalty @ theta
+        hess = (design * (p * (1 - p))[:, None]).T @ design + penalty + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        theta += step
+        if np.abs(step).max() < 1e-8:
+            break
+    return float(theta[0])
+
+
+def length_controlled_rate(
+    preferences: Sequence[float],
+    length_differences: Sequence[float],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float | int]:
+    """{value, ci_low, ci_high, n}: the win rate at zero length difference (module docstring). `preferences[i]`
+    is 1 / 0.5 / 0 for a win / tie / loss on prompt i, `length_differences[i]` the length of the system's answer
+    minus the other's. nan for no prompts; with all preferences equal, that value (nothing to regress)."""
+    y, d = np.asarray(preferences, dtype=float), np.asarray(length_differences, dtype=float)
+    n = len(y)
+    if n == 0:
+        return {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
+
+    def fit(idx: np.ndarray) -> float:
+        yy, dd = y[idx], d[idx]
+        if np.all(yy == yy[0]):
+            return float(yy[0])
+        scale = dd.std()
+        x = np.tanh(dd / scale) if scale > 0 else np.zeros_like(dd)
+        return float(_sigmoid(logistic_intercept(yy, x)))
+
+    value = fit(np.arange(n))
+    rng = np.random.default_rng(seed)
+    draws = [fit(rng.integers(0, n, size=n)) for _ in range(n_resamples)]
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2]) if draws else (math.nan, math.nan)
+    return {"value": value, "ci_low": float(low), "ci_high": float(high), "n": n}

@@ -256,3 +256,32 @@ def test_compare_run_judges_every_row_with_the_same_model(tmp_path: Path, tiny_m
         run,
     )
     assert {j for _, _, j in seen} == {other}
+
+
+def test_win_rate_interval_and_length_controlled_win_rate_by_hand() -> None:
+    """10 prompts, the model's answer 100 characters longer on 5 (4 wins, 1 loss) and shorter on 5 (2 wins, 3
+    losses): raw win rate 0.6. The logistic fit on two length levels +-c reproduces each level's rate, so
+    logit(LC) = (logit 0.8 + logit 0.4) / 2 and LC = 1 / (1 + sqrt(0.25 * 1.5)) = 0.6202."""
+    verdicts = ["win"] * 4 + ["loss"] + ["win"] * 2 + ["loss"] * 3
+    lengths = [(200, 100)] * 5 + [(100, 200)] * 5
+    s = summarize(verdicts, lengths, 0.2)
+    assert s["win_rate"] == pytest.approx(0.6)
+    assert s["lc_win_rate"] == pytest.approx(1 / (1 + (0.25 * 1.5) ** 0.5), abs=2e-3)
+    low, high = s["win_rate_ci"]
+    assert 0.2 < low < 0.6 < high <= 1.0
+    low, high = s["lc_win_rate_ci"]
+    assert low < s["lc_win_rate"] < high
+    # length alone explains a judge that prefers the longer answer: its LC win rate is ~0.5, its raw one 0.7
+    longer = summarize(["win"] * 7 + ["loss"] * 3, [(200, 100)] * 6 + [(100, 200)] * 3 + [(200, 100)], 0.2)
+    assert longer["win_rate"] == pytest.approx(0.7)
+    assert longer["lc_win_rate"] < longer["win_rate"]
+    assert summarize([], [], 0.2)["lc_win_rate"] is None
+
+
+def test_a_judge_equal_to_one_side_is_flagged(tmp_path) -> None:
+    from selfreward.evaluation.compare import judge_side
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert judge_side(str(b), str(a), str(b)) == "b"
+    assert judge_side(str(a), str(a), str(b)) == "a"
+    assert judge_side(str(tmp_path / "judge"), str(a), str(b)) is None

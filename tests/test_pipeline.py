@@ -188,3 +188,68 @@ def test_a_changed_model_redoes_the_next_iteration_in_a_new_invocation(tmp_path:
     assert {s: run.iteration(1).marker(s).stat().st_mtime_ns for s in STAGES} == iteration_1  # ... not iteration 1
     assert json.loads(after["prompts"])["fingerprint"] == json.loads(before["prompts"])["fingerprint"]  # same config
     assert len(sorted(run.invocations.glob("*.json"))) == 2
+
+
+def test_a_share_of_prompts_carries_checkable_instructions_and_the_judge_is_measured_against_them(
+    run: RunPaths,
+) -> None:
+    it = run.iteration(1)
+    prompts = read_jsonl(it.prompts)
+    checked = {p["prompt_id"]: p for p in prompts if p["instruction_id_list"]}
+    assert len(checked) == round(0.5 * len(prompts)) > 0
+    for p in checked.values():
+        assert p["text"].startswith(p["base"]) and len(p["kwargs"]) == len(p["instruction_id_list"])
+    for j in read_jsonl(it.judgements):
+        if j["prompt_id"] in checked:
+            n = len(checked[j["prompt_id"]]["instruction_id_list"])
+            assert len(j["checks"]["strict"]) == len(j["checks"]["loose"]) == n
+        else:
+            assert j["checks"] is None
+    metrics = json.loads(it.metrics.read_text())["stages"]["judgements"]["constraints"]
+    assert metrics["checked_candidates"] == 3 * len(checked)
+    assert metrics["judge_checker_pairs"] >= 0 and "judge_checker_agreement" in metrics
+    # the next iteration's few-shot pool gets the model's own prompt, not the added instructions
+    from selfreward.loop.pipeline import prompt_pool
+
+    pool = prompt_pool(load_config(run.config), run, 2)
+    assert all(p["base"] in pool and p["text"] not in pool for p in checked.values())
+
+
+def test_evaluate_every_model_of_the_run_on_checkable_instructions(run: RunPaths, monkeypatch) -> None:
+    from selfreward.evaluation import instructions
+
+    cfg = load_config(run.config)
+    rows = instructions.evaluate(cfg, run)
+    assert [r["model"] for r in rows] == ["M0", "M1", "M2", "M3"]
+    for r in rows:
+        assert r["prompts"] == 6
+        for m in instructions.MEASURES:
+            assert 0 <= r[m]["ci_low"] <= r[m]["value"] <= r[m]["ci_high"] <= 1
+        assert r["cut_off"] <= 6 and r["mean_tokens"] <= 16
+    assert "gain_vs_M0" not in rows[0] and "gain_vs_M1" not in rows[1]
+    gain = rows[2]["gain_vs_M1"]["prompt_strict"]
+    assert gain["n"] == 6 and gain["ci_low"] <= gain["value"] <= gain["ci_high"]
+    saved = json.loads(run.evaluate.read_text())["rows"]
+    assert [r["model"] for r in saved] == ["M0", "M1", "M2", "M3"]
+    answers = read_jsonl(run.evaluate_dir / "answers" / "M2.jsonl")
+    assert len(answers) == 6 and all(len(a["strict"]) == len(a["instruction_id_list"]) for a in answers)
+
+    # answers are reused while model, prompts and settings are unchanged: no engine starts again
+    def no_engine(*args, **kwargs):
+        raise AssertionError("an engine was started for cached answers")
+
+    monkeypatch.setattr(instructions, "open_generator", no_engine)
+    again = instructions.evaluate(cfg, run, models=[("M2", rows[2]["path"])])
+    assert again[0]["prompt_strict"] == rows[2]["prompt_strict"]
+
+
+def test_an_after_iteration_hook_can_stop_the_run(tmp_path: Path, tiny_model: Path) -> None:
+    seen = []
+
+    def stop_after_first(run: RunPaths, k: int) -> bool:
+        seen.append(k)
+        return True
+
+    run = iterate(tiny_config(tmp_path, tiny_model, "seed_sft=false"), 2, after_iteration=stop_after_first)
+    assert seen == [1]
+    assert run.iteration(1).model.exists() and not run.iteration(2).root.exists()

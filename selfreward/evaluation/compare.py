@@ -18,16 +18,22 @@ other answer is preferred in both; tie: the preference follows the position (pos
 
     win_rate = (wins + ties / 2) / pairs
 
+with a 95% percentile-bootstrap interval over prompts (`win_rate_ci`). The model that judges a row should be
+neither of its two sides: a row whose judge is one of them says so in `judge_is_side` (`a` or `b`) and is
+logged as a warning (a model judging itself is no fixed judge).
+
 Rubric view (`rubric_*` fields): the same judge also scores each answer alone with the loop's rubric
 (`judge.judge_texts`, K samples averaged, in `compare.judge_mode`); the higher mean wins, equal or unscored
 is a tie. It cannot be position-biased, which matters for small judges: the 135M model picked the same letter in both
 positions for every pair (position_consistency 0), so its pairwise verdicts were all ties.
 
-Length-controlled view: the same win rate over the pairs whose answers have similar length,
-|len_a - len_b| <= length_tolerance * max(len_a, len_b) in characters (default 20%). Self-rewarding is
-known to lengthen answers, and a judge that likes length would reward length alone. We chose this
-matched subset over a logistic length adjustment because it needs no fitted model and is easy to check by
-hand; `n_length_matched` says how many pairs it rests on (few pairs, wide uncertainty).
+Length control. Self-rewarding is known to lengthen answers, and a judge that likes length would reward
+length alone. `lc_win_rate` is AlpacaEval 2's length-controlled win rate (`stats.length_controlled_rate`): a
+logistic regression of the per-prompt preference (1 / 0.5 / 0) on tanh of the answers' length difference in
+characters over its standard deviation; the win rate at zero length difference, with a bootstrap interval
+(`lc_win_rate_ci`). Beside it the matched subset: the win rate over the pairs whose answers have similar length,
+|len_a - len_b| <= length_tolerance * max(len_a, len_b) (default 20%); `n_length_matched` says how many pairs
+it rests on.
 """
 
 from __future__ import annotations
@@ -55,12 +61,14 @@ from selfreward.inputs import load_prompt_file
 from selfreward.loop.judge import choice_token_ids, fill_template, judge_texts, read_template, sanitize
 from selfreward.models import resolve_model
 from selfreward.records import Prompt
+from selfreward.stats import bootstrap_ci, length_controlled_rate
 from selfreward.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)
 
 VERDICT_PREFILL = "Better answer:"
 Verdict = Literal["win", "tie", "loss"]
+PREFERENCE: dict[str, float] = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 
 
 # --------------------------------------------------------------------------- models of a run
@@ -122,12 +130,17 @@ def summarize(verdicts: list[Verdict], lengths: list[tuple[int, int]], tolerance
     wins, ties, losses = (verdicts.count(v) for v in ("win", "tie", "loss"))
     n = len(verdicts)
     matched = [v for v, (la, lb) in zip(verdicts, lengths, strict=True) if length_matched(la, lb, tolerance)]
+    values = [PREFERENCE[v] for v in verdicts]
+    lc = length_controlled_rate(values, [float(la - lb) for la, lb in lengths])
     return {
         "pairs": n,
         "win": wins,
         "tie": ties,
         "loss": losses,
         "win_rate": (wins + ties / 2) / n if n else None,
+        "win_rate_ci": list(bootstrap_ci(values)) if n else None,
+        "lc_win_rate": lc["value"] if n else None,
+        "lc_win_rate_ci": [lc["ci_low"], lc["ci_high"]] if n else None,
         "position_consistency": (wins + losses) / n if n else None,
         "n_length_matched": len(matched),
         "length_matched_win_rate": (matched.count("win") + matched.count("tie") / 2) / len(matched)
@@ -237,14 +250,24 @@ def head_to_head(cfg: RunConfig, out_dir: Path, a: tuple[str, str], b: tuple[str
             )
         ),
     )
-    row = {"a": a[0], "b": b[0], "judge": judge, "rubric_judge_mode": cfg.compare.judge_mode}
+    side = judge_side(judge, a[1], b[1])
+    if side:
+        log.warning(
+            "compare: the judge %s is side %s of %s vs %s: not a fixed judge for this row", judge, side, a[0], b[0]
+        )
+    row = {"a": a[0], "b": b[0], "judge": judge, "judge_is_side": side, "rubric_judge_mode": cfg.compare.judge_mode}
     row.update(summarize(verdicts, lengths, cfg.compare.length_tolerance))
     rubric_summary = summarize(rubric_verdicts, lengths, cfg.compare.length_tolerance)
-    row.update(
-        {f"rubric_{k}": rubric_summary[k] for k in ("win", "tie", "loss", "win_rate", "length_matched_win_rate")}
-    )
+    rubric_keys = ("win", "tie", "loss", "win_rate", "win_rate_ci", "lc_win_rate", "lc_win_rate_ci")
+    row.update({f"rubric_{k}": rubric_summary[k] for k in (*rubric_keys, "length_matched_win_rate")})
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
+
+
+def judge_side(judge: str, a: str, b: str) -> str | None:
+    """`a` or `b` when the judge is that side's model (same resolved folder), else None."""
+    same = [Path(judge).resolve() == Path(x).resolve() for x in (a, b)]
+    return "a" if same[0] else "b" if same[1] else None
 
 
 def save_rows(path: Path, rows: list[dict], key: tuple[str, ...]) -> list[dict]:

@@ -25,11 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from selfreward.artifacts import RunPaths, read_json, read_jsonl, slug, write_json, write_jsonl
+from selfreward.artifacts import RunPaths, model_digest, read_json, read_jsonl, slug, write_json, write_jsonl
 from selfreward.config import RunConfig, fingerprint
 from selfreward.constraints.checkers import check_prompt
 from selfreward.constraints.data import load_constraint_prompts
-from selfreward.evaluation.compare import log_row, model_stamp, run_models
+from selfreward.evaluation.compare import log_row, run_models
 from selfreward.generation import SamplingSpec, open_generator
 from selfreward.records import Prompt
 from selfreward.stats import bootstrap_ratio, mean, mean_with_ci, paired_gain_with_ci
@@ -51,7 +51,8 @@ def answer_rows(cfg: RunConfig, label: str, model: str, prompts: list[Prompt], o
     path = out_dir / "answers" / f"{slug(label)}.jsonl"
     meta = out_dir / "answers" / f"{slug(label)}.json"
     texts = [(p.prompt_id, p.text, p.instruction_id_list, p.kwargs) for p in prompts]
-    key = fingerprint(model, model_stamp(model), texts, cfg.eval.max_tokens, cfg.engine.backend, cfg.seed)
+    # the model by content (a copied or moved model folder is the same model), prompts and settings
+    key = fingerprint(model_digest(model), texts, cfg.eval.max_tokens, cfg.engine.backend, cfg.seed)
     if path.exists() and meta.exists() and read_json(meta).get("fingerprint") == key:
         return read_jsonl(path, ["prompt_id", "strict", "loose"])
     with open_generator(cfg.engine, model, Path(cfg.cache_dir), seed=cfg.seed) as gen:

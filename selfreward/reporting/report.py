@@ -111,6 +111,46 @@ def score_plot(summaries: list[Summary]) -> str | None:
     return img(fig, "judge score histogram per iteration")
 
 
+def improvement_plot(summaries: list[Summary], evaluate: dict | None) -> str | None:
+    """Did it improve? Left: each model's prompt-level accuracy on checkable instructions (evaluate.json), strict
+    and loose, with 95% intervals. Right: the judge's agreement with the checkers per iteration, with its
+    interval (0.5 = chance)."""
+    rows = [r for r in (evaluate or {}).get("rows", []) if isinstance(r.get("prompt_strict"), dict)]
+    agreement = [s for s in summaries if s.judge_checker_agreement is not None and s.judge_checker_ci]
+    if not rows and not agreement:
+        return None
+    fig, (left, right) = figure(height=3.4, ncols=2)
+    for file in dict.fromkeys(r["prompt_file"] for r in rows):
+        for level, marker in (("prompt_strict", "o"), ("prompt_loose", "s")):
+            points = [r for r in rows if r["prompt_file"] == file]
+            xs = list(range(len(points)))
+            ys = [r[level]["value"] for r in points]
+            err = [
+                [y - r[level]["ci_low"] for y, r in zip(ys, points, strict=True)],
+                [r[level]["ci_high"] - y for y, r in zip(ys, points, strict=True)],
+            ]
+            left.errorbar(xs, ys, yerr=err, marker=marker, capsize=3, label=f"{level} ({Path(file).name})")
+            left.set_xticks(xs, [r["model"] for r in points])
+    left.set_title("model: accuracy on checkable instructions")
+    left.set_ylabel("prompt-level accuracy")
+    if rows:
+        left.legend(fontsize=7)
+    if agreement:
+        xs = [s.k for s in agreement]
+        ys = [s.judge_checker_agreement for s in agreement]
+        err = [
+            [y - s.judge_checker_ci[0] for y, s in zip(ys, agreement, strict=True)],
+            [s.judge_checker_ci[1] - y for y, s in zip(ys, agreement, strict=True)],
+        ]
+        right.errorbar(xs, ys, yerr=err, marker="o", capsize=3)
+        right.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+        right.set_xticks(xs)
+    right.set_title("judge: agreement with the checkers")
+    right.set_xlabel("iteration")
+    right.set_ylim(0, 1)
+    return img(fig, "did it improve: model accuracy on checkable instructions and judge agreement with checkers")
+
+
 def length_plot(summaries: list[Summary]) -> str | None:
     """Mean tokens of all candidates, chosen and rejected responses, across iterations."""
     series = {
@@ -230,6 +270,12 @@ def build_report(run: RunPaths) -> str:
         f'<p class="meta">written {e(time.strftime("%Y-%m-%d %H:%M:%S"))}; run started {e(manifest.get("time", "—"))};'
         f" git {e(manifest.get('git_sha') or '—')}; command <code>{e(command)}</code></p>",
     ]
+    results = load_results(run)
+    improvement = improvement_plot(summaries, results.get("evaluate.json"))
+    parts.append(
+        '<h2 id="improved">Did it improve?</h2>'
+        + (improvement or '<p class="note">no evaluation yet: <code>selfreward evaluate RUN</code></p>')
+    )
     if not iterations:
         parts.append('<p class="note">no iterations yet</p>')
     else:
@@ -245,7 +291,7 @@ def build_report(run: RunPaths) -> str:
             ("DPO training", dpo_plot(iterations)),
         ):
             parts.append(f"<h2>{title}</h2>" + (plot or '<p class="note">no data yet</p>'))
-    for name, obj in load_results(run).items():
+    for name, obj in results.items():
         parts += [f"<h2>{e(name)}</h2>", table(*result_table(obj))]
     if iterations:
         parts.append("<h2>Pairs</h2>" + "".join(pairs_section(d) for d in iterations))

@@ -1,9 +1,10 @@
 """A run's files turned into numbers, for the terminal (`inspection`) and the HTML page (`report`).
 
 Reads  iterations/<run>/iter_K/{prompts,prompts_rejected,candidates,judgements,pairs,dpo_log}.jsonl,
-       iter_K/metrics.json (only for the pair drop reasons and whether DPO was skipped, which no
-       other file records), and the optional iterations/<run>/{judge_eval,compare,methods}.json and
-       reason/reason.json (`selfreward reason`: one row per method and round, metrics with intervals).
+       iter_K/metrics.json (only for the pair drop reasons, whether DPO was skipped, and the judge's
+       agreement with the checkers with its bootstrap interval, which no other file records), and the
+       optional iterations/<run>/{evaluate,judge_eval,compare,methods}.json and reason/reason.json
+       (`selfreward reason`: one row per method and round, metrics with intervals).
 Writes nothing.
 
 Every number is computed from the artifact files (a pair count is the number of lines of
@@ -29,7 +30,7 @@ from selfreward.errors import UserError
 MAX_SCORE = 5
 PAIR_FIELDS = ("margin", "chosen_score", "rejected_score", "chosen_tokens", "rejected_tokens")
 """The numeric pair fields that `--where` can filter on."""
-RESULT_FILES = ("judge_eval.json", "compare.json", "methods.json", "reason/reason.json")
+RESULT_FILES = ("evaluate.json", "judge_eval.json", "compare.json", "methods.json", "reason/reason.json")
 """Optional results that other commands write into the run folder."""
 _WHERE = re.compile(r"^\s*([A-Za-z_]\w*)\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*$")
 _OPS = {
@@ -149,6 +150,15 @@ class Summary:
     """KL(M_{t+1} || M_t) per answer token on the pairs, measured after training (metrics.json)."""
     dpo_chosen_logp_change: float | None = None
     dpo_rejected_logp_change: float | None = None
+    checked_prompts: int | None = None
+    """Prompts with checkable instructions."""
+    candidate_prompt_strict: float | None = None
+    """Share of their candidates that follow every instruction (strict)."""
+    judge_checker_agreement: float | None = None
+    """How often the judge scored higher the candidate that follows more instructions (metrics.json)."""
+    judge_checker_ci: list[float] | None = None
+    judge_checker_pairs: int | None = None
+    pairs_by_source: dict[str, int] = field(default_factory=dict)
 
 
 def mean(values: list[float]) -> float | None:
@@ -197,8 +207,19 @@ def summarize(d: IterationFiles) -> Summary:
             xy = [(float(x), float(y)) for x, y in xy if y is not None]
             if len(xy) >= 3 and len({x for x, _ in xy}) > 1 and len({y for _, y in xy}) > 1:
                 s.score_length_correlation = statistics.correlation([x for x, _ in xy], [y for _, y in xy])
+    if d.prompts is not None:
+        checked = {p["prompt_id"] for p in d.prompts if p.get("instruction_id_list")}
+        s.checked_prompts = len(checked)
+        if checked and d.judgements is not None:
+            verdicts = [all(j["checks"]["strict"]) for j in d.judgements if j.get("checks")]
+            s.candidate_prompt_strict = mean([float(v) for v in verdicts])
+    agreement = d.metrics.get("stages", {}).get("judgements", {}).get("constraints") or {}
+    s.judge_checker_agreement = agreement.get("judge_checker_agreement")
+    s.judge_checker_ci = agreement.get("judge_checker_ci")
+    s.judge_checker_pairs = agreement.get("judge_checker_pairs")
     if d.pairs is not None:
         s.pairs = len(d.pairs)
+        s.pairs_by_source = dict(Counter(p.get("source", "judge") for p in d.pairs).most_common())
         if s.prompts_kept is not None:
             s.prompts_without_pair = s.prompts_kept - s.pairs
         s.drop_reasons = d.metrics.get("stages", {}).get("pairs", {}).get("prompts_without_pair") or {}
@@ -230,6 +251,7 @@ OVERVIEW_COLUMNS = (
     "candidates",
     "parse failures",
     "mean score",
+    "judge vs checkers",
     "pairs",
     "chosen tok",
     "rejected tok",
@@ -245,11 +267,20 @@ def overview_row(s: Summary) -> list[str]:
         fmt(s.candidates),
         pct(s.parse_failure_rate),
         fmt(s.mean_score),
+        agreement_cell(s),
         fmt(s.pairs),
         fmt(s.mean_chosen_tokens, 1),
         fmt(s.mean_rejected_tokens, 1),
         "skipped" if s.dpo_skipped and not s.dpo_steps else fmt(s.dpo_last_loss, 4),
     ]
+
+
+def agreement_cell(s: Summary) -> str:
+    """`0.62 [0.51, 0.72]` or — (no checked pairs)."""
+    if s.judge_checker_agreement is None:
+        return "—"
+    low, high = s.judge_checker_ci or (None, None)
+    return f"{fmt(s.judge_checker_agreement)} [{fmt(low)}, {fmt(high)}]"
 
 
 def funnel_rows(s: Summary) -> list[tuple[str, str, str]]:
@@ -284,8 +315,22 @@ def funnel_rows(s: Summary) -> list[tuple[str, str, str]]:
         ),
         ("parse failures", fmt(s.parse_failures), failures),
         ("candidates scored", fmt(s.scored), "" if s.unscored is None else f"unscored {s.unscored}"),
+        (
+            "prompts with instructions",
+            fmt(s.checked_prompts),
+            f"{pct(s.candidate_prompt_strict)} of their candidates follow every instruction (strict)"
+            if s.candidate_prompt_strict is not None
+            else "",
+        ),
+        (
+            "judge vs checkers",
+            agreement_cell(s),
+            f"over {s.judge_checker_pairs} candidate pairs whose checkers differ (0.5 = chance)"
+            if s.judge_checker_pairs
+            else "",
+        ),
         ("score vs length r", fmt(s.score_length_correlation), "Pearson r of candidate score and tokens"),
-        ("pairs", fmt(s.pairs), ""),
+        ("pairs", fmt(s.pairs), counts(s.pairs_by_source) if len(s.pairs_by_source) > 1 else ""),
         ("chosen − rejected tokens", fmt(lengths, 1), "mean over the pairs"),
         ("prompts without pair", fmt(s.prompts_without_pair), counts(s.drop_reasons)),
         ("DPO steps", "skipped" if s.dpo_skipped and not s.dpo_steps else fmt(s.dpo_steps), dpo),
