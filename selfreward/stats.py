@@ -32,9 +32,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 
-def mean(values: Sequence[float]) -> float | None:
-    """The mean, or None for no values."""
-    return sum(values) / len(values) if values else None
+def mean(values: Sequence[float], empty: float | None = None) -> float | None:
+    """The mean, or `empty` (None unless given, e.g. nan) for no values."""
+    return sum(values) / len(values) if values else empty
 
 
 def bootstrap_ratio(

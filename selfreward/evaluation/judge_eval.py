@@ -32,6 +32,7 @@ from selfreward.generation import open_generator
 from selfreward.inputs import LabelledItem, load_labels
 from selfreward.loop.judge import judge_texts
 from selfreward.models import resolve_model
+from selfreward.stats import mean
 from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def evaluate(
         **judge_metrics.pairwise_accuracy(scores, ranks, seed=cfg.seed),
         "parse_failure_rate": judge_metrics.parse_failure_rate(samples),
         "score_distribution": judge_metrics.score_distribution(j.score for j in judgements),
-        "mean_score": _mean([j.score for j in judgements if j.score is not None]),
+        "mean_score": mean([j.score for j in judgements if j.score is not None]),
     }
     if any(len(item.responses) > 2 for item in items):
         row.update({f"rank_{k}": v for k, v in judge_metrics.ranking_metrics(scores, ranks).items()})
@@ -160,7 +161,3 @@ def judge_eval(
         tag = f"_{Path(name).stem}_{cfg.judge.mode}"
         compare.log_row(Tracker.of(cfg), "judge_eval", rows[-1], label, tag)
     return rows
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None

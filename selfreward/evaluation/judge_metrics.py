@@ -52,7 +52,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from selfreward.loop.judge import MAX_SCORE
-from selfreward.stats import bootstrap_ratio
+from selfreward.stats import bootstrap_ratio, mean
 
 # --------------------------------------------------------------------------- metrics
 
@@ -194,13 +194,13 @@ def ranking_metrics(
     rhos = [r for r in rhos if not math.isnan(r)]
     taus = [t for t in taus if not math.isnan(t)]
     return {
-        "exact_match": _mean(exact),
-        "five_best": _mean(best),
-        "top_is_best": _mean(top_best),
+        "exact_match": mean(exact, math.nan),
+        "five_best": mean(best, math.nan),
+        "top_is_best": mean(top_best, math.nan),
         "judge_top_ties": top_ties,
-        "spearman": _mean(rhos),
+        "spearman": mean(rhos, math.nan),
         "n_spearman": len(rhos),
-        "kendall_tau": _mean(taus),
+        "kendall_tau": mean(taus, math.nan),
         "n_kendall": len(taus),
         "n_items": len(exact),
         "unscored_items": unscored,
@@ -237,10 +237,6 @@ def _check_shapes(judge_scores: Sequence[Sequence[float | None]], human_ranks: S
 
 def _sign(x: float) -> int:
     return (x > 0) - (x < 0)
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
 
 
 def _average_ranks(values: list[float]) -> list[float]:

@@ -52,6 +52,7 @@ from selfreward.models import (
     save_trained,
 )
 from selfreward.runs import is_main_process, per_process_accumulation, stage_main, stage_parser, stage_setup
+from selfreward.stats import mean
 from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -250,8 +251,8 @@ def policy_shift(before: str, after: str, pairs: Any, max_length: int, batch_siz
                 kl_tokens += n
     return {
         "pairs": len(pairs),
-        "chosen_logp_change": _mean(change["chosen"]),
-        "rejected_logp_change": _mean(change["rejected"]),
+        "chosen_logp_change": mean(change["chosen"]),
+        "rejected_logp_change": mean(change["rejected"]),
         "kl_per_token": kl_sum / kl_tokens if kl_tokens else None,
     }
 
@@ -264,20 +265,14 @@ def chat_ids(tokenizer: Any, messages: list[dict], add_generation_prompt: bool =
     return out["input_ids"]
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def dpo_metrics(history: list[dict], train_metrics: dict, pairs: int) -> dict:
     steps = [h for h in history if "loss" in h]
 
-    def last(key: str) -> float | None:
-        values = [h[key] for h in steps if key in h]
-        return values[-1] if values else None
+    def values(key: str) -> list[float]:
+        return [h[key] for h in steps if key in h]
 
-    def mean(key: str) -> float | None:
-        values = [h[key] for h in steps if key in h]
-        return sum(values) / len(values) if values else None
+    def last(key: str) -> float | None:
+        return values(key)[-1] if values(key) else None
 
     return {
         "skipped": False,
@@ -285,9 +280,9 @@ def dpo_metrics(history: list[dict], train_metrics: dict, pairs: int) -> dict:
         "steps": len(steps),
         "first_loss": steps[0]["loss"] if steps else None,
         "last_loss": last("loss"),
-        "mean_reward_margin": mean("rewards/margins"),
+        "mean_reward_margin": mean(values("rewards/margins")),
         "last_reward_margin": last("rewards/margins"),
-        "mean_reward_accuracy": mean("rewards/accuracies"),
+        "mean_reward_accuracy": mean(values("rewards/accuracies")),
         "last_reward_accuracy": last("rewards/accuracies"),
         "train_runtime_s": train_metrics.get("train_runtime"),
     }

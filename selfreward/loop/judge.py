@@ -45,6 +45,7 @@ from selfreward.constraints.agreement import judge_checker_agreement
 from selfreward.constraints.checkers import check_prompt
 from selfreward.generation import Generator, SamplingSpec
 from selfreward.records import Candidate, ConstraintChecks, Judgement, JudgeSample, Prompt, required_fields, to_row
+from selfreward.stats import mean
 
 log = logging.getLogger(__name__)
 
@@ -421,9 +422,9 @@ def judgement_metrics(judgements: list[Judgement]) -> dict:
         "parse_errors": errors,
         "unscored_candidates": sum(j.score is None for j in judgements),
         "score_histogram": histogram,
-        "mean_score": _mean([j.score for j in judgements if j.score is not None]),
+        "mean_score": mean([j.score for j in judgements if j.score is not None]),
         "digit_mass_histogram": mass_histogram(masses) if masses else None,
-        "mean_digit_mass": _mean(masses),
+        "mean_digit_mass": mean(masses),
     }
 
 
@@ -437,7 +438,3 @@ def mass_histogram(masses: list[float]) -> dict[str, int]:
     for m in masses:
         counts[keys[min(len(keys) - 1, int(m * 10))]] += 1
     return counts
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None

@@ -26,6 +26,7 @@ from typing import Any
 
 from selfreward.artifacts import DataError, RunPaths, read_json, read_jsonl
 from selfreward.errors import UserError
+from selfreward.stats import mean
 
 MAX_SCORE = 5
 PAIR_FIELDS = ("margin", "chosen_score", "rejected_score", "chosen_tokens", "rejected_tokens")
@@ -159,10 +160,6 @@ class Summary:
     judge_checker_ci: list[float] | None = None
     judge_checker_pairs: int | None = None
     pairs_by_source: dict[str, int] = field(default_factory=dict)
-
-
-def mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 def training_rows(log: list[dict]) -> list[dict]:
