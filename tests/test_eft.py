@@ -13,6 +13,7 @@ from selfreward.artifacts import DataError, read_jsonl
 from selfreward.config import JudgeConfig, RunConfig, SeedConfig
 from selfreward.generation import Completion, Generator
 from selfreward.inputs import LabelledItem
+from selfreward.judge_text import load_template, parse_score, render_judge_prompt
 from selfreward.loop.eft import (
     build,
     choose_agreeing,
@@ -22,7 +23,6 @@ from selfreward.loop.eft import (
     load_ranked,
     select_agreeing,
 )
-from selfreward.loop.judge import load_template, parse_score, render_judge_prompt
 from selfreward.records import JudgeSample
 
 ROOT = Path(__file__).resolve().parent.parent

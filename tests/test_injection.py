@@ -17,8 +17,7 @@ import pytest
 from selfreward.config import ConfigError, JudgeConfig
 from selfreward.evaluation import compare
 from selfreward.generation import Completion, SamplingSpec
-from selfreward.loop.judge import (
-    judge_texts,
+from selfreward.judge_text import (
     load_template,
     normalize,
     parse_score,
@@ -26,6 +25,7 @@ from selfreward.loop.judge import (
     render_judge_prompt,
     sanitize,
 )
+from selfreward.loop.judge import judge_texts
 from tests.test_judge import Parrot
 
 ZWSP, ZWJ, WJ, RLO, PDF, SHY = "\u200b", "\u200d", "\u2060", "\u202e", "\u202c", "\u00ad"

@@ -6,15 +6,8 @@ import pytest
 
 from selfreward.config import JudgeConfig
 from selfreward.generation import Completion, Generator, SamplingSpec
-from selfreward.loop.judge import (
-    digit_sample,
-    judge_texts,
-    judgement_metrics,
-    load_template,
-    parse_score,
-    render_judge_prompt,
-    sanitize,
-)
+from selfreward.judge_text import load_template, parse_score, render_judge_prompt, sanitize
+from selfreward.loop.judge import digit_sample, judge_texts, judgement_metrics
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,8 @@ from selfreward.artifacts import (
 from selfreward.config import RunConfig, fingerprint
 from selfreward.generation import Generator, SamplingSpec, open_generator
 from selfreward.inputs import load_prompt_file
-from selfreward.loop.judge import choice_token_ids, fill_template, judge_texts, read_template, sanitize
+from selfreward.judge_text import fill_template, read_template, sanitize
+from selfreward.loop.judge import choice_token_ids, judge_texts
 from selfreward.models import resolve_model
 from selfreward.records import Prompt
 from selfreward.stats import bootstrap_ci, length_controlled_rate
@@ -94,7 +95,7 @@ def load_template(path: str) -> str:
 
 
 def render_compare_prompt(template: str, instruction: str, a: str, b: str, special_tokens: Iterable[str] = ()) -> str:
-    """The comparison prompt: the three texts sanitised (`judge.sanitize`: tags, special tokens, score and
+    """The comparison prompt: the three texts sanitised (`judge_text.sanitize`: tags, special tokens, score and
     `Better answer:` lines neutralised) and filled in one pass."""
     values = {"{instruction}": instruction, "{response_a}": a, "{response_b}": b}
     return fill_template(template, {k: sanitize(v, special_tokens) for k, v in values.items()})

@@ -51,7 +51,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from selfreward.loop.judge import MAX_SCORE
+from selfreward.judge_text import MAX_SCORE
 from selfreward.stats import bootstrap_ratio, mean
 
 # --------------------------------------------------------------------------- metrics

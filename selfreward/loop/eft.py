@@ -1,9 +1,9 @@
 """EFT data (evaluation fine-tuning, Yuan et al. 2024 §2.1): the judge prompt answered with a short
 justification and a final `Score: N` line. Trained into M1 together with IFT data, it is what makes a
-small model a judge whose output `judge.parse_score` can read.
+small model a judge whose output `judge_text.parse_score` can read.
 
 Every example is one chat turn, rendered with the loop's own judge template and code
-(`judge.load_template` + `judge.render_judge_prompt`), so M1 learns exactly the prompt it will see:
+(`judge_text.load_template` + `judge_text.render_judge_prompt`), so M1 learns exactly the prompt it will see:
 
     {"messages": [{"role": "user", "content": <judge prompt>}, {"role": "assistant", "content": "...\\nScore: N"}],
      "score": N, "source": "eft-seed" | "eft-built"}
@@ -37,7 +37,8 @@ from selfreward.artifacts import DataError, RunPaths, iter_jsonl, project_file, 
 from selfreward.config import JudgeConfig, RunConfig, SeedConfig
 from selfreward.generation import Generator, open_generator
 from selfreward.inputs import LabelledItem, SeedInstruction, load_instructions, load_labels, typed_field
-from selfreward.loop.judge import MAX_SCORE, judge_texts, load_template, parse_score, render_judge_prompt
+from selfreward.judge_text import MAX_SCORE, load_template, parse_score, render_judge_prompt
+from selfreward.loop.judge import judge_texts
 from selfreward.models import resolve_model
 from selfreward.records import JudgeSample
 
