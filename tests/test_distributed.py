@@ -10,8 +10,8 @@ import pytest
 
 from selfreward.artifacts import RunPaths
 from selfreward.config import load_config
+from selfreward.launch import train_in_child, training_command
 from selfreward.loop import sft
-from selfreward.runs import train_in_child, training_command
 
 from .test_dpo import make_pairs
 

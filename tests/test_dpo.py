@@ -205,7 +205,7 @@ def test_policy_shift_batched_equals_one_answer_at_a_time(tmp_path: Path, tiny_m
 def test_accumulation_is_divided_by_the_number_of_processes(monkeypatch) -> None:
     """Effective batch = batch x accumulation x processes stays constant: 8 on 1 process is 2 on 4."""
     from selfreward.config import ConfigError
-    from selfreward.runs import per_process_accumulation
+    from selfreward.launch import per_process_accumulation
 
     assert per_process_accumulation(8, "dpo.grad_accum") == 8
     monkeypatch.setenv("WORLD_SIZE", "4")

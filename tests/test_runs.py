@@ -134,7 +134,7 @@ def test_fsdp_on_a_machine_without_a_gpu_is_refused_not_turned_into_ddp() -> Non
     import torch
 
     from selfreward.config import ConfigError
-    from selfreward.runs import launch_env
+    from selfreward.launch import launch_env
 
     cfg = load_config(None, ["launch.fsdp=true", "launch.num_processes=2"])
     if torch.cuda.is_available():

@@ -42,12 +42,13 @@ from selfreward.artifacts import (
 )
 from selfreward.cards import Lineage
 from selfreward.config import RunConfig
+from selfreward.generation import Engine
 from selfreward.inputs import load_examples, load_prompt_file
 from selfreward.loop import sft
 from selfreward.loop.pipeline import answer_and_judge, seed_sft
 from selfreward.models import copy_model, model_of_iteration
 from selfreward.records import Candidate, Judgement, Prompt, required_fields, to_row
-from selfreward.runs import Engine, Progress, RunChain, StageRunner, open_run
+from selfreward.runs import Progress, RunChain, StageRunner, open_run
 from selfreward.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)

@@ -82,9 +82,9 @@ from selfreward.cards import Lineage, model_card
 from selfreward.config import ConfigError, PPOConfig, RunConfig, dump_yaml, fingerprint, train_bf16
 from selfreward.generation import open_generator
 from selfreward.inputs import load_prompt_file
-from selfreward.loop.pipeline import train
+from selfreward.launch import is_main_process, stage_main, stage_parser, stage_setup, train
 from selfreward.models import lora_config, model_of_iteration, resolve_model
-from selfreward.runs import PeakMemory, is_main_process, manifest, open_run, stage_main, stage_parser, stage_setup
+from selfreward.runs import PeakMemory, manifest, open_run
 from selfreward.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)

@@ -66,11 +66,12 @@ from selfreward.baselines.ppo import PPOTrainer, check_shares, ddp_launch
 from selfreward.baselines.rewards import ModelReward, VerifierReward, check_rm_batch, train_reward_model
 from selfreward.cards import Lineage, model_card
 from selfreward.config import ConfigError, RunConfig, fingerprint
-from selfreward.generation import SamplingSpec
+from selfreward.generation import Engine, SamplingSpec
+from selfreward.launch import is_main_process, stage_main, stage_parser, stage_setup, train
 from selfreward.loop import dpo, sft
 from selfreward.loop.judge import judge_texts
 from selfreward.loop.pairs import _empty_dataset
-from selfreward.loop.pipeline import engine_settings, train
+from selfreward.loop.pipeline import engine_settings
 from selfreward.models import base_model, copy_model
 from selfreward.reasoning import metrics
 from selfreward.reasoning.problems import (
@@ -81,17 +82,7 @@ from selfreward.reasoning.problems import (
     write_problem_file,
 )
 from selfreward.reasoning.verifier import verify
-from selfreward.runs import (
-    Engine,
-    RunChain,
-    StageRunner,
-    file_digests,
-    is_main_process,
-    open_run,
-    stage_main,
-    stage_parser,
-    stage_setup,
-)
+from selfreward.runs import RunChain, StageRunner, file_digests, open_run
 from selfreward.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)

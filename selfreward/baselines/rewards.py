@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 from selfreward.artifacts import DataError, write_jsonl
 from selfreward.cards import Lineage, model_card
 from selfreward.config import ConfigError, JudgeConfig, PPOConfig, train_bf16
+from selfreward.launch import per_process_accumulation
 from selfreward.loop.dpo import chat_ids as conversation_ids
 from selfreward.loop.judge import judge_texts
 from selfreward.models import save_trained
 from selfreward.reasoning.verifier import verify
-from selfreward.runs import per_process_accumulation
 from selfreward.tracking import Tracker
 
 if TYPE_CHECKING:

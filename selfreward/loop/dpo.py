@@ -41,6 +41,7 @@ from selfreward.artifacts import (
 )
 from selfreward.cards import Lineage, model_card
 from selfreward.config import DPOStageConfig, fingerprint, train_bf16
+from selfreward.launch import is_main_process, per_process_accumulation, stage_main, stage_parser, stage_setup
 from selfreward.models import (
     copy_model,
     iteration_seed,
@@ -51,7 +52,6 @@ from selfreward.models import (
     reference_for,
     save_trained,
 )
-from selfreward.runs import is_main_process, per_process_accumulation, stage_main, stage_parser, stage_setup
 from selfreward.stats import mean
 from selfreward.tracking import Tracker
 

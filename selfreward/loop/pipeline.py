@@ -21,19 +21,12 @@ from selfreward.artifacts import IterPaths, RunPaths, file_digest, model_digest,
 from selfreward.cards import Lineage
 from selfreward.config import ResponsesConfig, RunConfig
 from selfreward.constraints.data import load_constraint_prompts
+from selfreward.generation import Engine
 from selfreward.inputs import load_prompt_file, load_seed_pool
+from selfreward.launch import train
 from selfreward.loop import dpo, judge, pairs, prompt_gen, responses, sft
 from selfreward.models import base_model, iteration_seed, model_of_iteration, reference_for
-from selfreward.runs import (
-    Engine,
-    Progress,
-    RunChain,
-    StageRunner,
-    file_digests,
-    open_run,
-    record_invocation,
-    train_in_child,
-)
+from selfreward.runs import Progress, RunChain, StageRunner, file_digests, open_run, record_invocation
 from selfreward.tracking import Tracker, log_iteration
 
 log = logging.getLogger(__name__)
@@ -84,15 +77,6 @@ def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) ->
         ),
         inputs=lambda: (start, model_digest(reference) if reference else None, file_digest(it.pairs)),
     )
-
-
-def train(cfg: RunConfig, run: RunPaths, module: str, args: list[str], inline: Callable[[], dict]) -> dict:
-    """A training stage: in a child process (`launch.*`: `python -m module`, or `accelerate launch` for
-    several processes), or `inline` in this process."""
-    launch = cfg.launch
-    if launch.separate_process or launch.num_processes > 1 or launch.accelerate_config or launch.fsdp:
-        return train_in_child(cfg, run, module, args)
-    return inline()
 
 
 def answer_and_judge(

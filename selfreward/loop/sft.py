@@ -36,9 +36,9 @@ from selfreward.artifacts import DataError, IterPaths, model_digest, resume_chec
 from selfreward.cards import Lineage, model_card
 from selfreward.config import JudgeConfig, SeedConfig, SFTStageConfig, fingerprint, train_bf16
 from selfreward.inputs import load_examples, load_instructions
+from selfreward.launch import per_process_accumulation, stage_main, stage_parser, stage_setup
 from selfreward.loop import eft
 from selfreward.models import base_model, lm_head_on_labelled_positions_only, lora_config, save_trained
-from selfreward.runs import per_process_accumulation, stage_main, stage_parser, stage_setup
 from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
