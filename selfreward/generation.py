@@ -606,6 +606,13 @@ class Engine:
         return info
 
 
+def engine_settings(cfg: EngineConfig) -> tuple:
+    """The engine settings that change what a generation stage writes (the engine, the weights' dtype, and
+    the context length, which decides which prompts are `too_long`)."""
+    server = (cfg.base_url, cfg.server_model, cfg.server_args) if cfg.backend == "server" else ()
+    return (cfg.backend, cfg.dtype, cfg.max_model_len, cfg.reproducible, *server)
+
+
 def vllm_available() -> bool:
     try:
         import vllm  # noqa: F401

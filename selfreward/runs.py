@@ -29,8 +29,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,6 +42,7 @@ from selfreward.artifacts import (
     RunPaths,
     clear_marker,
     file_digest,
+    model_digest,
     project_file,
     read_json,
     read_marker,
@@ -63,6 +65,21 @@ class StageChanged(UserError):
 
 class RunLocked(UserError):
     """Another live process holds the run's lock (`iterations/<run>/.lock`)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What a stage's fingerprint covers, declared beside the stage's `run` (each stage module's `STAGE`).
+
+    `config(cfg)`: the settings it uses, and `files(cfg)`: the user's files it reads (templates, seed data; by
+    content), both what the user chose: a change is refused unless forced. `reads`: the files of its iteration
+    that earlier stages wrote (`IterPaths` attributes, by content): a change redoes the stage. The models it
+    reads and anything else made earlier (the few-shot pool) are passed to `StageRunner.run_stage`."""
+
+    name: str
+    config: Callable[[RunConfig], Any]
+    files: Callable[[RunConfig], list[str]] = lambda cfg: []
+    reads: tuple[str, ...] = ()
 
 
 class StageRunner:
@@ -128,6 +145,23 @@ class StageRunner:
         write_marker(self.it, name, self.chain, inputs=digest)
         log.info("%s/%s: finished in %.0f s (peak memory %.2f GiB)", self.it.root.name, name, wall, mem.peak_gib)
         self.ran = True
+
+    def run_stage(
+        self,
+        stage: Stage,
+        cfg: RunConfig,
+        fn: Callable[[], dict],
+        models: Sequence[str | None] = (),
+        extra: Any = None,
+    ) -> None:
+        """`run` with the fingerprint `stage` declares: its config and files, then the digests of the files it
+        `reads`, of `models` (the weights it loads; None for none) and of `extra`."""
+
+        def inputs() -> Any:
+            made = [file_digest(getattr(self.it, name)) for name in stage.reads]
+            return made, [model_digest(m) if m else None for m in models], extra
+
+        self.run(stage.name, (stage.config(cfg), file_digests(stage.files(cfg))), fn, inputs)
 
     def finish(self) -> None:
         if self.ran:

@@ -86,6 +86,19 @@ def test_evaluation_never_imports_baselines_or_reporting() -> None:
             assert not bad, f"{module} imports {bad}"
 
 
+def test_every_loop_stage_declares_its_fingerprint_and_the_pipeline_uses_the_declarations() -> None:
+    """A stage's fingerprint (config section, user files, the files it reads) is declared beside its `run`
+    (`runs.Stage`), so the pipeline cannot forget an input: it never lists a fingerprint by hand."""
+    from selfreward.loop import dpo, judge, pairs, prompt_gen, responses, sft
+    from selfreward.runs import Stage
+
+    for module in (prompt_gen, responses, judge, pairs, dpo):
+        assert isinstance(module.STAGE, Stage), module.__name__
+    assert isinstance(sft.DATA_STAGE, Stage) and isinstance(sft.TRAIN_STAGE, Stage)
+    source = (PACKAGE / "loop" / "pipeline.py").read_text()
+    assert "stages.run(" not in source and source.count("stages.run_stage(") == 7
+
+
 def test_no_import_circles() -> None:
     graph = package_imports()
     state: dict[str, int] = {}

@@ -139,13 +139,13 @@ def run_round(cfg: RunConfig, it: IterPaths, model: str, prompts: list[Prompt], 
     """One round: answer, judge, keep the best answers, fine-tune; each step a stage with a marker."""
     x = cfg.expert_iter
     seed = cfg.seed * 1000 + 500 + k
-    responses_cfg = dataclasses.replace(cfg.responses, n=x.samples)
+    answering = dataclasses.replace(cfg, responses=dataclasses.replace(cfg.responses, n=x.samples))
     stages.metrics["start_model"] = model
     rows = [to_row(p) for p in prompts]
     start = model_digest(model)
     with Engine(cfg, model) as engine:
         stages.run("prompts", rows, lambda: {"prompts": write_jsonl(it.prompts, rows)})
-        answer_and_judge(cfg, responses_cfg, it, seed, engine, stages, start)
+        answer_and_judge(answering, it, seed, engine, stages, model)
         stages.metrics["engine"] = engine.close()
     stages.run(
         "sft_data",

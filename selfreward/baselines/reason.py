@@ -66,12 +66,11 @@ from selfreward.baselines.ppo import PPOTrainer, check_shares, ddp_launch
 from selfreward.baselines.rewards import ModelReward, VerifierReward, check_rm_batch, train_reward_model
 from selfreward.cards import Lineage, model_card
 from selfreward.config import ConfigError, RunConfig, fingerprint
-from selfreward.generation import Engine, SamplingSpec
+from selfreward.generation import Engine, SamplingSpec, engine_settings
 from selfreward.launch import is_main_process, stage_main, stage_parser, stage_setup, train
 from selfreward.loop import dpo, sft
 from selfreward.loop.judge import judge_texts
 from selfreward.loop.pairs import _empty_dataset
-from selfreward.loop.pipeline import engine_settings
 from selfreward.models import base_model, copy_model
 from selfreward.reasoning import metrics
 from selfreward.reasoning.problems import (
@@ -559,7 +558,7 @@ def run_round(
     samples while it trains)."""
     it, model, seed = round_paths(run, method, k), round_model(run, method, k, s0), round_seed(cfg, k)
     token = CORRECT if method == "rcrl" else ""
-    settings = (sampling(cfg), judging(cfg), engine_settings(cfg))
+    settings = (sampling(cfg), judging(cfg), engine_settings(cfg.engine))
     digest = model_digest(model)
     orm_digest = model_digest(s0.orm) if s0.orm is not None else None
     job = ["--job", "round", "--method", method, "--round", str(k)]
@@ -693,7 +692,7 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
                 write_jsonl(orm.candidates, rows)
                 return {"samples": len(rows), "correct": sum(s["correct"] for s in rows)}
 
-            settings = (sampling(cfg), engine_settings(cfg))
+            settings = (sampling(cfg), engine_settings(cfg.engine))
             stages.run("orm_samples", settings, do_orm_samples, inputs=lambda: model_digest(s0.start))
 
             def do_orm() -> dict:
@@ -714,7 +713,7 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
         s0 = starting_point(cfg, run, train_rows)  # with the ORM the stage above trained
         stages.run(
             "eval",
-            (sampling(cfg), judging(cfg), engine_settings(cfg)),
+            (sampling(cfg), judging(cfg), engine_settings(cfg.engine)),
             lambda: measure(cfg, s0.start, test, "", cfg.seed, init.root / "eval.jsonl", s0.orm),
             inputs=lambda: (model_digest(s0.start), model_digest(s0.orm) if s0.orm else None),
         )

@@ -52,10 +52,14 @@ from selfreward.models import (
     reference_for,
     save_trained,
 )
+from selfreward.runs import Stage
 from selfreward.stats import mean
 from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+STAGE = Stage("dpo", config=lambda cfg: cfg.dpo, reads=("pairs",))
+"""Its fingerprint: the DPO settings and the pairs; the start and reference models are passed by the pipeline."""
 
 
 def run(

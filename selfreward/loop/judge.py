@@ -33,12 +33,22 @@ from selfreward.artifacts import IterPaths, read_jsonl, write_jsonl
 from selfreward.config import JudgeConfig
 from selfreward.constraints.agreement import judge_checker_agreement
 from selfreward.constraints.checkers import check_prompt
-from selfreward.generation import Generator, SamplingSpec
+from selfreward.generation import Generator, SamplingSpec, engine_settings
 from selfreward.judge_text import MAX_SCORE, load_template, parse_score, render_judge_prompt
 from selfreward.records import Candidate, ConstraintChecks, Judgement, JudgeSample, Prompt, required_fields, to_row
+from selfreward.runs import Stage
 from selfreward.stats import mean
 
 log = logging.getLogger(__name__)
+
+STAGE = Stage(
+    "judgements",
+    config=lambda cfg: (cfg.judge, engine_settings(cfg.engine)),
+    files=lambda cfg: [cfg.judge.template],
+    reads=("prompts", "candidates"),
+)
+"""Its fingerprint: judge and engine settings, the judge template, the prompts (their checkable instructions)
+and candidates; the judging model is passed by the pipeline."""
 
 SCORE_PREFILL = "Score: "
 PROBABILITY_CHUNK = 32

@@ -49,6 +49,13 @@ from selfreward.artifacts import IterPaths, atomic_path, file_digest, project_fi
 from selfreward.cards import Lineage, dataset_card
 from selfreward.config import JudgeConfig, PairsConfig
 from selfreward.records import Candidate, Judgement, PreferencePair, Prompt, required_fields, to_row
+from selfreward.runs import Stage
+
+STAGE = Stage(
+    "pairs", config=lambda cfg: (cfg.pairs, cfg.dpo.max_length), reads=("prompts", "candidates", "judgements")
+)
+"""Its fingerprint: pairs settings and DPO's max_length (identical-after-truncation), the three files; the
+model whose tokenizer truncates is passed by the pipeline."""
 
 
 @dataclass

@@ -17,57 +17,55 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from selfreward.artifacts import IterPaths, RunPaths, file_digest, model_digest, read_json, read_jsonl
+from selfreward.artifacts import IterPaths, RunPaths, read_json, read_jsonl
 from selfreward.cards import Lineage
-from selfreward.config import ResponsesConfig, RunConfig
+from selfreward.config import RunConfig
 from selfreward.constraints.data import load_constraint_prompts
 from selfreward.generation import Engine
 from selfreward.inputs import load_prompt_file, load_seed_pool
 from selfreward.launch import train
 from selfreward.loop import dpo, judge, pairs, prompt_gen, responses, sft
 from selfreward.models import base_model, iteration_seed, model_of_iteration, reference_for
-from selfreward.runs import Progress, RunChain, StageRunner, file_digests, open_run, record_invocation
+from selfreward.runs import Progress, RunChain, StageRunner, open_run, record_invocation
 from selfreward.tracking import Tracker, log_iteration
 
 log = logging.getLogger(__name__)
 
-STAGES = ("prompts", "candidates", "judgements", "pairs", "dpo")
-SEED_STAGES = ("sft_data", "sft")
+STAGES = tuple(s.STAGE.name for s in (prompt_gen, responses, judge, pairs, dpo))
+"""prompts, candidates, judgements, pairs, dpo: the figure's five stages, in order."""
+SEED_STAGES = (sft.DATA_STAGE.name, sft.TRAIN_STAGE.name)
 
 
 def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) -> None:
-    """M_{k-1} -> M_k: the five stages of one iteration, each reading and writing files in iter_k/."""
+    """M_{k-1} -> M_k: the five stages of one iteration, each reading and writing files in iter_k/. Each stage's
+    fingerprint is what its module's `STAGE` declares, plus the models it loads and the few-shot pool."""
     it = run.iteration(k)
     model = model_of_iteration(cfg, run, k - 1)
     stages.metrics["start_model"] = model
     reference = reference_for(cfg, run, k)
     pool = prompt_pool(cfg, run, k)
-    excluded = excluded_prompts(cfg)
     seed = iteration_seed(cfg, k)
-    gen_settings = engine_settings(cfg)
-    templates = file_digests([cfg.prompt_gen.template, cfg.seed_data.instructions])
-    start = model_digest(model)
+    lineage = Lineage(cfg.model, str(run.root), k, model)
 
     with Engine(cfg, model) as engine:  # started on first use, serves stages 1-3
-        # `config` (what the user chose) is refused when it changed; `inputs` (what earlier stages made) redo
-        stages.run(
-            "prompts",
-            (cfg.prompt_gen, excluded, templates, gen_settings),
-            lambda: prompt_gen.run(engine(), cfg.prompt_gen, pool, it, k, seed, excluded),
-            inputs=lambda: (start, pool),
+        stages.run_stage(
+            prompt_gen.STAGE,
+            cfg,
+            lambda: prompt_gen.run(engine(), cfg.prompt_gen, pool, it, k, seed, excluded_prompts(cfg)),
+            models=[model],
+            extra=pool,
         )
-        answer_and_judge(cfg, cfg.responses, it, seed, engine, stages, start)
+        answer_and_judge(cfg, it, seed, engine, stages, model)
         stages.metrics["engine"] = engine.close()  # the engine's memory is released before training
-    lineage = Lineage(cfg.model, str(run.root), k, model)
-    stages.run(
-        "pairs",
-        (cfg.pairs, cfg.dpo.max_length),
+    stages.run_stage(
+        pairs.STAGE,
+        cfg,
         lambda: pairs.run(cfg.pairs, it, tokenizer(model), cfg.dpo.max_length, cfg.judge, lineage),
-        inputs=lambda: [file_digest(p) for p in (it.prompts, it.candidates, it.judgements)],
+        models=[model],
     )
-    stages.run(
-        "dpo",
-        (cfg.dpo, reference),
+    stages.run_stage(
+        dpo.STAGE,
+        cfg,
         lambda: train(
             cfg,
             run,
@@ -75,42 +73,17 @@ def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) ->
             ["--iter", str(k)],
             lambda: dpo.run(cfg.dpo, model, reference, it, seed, Tracker.of(cfg), lineage),
         ),
-        inputs=lambda: (start, model_digest(reference) if reference else None, file_digest(it.pairs)),
+        models=[model, reference],
     )
 
 
 def answer_and_judge(
-    cfg: RunConfig,
-    responses_cfg: ResponsesConfig,
-    it: IterPaths,
-    seed: int,
-    engine: Engine,
-    stages: StageRunner,
-    start: str,
+    cfg: RunConfig, it: IterPaths, seed: int, engine: Engine, stages: StageRunner, model: str
 ) -> None:
-    """Stages 2-3 on `it.prompts` (shared with expert iteration): candidates, then the model judges them.
-    `start` is the answering model's digest (the stages' input beside the previous stage's file)."""
-    gen_settings = engine_settings(cfg)
-    stages.run(
-        "candidates",
-        (responses_cfg, gen_settings),
-        lambda: responses.run(engine(), responses_cfg, it, seed),
-        inputs=lambda: (start, file_digest(it.prompts)),
-    )
-    stages.run(
-        "judgements",
-        (cfg.judge, file_digests([cfg.judge.template]), gen_settings),
-        lambda: judge.run(engine(), cfg.judge, it, seed),
-        inputs=lambda: (start, file_digest(it.candidates)),
-    )
-
-
-def engine_settings(cfg: RunConfig) -> tuple:
-    """The engine settings that change what a generation stage writes (the engine, the weights' dtype, and
-    the context length, which decides which prompts are `too_long`)."""
-    e = cfg.engine
-    server = (e.base_url, e.server_model, e.server_args) if e.backend == "server" else ()
-    return (e.backend, e.dtype, e.max_model_len, e.reproducible, *server)
+    """Stages 2-3 on `it.prompts` (shared with expert iteration): candidates (`cfg.responses`), then `model`
+    judges them."""
+    stages.run_stage(responses.STAGE, cfg, lambda: responses.run(engine(), cfg.responses, it, seed), models=[model])
+    stages.run_stage(judge.STAGE, cfg, lambda: judge.run(engine(), cfg.judge, it, seed), models=[model])
 
 
 def run_seed_sft(cfg: RunConfig, run: RunPaths, stages: StageRunner) -> None:
@@ -118,17 +91,11 @@ def run_seed_sft(cfg: RunConfig, run: RunPaths, stages: StageRunner) -> None:
     it = run.iteration(0)
     base = base_model(cfg)
     stages.metrics["start_model"] = base
-    data_inputs = (
-        cfg.seed_data,
-        cfg.judge.template,
-        {k: getattr(cfg.sft, k) for k in ("ift", "eft", "eft_data", "max_examples")},
-        file_digests([cfg.seed_data.instructions, cfg.seed_data.ranked, cfg.judge.template, cfg.sft.eft_data]),
-    )
-    stages.run("sft_data", data_inputs, lambda: sft.write_data(cfg.seed_data, cfg.judge, cfg.sft, it, cfg.seed))
+    stages.run_stage(sft.DATA_STAGE, cfg, lambda: sft.write_data(cfg.seed_data, cfg.judge, cfg.sft, it, cfg.seed))
     lineage = Lineage(cfg.model, str(run.root), 0, base)  # M0 as configured: the card's base model and licence
-    stages.run(
-        "sft",
-        cfg.sft,
+    stages.run_stage(
+        sft.TRAIN_STAGE,
+        cfg,
         lambda: train(
             cfg,
             run,
@@ -136,7 +103,7 @@ def run_seed_sft(cfg: RunConfig, run: RunPaths, stages: StageRunner) -> None:
             [],
             lambda: sft.run(cfg.sft, base, it, cfg.seed, Tracker.of(cfg), lineage),
         ),
-        inputs=lambda: (model_digest(base), file_digest(it.sft_data)),
+        models=[base],
     )
 
 

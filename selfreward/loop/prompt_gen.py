@@ -33,10 +33,19 @@ from rouge_score import rouge_scorer
 from selfreward.artifacts import IterPaths, project_file, write_jsonl
 from selfreward.config import PromptGenConfig
 from selfreward.constraints.generator import add_constraints
-from selfreward.generation import Generator, SamplingSpec
+from selfreward.generation import Generator, SamplingSpec, engine_settings
 from selfreward.records import Prompt, RejectedPrompt, to_row
+from selfreward.runs import Stage
 
 log = logging.getLogger(__name__)
+
+STAGE = Stage(
+    "prompts",
+    config=lambda cfg: (cfg.prompt_gen, engine_settings(cfg.engine)),
+    files=lambda cfg: [cfg.prompt_gen.template, cfg.seed_data.instructions, cfg.prompt_gen.exclude, cfg.eval.prompts],
+)
+"""Its fingerprint: prompt_gen settings and the engine's, the template, seed pool and excluded prompt files; the
+start model and the few-shot pool (earlier iterations' prompts) are passed by the pipeline."""
 
 _TEMPLATE_FRAGMENTS = ("task:", "{examples}", "list of diverse tasks", "<|im_", "<|endoftext|>")
 _LEADING = re.compile(r"^\s*(?:task\s*\d*\s*[:.)-]\s*|\d+\s*[.)]\s*|[-*]\s+)", re.IGNORECASE)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from selfreward.artifacts import IterPaths, read_jsonl, write_jsonl
 from selfreward.config import ResponsesConfig
-from selfreward.generation import Generator, SamplingSpec
+from selfreward.generation import Generator, SamplingSpec, engine_settings
 from selfreward.records import Candidate, Prompt, required_fields, to_row
+from selfreward.runs import Stage
+
+STAGE = Stage("candidates", config=lambda cfg: (cfg.responses, engine_settings(cfg.engine)), reads=("prompts",))
+"""Its fingerprint: responses and engine settings, the prompts; the answering model is passed by the pipeline."""
 
 
 def run(gen: Generator, cfg: ResponsesConfig, it: IterPaths, seed: int = 0) -> dict:

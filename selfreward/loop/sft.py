@@ -39,9 +39,23 @@ from selfreward.inputs import load_examples, load_instructions
 from selfreward.launch import per_process_accumulation, stage_main, stage_parser, stage_setup
 from selfreward.loop import eft
 from selfreward.models import base_model, lm_head_on_labelled_positions_only, lora_config, save_trained
+from selfreward.runs import Stage
 from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+DATA_STAGE = Stage(
+    "sft_data",
+    config=lambda cfg: (
+        cfg.seed_data,
+        cfg.judge.template,
+        {k: getattr(cfg.sft, k) for k in ("ift", "eft", "eft_data", "max_examples")},
+    ),
+    files=lambda cfg: [cfg.seed_data.instructions, cfg.seed_data.ranked, cfg.judge.template, cfg.sft.eft_data],
+)
+"""The seed SFT's data: the seed files, the judge template (the EFT prompts) and the data settings."""
+TRAIN_STAGE = Stage("sft", config=lambda cfg: cfg.sft, reads=("sft_data",))
+"""The seed SFT: its settings and data; the base model is passed by the pipeline."""
 
 IFT_SOURCE = "ift"
 
