@@ -102,7 +102,7 @@ def test_the_reward_model_on_two_cpu_processes_equals_one(tmp_path: Path, tiny_m
         overrides += ["ppo.rm_learning_rate=1e-3", "ppo.precision=fp32", f"launch.num_processes={processes}"]
         cfg = load_config(ROOT / "configs" / "tiny.yaml", overrides)
         run = RunPaths(cfg.run_dir)
-        train_rows, _ = problems(cfg)
+        train_rows, _ = problems(cfg.reason, cfg.seed)
         answers = [(f"So it is {p.answer}.\n#### {p.answer}", True) for p in train_rows]
         answers += [(f"I think {p.answer}1.\n#### {p.answer}1", False) for p in train_rows]
         rows = [

@@ -11,7 +11,7 @@ import pytest
 from selfreward.artifacts import IterPaths, read_jsonl
 from selfreward.config import DPOStageConfig
 from selfreward.loop.dpo import run
-from selfreward.loop.pairs import _empty_dataset
+from selfreward.loop.pairs import empty_pairs_dataset
 
 
 def make_pairs(it: IterPaths, n: int) -> None:
@@ -25,7 +25,9 @@ def make_pairs(it: IterPaths, n: int) -> None:
         }
         for i in range(n)
     ]
-    (datasets.Dataset.from_list(rows) if rows else _empty_dataset()).save_to_disk(str(it.pairs_dataset), num_shards=1)
+    (datasets.Dataset.from_list(rows) if rows else empty_pairs_dataset()).save_to_disk(
+        str(it.pairs_dataset), num_shards=1
+    )
 
 
 def test_dpo_changes_every_parameter_and_logs(tmp_path: Path, tiny_model: Path, trl_lm_head_default: Any) -> None:

@@ -4,8 +4,10 @@
     expert_iter  expert iteration: sample, score, fine-tune on the best answers
     rl_math      the pure maths (GAE, whitening, KL controllers, reward scaling), tested by hand
     rewards      reward sources: the loop's judge, a TRL reward model
-    reason       problems with checkable answers: expert iteration, return-conditioned RL, DPO with
-                 verifier or self-judge pairs, each measured by maj@1 / maj@k / pass@k / rerank@k
+    reason       problems with checkable answers: one driver whose methods are a table (`METHODS`: how a
+                 round's data is made, how it trains): expert iteration, return-conditioned RL, PPO, DPO
+                 with verifier or self-judge pairs (the loop's `select_pair`), measured by maj@1 / maj@k /
+                 pass@k / rerank@k
 
 May import the top-level modules, `loop/` (they share its stages and seed SFT) and `reasoning/` (problems,
 verifier, metrics); never `evaluation/` or `reporting/`.

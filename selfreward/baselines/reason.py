@@ -49,7 +49,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from selfreward.artifacts import (
     DataError,
@@ -65,12 +65,12 @@ from selfreward.artifacts import (
 from selfreward.baselines.ppo import PPOTrainer, check_shares, ddp_launch
 from selfreward.baselines.rewards import ModelReward, VerifierReward, check_rm_batch, train_reward_model
 from selfreward.cards import Lineage, model_card
-from selfreward.config import ConfigError, RunConfig, fingerprint
+from selfreward.config import ConfigError, JudgeConfig, PairsConfig, PPOConfig, ReasonConfig, RunConfig, fingerprint
 from selfreward.generation import Engine, SamplingSpec, engine_settings
 from selfreward.launch import is_main_process, stage_main, stage_parser, stage_setup, train
 from selfreward.loop import dpo, sft
 from selfreward.loop.judge import judge_texts
-from selfreward.loop.pairs import _empty_dataset
+from selfreward.loop.pairs import Scored, empty_pairs_dataset, score_se, select_pair
 from selfreward.models import base_model, copy_model
 from selfreward.reasoning import metrics
 from selfreward.reasoning.problems import (
@@ -86,17 +86,6 @@ from selfreward.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)
 
-METHODS = (
-    "expert_iteration",
-    "expert_iteration_continued",
-    "rcrl",
-    "ppo_verifier",
-    "ppo_orm",
-    "dpo_verifier",
-    "dpo_judge",
-    "sft_solutions",
-)
-SFT_METHODS = ("expert_iteration", "expert_iteration_continued", "rcrl", "sft_solutions")
 ROUND_STAGES = ("samples", "train", "eval")
 PPO_STAGES = ("train", "eval")
 INIT_STAGES = ("sft_data", "sft", "orm_samples", "orm", "eval")
@@ -104,9 +93,48 @@ ASK = "\n\nSolve it step by step. End with a last line of the form `#### <number
 CORRECT, INCORRECT = "<reward: correct>", "<reward: incorrect>"
 
 
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One row of the study's table: how a method's round makes its data and how it trains.
+
+    `trains`: `sft` (on `examples`), `dpo` (on `pairs`) or `ppo` (sampling while it trains, with `reward`);
+    `origin`: the model a round trains from: `base` (M0), `start` (the SFT start) or `previous` (the round
+    before's model, the start in round 1); `samples`: whether a round first samples `reason.samples` answers per
+    training problem (and `judged`: the self-judge scores them); `token`: the return-conditioning token a
+    round samples and is measured behind."""
+
+    trains: Literal["sft", "dpo", "ppo"]
+    origin: Literal["base", "start", "previous"] = "previous"
+    examples: Callable[[RoundData], list[dict]] | None = None
+    pairs: Callable[[RoundData], list[dict]] | None = None
+    reward: Literal["verifier", "orm"] | None = None
+    samples: bool = True
+    judged: bool = False
+    token: str = ""
+    control_of: str | None = None
+    """A control of another method: its data is sized by that method's round (listed before it)."""
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """A round's stages: PPO samples while it trains, and a method that samples nothing skips `samples`."""
+        return ROUND_STAGES if self.samples and self.trains != "ppo" else PPO_STAGES
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundData:
+    """What a round's data is made from: the training problems, each earlier round's samples of this method
+    (the last is this round's), the start's worked solutions, and expert iteration's samples (its control)."""
+
+    rows: list[Problem]
+    rounds: list[list[dict]]
+    demonstrations: list[dict]
+    expert_rounds: list[list[dict]]
+    pairs_cfg: PairsConfig
+
+
 def stages_of(method: str) -> tuple[str, ...]:
-    """A round's stages: PPO samples while it trains, and the `sft_solutions` control samples nothing."""
-    return PPO_STAGES if method.startswith("ppo_") or method == "sft_solutions" else ROUND_STAGES
+    """A round's stages (`Method.stages`)."""
+    return METHODS[method].stages
 
 
 def user_turn(problem: Problem, token: str = "") -> str:
@@ -114,22 +142,25 @@ def user_turn(problem: Problem, token: str = "") -> str:
     return f"{token}\n{problem.prompt}{ASK}" if token else f"{problem.prompt}{ASK}"
 
 
-def sampling(cfg: RunConfig) -> dict:
+def sampling(r: ReasonConfig) -> dict:
     """What a sampling or measuring stage depends on in the reason section: not `rounds` or `methods`, so a
     run can be extended by a round or a method without redoing what is done, nor what only some stages read
     (`judge_mode`: `judging`; `orm` and `sft_init`: their models' digests are the stages' inputs)."""
-    r = dataclasses.asdict(cfg.reason)
-    return {k: v for k, v in r.items() if k not in ("rounds", "methods", "orm", "sft_init", "judge_mode")}
+    return {
+        k: v
+        for k, v in dataclasses.asdict(r).items()
+        if k not in ("rounds", "methods", "orm", "sft_init", "judge_mode")
+    }
 
 
-def judging(cfg: RunConfig) -> tuple:
+def judging(judge: JudgeConfig, mode: str) -> tuple:
     """What a stage that judges depends on: the judge section, the template's contents and the judge mode."""
-    return cfg.judge, file_digests([cfg.judge.template]), cfg.reason.judge_mode
+    return judge, file_digests([judge.template]), mode
 
 
-def reward_model_settings(cfg: RunConfig) -> dict:
+def reward_model_settings(ppo: PPOConfig) -> dict:
     """The `ppo:` settings the outcome reward model is trained with (`rm_*`, `precision`)."""
-    return {k: v for k, v in dataclasses.asdict(cfg.ppo).items() if k.startswith("rm_") or k == "precision"}
+    return {k: v for k, v in dataclasses.asdict(ppo).items() if k.startswith("rm_") or k == "precision"}
 
 
 def problems_key(train_rows: list[Problem], test: list[Problem]) -> str:
@@ -138,10 +169,9 @@ def problems_key(train_rows: list[Problem], test: list[Problem]) -> str:
     return fingerprint([dataclasses.asdict(p) for p in train_rows + test])
 
 
-def problems(cfg: RunConfig) -> tuple[list[Problem], list[Problem]]:
+def problems(r: ReasonConfig, seed: int) -> tuple[list[Problem], list[Problem]]:
     """The train and test problems: the first `train_problems` of a file and the next `test_problems`, or
-    our generator's disjoint splits."""
-    r = cfg.reason
+    our generator's disjoint splits (drawn with `seed`)."""
     if r.problems:
         rows = load_problem_file(r.problems)
         if len(rows) < r.train_problems + r.test_problems:
@@ -150,15 +180,14 @@ def problems(cfg: RunConfig) -> tuple[list[Problem], list[Problem]]:
                 f"reason.train_problems + reason.test_problems = {r.train_problems + r.test_problems}"
             )
         return rows[: r.train_problems], rows[r.train_problems : r.train_problems + r.test_problems]
-    return train_test_split(cfg.seed, r.train_problems, r.test_problems, Difficulty(r.max_number, steps=r.steps))
+    return train_test_split(seed, r.train_problems, r.test_problems, Difficulty(r.max_number, steps=r.steps))
 
 
 def sample(
-    gen: Any, cfg: RunConfig, rows: list[Problem], n: int, seed: int, token: str = "", greedy: bool = False
+    gen: Any, r: ReasonConfig, rows: list[Problem], n: int, seed: int, token: str = "", greedy: bool = False
 ) -> list[dict]:
     """n answers per problem, each verified: rows of {problem_id, index, text, tokens, correct, predicted,
     reason}."""
-    r = cfg.reason
     spec = SamplingSpec(
         n=n, temperature=0.0 if greedy else r.temperature, top_p=1.0, max_tokens=r.max_tokens, seed=seed
     )
@@ -182,13 +211,16 @@ def sample(
     return samples
 
 
-def judge_samples(gen: Any, cfg: RunConfig, rows: list[Problem], samples: list[dict], seed: int) -> list[float | None]:
-    """The model's own judge score (rubric of `judge.template`, `reason.judge_mode`) of each sample."""
-    judge_cfg = dataclasses.replace(cfg.judge, mode=cfg.reason.judge_mode)
+def judge_samples(
+    gen: Any, judge: JudgeConfig, mode: str, rows: list[Problem], samples: list[dict], seed: int
+) -> None:
+    """The model's own judge score (rubric of `judge.template` in `mode`, `reason.judge_mode`) of each sample,
+    and its standard error from the judge's own samples (`judge_score`, `judge_se`), in place."""
+    judge_cfg = dataclasses.replace(judge, mode=mode)
     prompt = {p.problem_id: p.prompt for p in rows}
-    return [
-        j.score for j in judge_texts(gen, judge_cfg, [(prompt[s["problem_id"]], s["text"]) for s in samples], seed)
-    ]
+    judged = judge_texts(gen, judge_cfg, [(prompt[s["problem_id"]], s["text"]) for s in samples], seed)
+    for s, j in zip(samples, judged, strict=True):
+        s["judge_score"], s["judge_se"] = j.score, score_se([dataclasses.asdict(x) for x in j.samples])
 
 
 def by_problem(rows: list[Problem], samples: list[dict], key: str) -> list[list[Any]]:
@@ -213,13 +245,11 @@ def evaluate(
         clock.append(time.perf_counter())
         return round(clock[-1] - clock[-2], 1)
 
-    greedy = sample(gen, cfg, test, 1, seed, token, greedy=True)
+    greedy = sample(gen, cfg.reason, test, 1, seed, token, greedy=True)
     seconds = {"greedy": lap()}
-    sampled = sample(gen, cfg, test, k, seed, token)
+    sampled = sample(gen, cfg.reason, test, k, seed, token)
     seconds["sampled"] = lap()
-    scores = judge_samples(gen, cfg, test, sampled, seed)
-    for s, score in zip(sampled, scores, strict=True):
-        s["judge_score"] = score
+    judge_samples(gen, cfg.judge, cfg.reason.judge_mode, test, sampled, seed)
     seconds["judged"] = lap()
     engine.close()
     if orm is not None:
@@ -336,19 +366,51 @@ def verifier_pairs(rows: list[Problem], samples: list[dict]) -> list[dict]:
     return out
 
 
-def judge_pairs(rows: list[Problem], samples: list[dict]) -> list[dict]:
-    """Per problem: the judge's best-scored ended answer vs its worst, when the scores differ."""
+def judge_pairs(rows: list[Problem], samples: list[dict], cfg: PairsConfig | None = None) -> list[dict]:
+    """Per problem: the self-judge's pair by the loop's own rules (`loop.pairs.select_pair`: the best ended answer
+    vs the worst, ties and pairs within the judge's noise dropped, length control)."""
     out = []
     for p in rows:
-        mine = [s for s in samples if s["problem_id"] == p.problem_id and s.get("judge_score") is not None]
-        ended = [s for s in mine if s["finish_reason"] != "length"]
-        if not ended or not mine:
-            continue
-        best = max(ended, key=lambda s: s["judge_score"])
-        worst = min(mine, key=lambda s: s["judge_score"])
-        if best["judge_score"] > worst["judge_score"]:
-            out.append(pair(p, best["text"], worst["text"]))
+        scored = [
+            Scored(
+                f"{s['problem_id']}-{s['index']}-{i}",
+                s["text"],
+                s["judge_score"],
+                s.get("tokens", len(s["text"])),
+                se=s.get("judge_se") or 0.0,
+                ended=s["finish_reason"] != "length",
+            )
+            for i, s in enumerate(samples)
+            if s["problem_id"] == p.problem_id and s.get("judge_score") is not None
+        ]
+        chosen = select_pair(scored, cfg or PairsConfig())
+        if isinstance(chosen, tuple):
+            out.append(pair(p, chosen[0].text, chosen[1].text))
     return out
+
+
+METHODS: dict[str, Method] = {
+    # Havrilla's expert iteration: every correct sample so far, from M0 with the start's recipe
+    "expert_iteration": Method("sft", "base", examples=lambda d: expert_examples(d.rows, d.rounds, d.demonstrations)),
+    # one correct sample per problem of this round, from the previous round's model
+    "expert_iteration_continued": Method("sft", examples=lambda d: continued_examples(d.rows, d.rounds[-1])),
+    "rcrl": Method("sft", "start", examples=lambda d: rcrl_examples(d.rows, d.rounds), token=CORRECT),
+    "ppo_verifier": Method("ppo", reward="verifier", samples=False),
+    "ppo_orm": Method("ppo", reward="orm", samples=False),
+    "dpo_verifier": Method("dpo", pairs=lambda d: verifier_pairs(d.rows, d.rounds[-1])),
+    "dpo_judge": Method("dpo", pairs=lambda d: judge_pairs(d.rows, d.rounds[-1], d.pairs_cfg), judged=True),
+    # expert iteration's control: as many examples as its round trained on, all worked solutions
+    "sft_solutions": Method(
+        "sft",
+        "base",
+        examples=lambda d: solution_examples(
+            d.demonstrations, len(expert_examples(d.rows, d.expert_rounds, d.demonstrations))
+        ),
+        samples=False,
+        control_of="expert_iteration",
+    ),
+}
+"""The study's methods (`reason.methods`): name -> how its data is made and how it trains."""
 
 
 def chat(user: str, answer: str) -> dict:
@@ -367,7 +429,7 @@ def save_pairs(it: IterPaths, rows: list[dict]) -> dict:
     import datasets
 
     write_jsonl(it.pairs, rows)
-    dataset = datasets.Dataset.from_list(rows) if rows else _empty_dataset()
+    dataset = datasets.Dataset.from_list(rows) if rows else empty_pairs_dataset()
     dataset.save_to_disk(str(it.pairs_dataset), num_shards=1 if not rows else None)
     return {"pairs": len(rows)}
 
@@ -386,8 +448,8 @@ class Start:
     orm: Path | None
 
 
-def round_seed(cfg: RunConfig, k: int) -> int:
-    return cfg.seed * 1000 + 700 + k
+def round_seed(seed: int, k: int) -> int:
+    return seed * 1000 + 700 + k
 
 
 def round_paths(run: RunPaths, method: str, k: int) -> IterPaths:
@@ -421,7 +483,7 @@ def ppo_round(
 ) -> dict:
     """PPO from `model` with `reason.samples` rollouts per training problem (the sampling budget of the other
     methods), reward = the verifier's 0/1 or the ORM's score; every rollout verified into candidates.jsonl."""
-    if method == "ppo_orm" and s0.orm is None:
+    if METHODS[method].reward == "orm" and s0.orm is None:
         raise DataError(
             f"{it.root}: ppo_orm needs the outcome reward model, and none was trained "
             "(reason.orm is false, or the start's answers gave no (correct, incorrect) pair)"
@@ -430,7 +492,7 @@ def ppo_round(
     steps = len(train_rows) * r.samples // cfg.ppo.rollout_batch_size  # divides: checked by `reason`
     ppo_cfg = dataclasses.replace(cfg.ppo, steps=steps, max_new_tokens=r.max_tokens, temperature=r.temperature)
     # the reward is given on the main process only (PPOTrainer): the others load no reward model
-    use_orm = method == "ppo_orm" and is_main_process()
+    use_orm = METHODS[method].reward == "orm" and is_main_process()
     orm = ModelReward(s0.orm, cfg.ppo.rm_max_length, precision=cfg.ppo.precision) if use_orm else None
     reward = VerifierReward({user_turn(p): (p.problem_id, p.answer) for p in train_rows}, orm)
     trainer = PPOTrainer(ppo_cfg, model, reward, seed=seed)
@@ -442,7 +504,7 @@ def ppo_round(
     if trainer.accelerator.is_main_process:  # the reward is given (and the rollouts verified) there
         write_jsonl(it.candidates, reward.rows)
     lineage = Lineage(cfg.model, str(run.root), 0, model)
-    data = {"problems": len(train_rows), "updates": len(rows), "reward": method.removeprefix("ppo_")}
+    data = {"problems": len(train_rows), "updates": len(rows), "reward": METHODS[method].reward}
     summary = {"optimizer_steps": trainer.optimizer_steps, "last_row": rows[-1] if rows else None}
     trainer.save_policy(it.model, model_card(lineage, "ppo", {"ppo": dataclasses.asdict(ppo_cfg)}, data, summary))
     correct = [x["correct"] for x in reward.rows]
@@ -460,35 +522,35 @@ def ppo_round(
 
 def round_data(cfg: RunConfig, run: RunPaths, method: str, k: int) -> dict:
     """What stage train of round k of `method` trains on, written by the parent before the training child
-    starts (so that N processes of it never write one file): the SFT examples (expert iteration, its control,
-    RCRL: sft_data.jsonl) or the DPO pairs (pairs.jsonl, pairs/). PPO samples while it trains: nothing."""
-    train_rows, _ = problems(cfg)
-    s0, it = starting_point(cfg, run, train_rows), round_paths(run, method, k)
-    if method == "sft_solutions":
-        expert = expert_examples(train_rows, rounds_candidates(run, "expert_iteration", k), s0.demonstrations)
-        examples = solution_examples(s0.demonstrations, len(expert))
-        return {"examples": write_jsonl(it.sft_data, examples), "expert_iteration_examples": len(expert)}
-    earlier = rounds_candidates(run, method, k)
-    if method == "expert_iteration":  # the start's data and every correct sample
-        return {"examples": write_jsonl(it.sft_data, expert_examples(train_rows, earlier, s0.demonstrations))}
-    if method == "expert_iteration_continued":
-        return {"examples": write_jsonl(it.sft_data, continued_examples(train_rows, earlier[-1]))}
-    if method == "rcrl":
-        return {"examples": write_jsonl(it.sft_data, rcrl_examples(train_rows, earlier))}
-    return save_pairs(it, (verifier_pairs if method == "dpo_verifier" else judge_pairs)(train_rows, earlier[-1]))
+    starts (so that N processes of it never write one file): the SFT examples (sft_data.jsonl) or the DPO pairs
+    (pairs.jsonl, pairs/) that the method's table row makes. PPO samples while it trains: nothing."""
+    train_rows, _ = problems(cfg.reason, cfg.seed)
+    s0, it, m = starting_point(cfg, run, train_rows), round_paths(run, method, k), METHODS[method]
+    data = RoundData(
+        train_rows,
+        rounds_candidates(run, method, k) if m.samples else [],
+        s0.demonstrations,
+        rounds_candidates(run, m.control_of, k) if m.control_of else [],
+        cfg.pairs,
+    )
+    if m.examples is not None:
+        return {"examples": write_jsonl(it.sft_data, m.examples(data))}
+    assert m.pairs is not None, method
+    return save_pairs(it, m.pairs(data))
 
 
 def train_round(cfg: RunConfig, run: RunPaths, method: str, k: int) -> dict:
     """Stage train of round k of `method` (in the training child), from the run's files: PPO (which samples
     while it trains), SFT on `round_data`'s examples (expert iteration and its control from M0, RCRL from the
     start, continued expert iteration from the previous round's model), or DPO on its pairs."""
-    train_rows, _ = problems(cfg)
+    train_rows, _ = problems(cfg.reason, cfg.seed)
     s0 = starting_point(cfg, run, train_rows)
-    it, model, seed = round_paths(run, method, k), round_model(run, method, k, s0), round_seed(cfg, k)
-    if method.startswith("ppo_"):
+    it, model, seed = round_paths(run, method, k), round_model(run, method, k, s0), round_seed(cfg.seed, k)
+    m = METHODS[method]
+    if m.trains == "ppo":
         return ppo_round(cfg, run, it, method, model, s0, train_rows, seed)
-    if method in SFT_METHODS:
-        origin = {"expert_iteration": s0.base, "sft_solutions": s0.base, "rcrl": s0.start}.get(method, model)
+    if m.trains == "sft":
+        origin = {"base": s0.base, "start": s0.start, "previous": model}[m.origin]
         sft_cfg = dataclasses.replace(cfg.sft, max_steps=-1, save_steps=0)
         return sft.train_sft(origin, read_jsonl(it.sft_data), sft_cfg, it.model, seed)
     dpo_cfg = dataclasses.replace(cfg.dpo, min_pairs=min(cfg.dpo.min_pairs, 4), save_steps=0)
@@ -519,7 +581,7 @@ def orm_data(cfg: RunConfig, run: RunPaths) -> dict:
     """The outcome reward model's pairs (`orm_pairs` of the start's verified answers), written by the parent
     before the training child starts; an ORM of earlier answers is removed first, so it cannot outlive a
     re-run that trains none."""
-    train_rows, _ = problems(cfg)
+    train_rows, _ = problems(cfg.reason, cfg.seed)
     orm = IterPaths(run.reason / "init" / "orm")
     if orm.model.exists():
         shutil.rmtree(orm.model)
@@ -528,7 +590,7 @@ def orm_data(cfg: RunConfig, run: RunPaths) -> dict:
 
 def train_orm(cfg: RunConfig, run: RunPaths) -> dict:
     """Stage orm (in the training child): RewardTrainer on the pairs `orm_data` wrote."""
-    train_rows, _ = problems(cfg)
+    train_rows, _ = problems(cfg.reason, cfg.seed)
     s0 = starting_point(cfg, run, train_rows)
     orm = IterPaths(run.reason / "init" / "orm")
     lineage = Lineage(cfg.model, str(run.root), 0, s0.start)
@@ -556,36 +618,35 @@ def run_round(
 ) -> None:
     """One round of `method`: sample k answers per train problem with round k-1's model, train, measure (PPO
     samples while it trains)."""
-    it, model, seed = round_paths(run, method, k), round_model(run, method, k, s0), round_seed(cfg, k)
-    token = CORRECT if method == "rcrl" else ""
-    settings = (sampling(cfg), judging(cfg), engine_settings(cfg.engine))
+    it, model, seed = round_paths(run, method, k), round_model(run, method, k, s0), round_seed(cfg.seed, k)
+    m = METHODS[method]
+    settings = (sampling(cfg.reason), judging(cfg.judge, cfg.reason.judge_mode), engine_settings(cfg.engine))
     digest = model_digest(model)
     orm_digest = model_digest(s0.orm) if s0.orm is not None else None
     job = ["--job", "round", "--method", method, "--round", str(k)]
 
     def do_samples(engine: Engine) -> dict:
-        rows = sample(engine(), cfg, train_rows, cfg.reason.samples, seed, token)
-        if method == "dpo_judge":
-            for s, score in zip(rows, judge_samples(engine(), cfg, train_rows, rows, seed), strict=True):
-                s["judge_score"] = score
+        rows = sample(engine(), cfg.reason, train_rows, cfg.reason.samples, seed, m.token)
+        if m.judged:
+            judge_samples(engine(), cfg.judge, cfg.reason.judge_mode, train_rows, rows, seed)
         write_jsonl(it.candidates, rows)
         return {"samples": len(rows), "correct": sum(s["correct"] for s in rows)}
 
     def do_train() -> dict:
         data = round_data(cfg, run, method, k)
-        if method in SFT_METHODS and not data["examples"]:
+        if m.trains == "sft" and not data["examples"]:
             copy_model(model, it.model)
             return {**data, "skipped": True}
         return {**data, **in_child(cfg, run, job, lambda: train_round(cfg, run, method, k))}
 
-    if method.startswith("ppo_"):
+    if m.trains == "ppo":
         stages.run(
             "train",
-            (sampling(cfg), cfg.ppo, method),
+            (sampling(cfg.reason), cfg.ppo, method),
             lambda: in_child(ddp_launch(cfg), run, job, lambda: train_round(cfg, run, method, k)),
-            inputs=lambda: (digest, orm_digest if method == "ppo_orm" else None),
+            inputs=lambda: (digest, orm_digest if m.reward == "orm" else None),
         )
-    elif method == "sft_solutions":
+    elif not m.samples:
         stages.run(
             "train",
             (cfg.sft, method),
@@ -593,7 +654,7 @@ def run_round(
             inputs=lambda: (
                 model_digest(s0.base),
                 file_digest(IterPaths(run.reason / "init").sft_data),
-                [file_digest(path) for path in candidate_files(run, "expert_iteration", k)],
+                [file_digest(path) for path in candidate_files(run, m.control_of or method, k)],
             ),
         )
     else:
@@ -613,7 +674,7 @@ def run_round(
     stages.run(
         "eval",
         settings,
-        lambda: measure(cfg, it.model, test, token, seed, it.root / "eval.jsonl", s0.orm),
+        lambda: measure(cfg, it.model, test, m.token, seed, it.root / "eval.jsonl", s0.orm),
         inputs=lambda: (model_digest(it.model), orm_digest),
     )
 
@@ -636,32 +697,30 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
     unknown = [m for m in cfg.reason.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"reason.methods: unknown {unknown}; choose from {list(METHODS)}")
-    if "ppo_orm" in cfg.reason.methods and not cfg.reason.orm:
-        raise ConfigError("reason.methods: ppo_orm needs the outcome reward model (reason.orm: true)")
-    if "sft_solutions" in cfg.reason.methods:
-        ms = cfg.reason.methods
-        if "expert_iteration" not in ms or ms.index("expert_iteration") > ms.index("sft_solutions"):
-            raise ConfigError(
-                "reason.methods: sft_solutions is expert_iteration's control; list expert_iteration before it"
-            )
-        if not cfg.reason.sft_init:
-            raise ConfigError(
-                "reason.methods: sft_solutions trains on the worked solutions; it needs reason.sft_init: true"
-            )
+    ms = cfg.reason.methods
+    for name in ms:
+        m = METHODS[name]
+        if m.reward == "orm" and not cfg.reason.orm:
+            raise ConfigError(f"reason.methods: {name} needs the outcome reward model (reason.orm: true)")
+        if m.control_of and (m.control_of not in ms or ms.index(m.control_of) > ms.index(name)):
+            raise ConfigError(f"reason.methods: {name} is {m.control_of}'s control; list {m.control_of} before it")
+        if m.control_of and not cfg.reason.sft_init:
+            raise ConfigError(f"reason.methods: {name} trains on the worked solutions; it needs reason.sft_init: true")
     processes = cfg.launch.num_processes
     if cfg.reason.orm:
         check_rm_batch(cfg.ppo, processes)
-    if any(m.startswith("ppo_") for m in cfg.reason.methods):
+    ppo = any(METHODS[m].trains == "ppo" for m in cfg.reason.methods)
+    if ppo:
         check_shares(cfg.ppo, processes)
     budget = cfg.reason.train_problems * cfg.reason.samples
-    if any(m.startswith("ppo_") for m in cfg.reason.methods) and budget % cfg.ppo.rollout_batch_size:
+    if ppo and budget % cfg.ppo.rollout_batch_size:
         raise ConfigError(
             f"ppo.rollout_batch_size={cfg.ppo.rollout_batch_size} does not divide reason.train_problems x "
             f"reason.samples = {budget}: PPO would not sample each problem reason.samples times"
         )
     run = open_run(cfg)
     wall = time.perf_counter()
-    train_rows, test = problems(cfg)
+    train_rows, test = problems(cfg.reason, cfg.seed)
     write_problem_file(run.reason / "problems_train.jsonl", train_rows)
     write_problem_file(run.reason / "problems_test.jsonl", test)
     key = problems_key(train_rows, test)
@@ -688,11 +747,11 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
 
             def do_orm_samples() -> dict:
                 with Engine(cfg, s0.start) as engine:
-                    rows = sample(engine(), cfg, train_rows, cfg.reason.samples, seed)
+                    rows = sample(engine(), cfg.reason, train_rows, cfg.reason.samples, seed)
                 write_jsonl(orm.candidates, rows)
                 return {"samples": len(rows), "correct": sum(s["correct"] for s in rows)}
 
-            settings = (sampling(cfg), engine_settings(cfg.engine))
+            settings = (sampling(cfg.reason), engine_settings(cfg.engine))
             stages.run("orm_samples", settings, do_orm_samples, inputs=lambda: model_digest(s0.start))
 
             def do_orm() -> dict:
@@ -706,14 +765,14 @@ def reason(cfg: RunConfig, force: bool = False) -> RunPaths:
 
             stages.run(
                 "orm",
-                reward_model_settings(cfg),
+                reward_model_settings(cfg.ppo),
                 do_orm,
                 inputs=lambda: (model_digest(s0.start), file_digest(orm.candidates)),
             )
         s0 = starting_point(cfg, run, train_rows)  # with the ORM the stage above trained
         stages.run(
             "eval",
-            (sampling(cfg), judging(cfg), engine_settings(cfg.engine)),
+            (sampling(cfg.reason), judging(cfg.judge, cfg.reason.judge_mode), engine_settings(cfg.engine)),
             lambda: measure(cfg, s0.start, test, "", cfg.seed, init.root / "eval.jsonl", s0.orm),
             inputs=lambda: (model_digest(s0.start), model_digest(s0.orm) if s0.orm else None),
         )
@@ -742,7 +801,7 @@ def main() -> None:
     `orm` (the outcome reward model) or `round` (stage train of --method's --round)."""
     parser = stage_parser(main.__doc__)
     parser.add_argument("--job", choices=("init", "orm", "round"), required=True)
-    parser.add_argument("--method", choices=METHODS)
+    parser.add_argument("--method", choices=list(METHODS))
     parser.add_argument("--round", type=int, default=1)
     args = parser.parse_args()
     if args.job == "round" and args.method is None:

@@ -4,8 +4,9 @@
     judge_eval     a model as judge vs human labels (`selfreward judge-eval`)
     compare        head-to-head win rates on held-out prompts (`selfreward compare`)
     methods        the loop vs the baselines from the same start (`selfreward compare-methods`)
+    instructions   every model of a run on checkable instructions (`selfreward evaluate`)
 
-May import the top-level modules, `loop/` (the judge is the loop's judge) and `reasoning/` (the
-verifier); never `baselines/` or `reporting/`. Results go to the run folder's judge_eval.json,
-compare.json, methods.json.
+May import the top-level modules (statistics from `stats`), `loop/` (the judge is the loop's judge),
+`constraints/` (the checkers) and `reasoning/` (the verifier); never `baselines/` or `reporting/`. Results go
+to the run folder's judge_eval.json, compare.json, methods.json, evaluate.json.
 """

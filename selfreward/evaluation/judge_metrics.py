@@ -52,7 +52,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from selfreward.judge_text import MAX_SCORE
-from selfreward.stats import bootstrap_ratio, mean
+from selfreward.stats import mean, pairwise_agreement
 
 # --------------------------------------------------------------------------- metrics
 
@@ -71,41 +71,24 @@ def pairwise_accuracy(
     unscored. Item 4 ranks [1, 1]: human tie. accuracy = (1 + 1 + 0 + 0.5) / 4 = 0.625.
     """
     _check_shapes(judge_scores, human_ranks)
-    item_scores, item_pairs = [], []
-    human_ties = unscored = judge_ties = 0
-    for scores, ranks in zip(judge_scores, human_ranks, strict=True):
-        total, pairs = 0.0, 0
-        for j in range(len(ranks)):
-            for k in range(j + 1, len(ranks)):
-                human = _sign(ranks[k] - ranks[j])
-                if human == 0:
-                    human_ties += 1
-                    continue
-                sj, sk = scores[j], scores[k]
-                if sj is None or sk is None or math.isnan(sj) or math.isnan(sk):
-                    unscored += 1
-                    continue
-                judge = _sign(sj - sk)
-                pairs += 1
-                if judge == 0:
-                    judge_ties += 1
-                    total += 0.5
-                elif judge == human:
-                    total += 1.0
-        if pairs:
-            item_scores.append(total)
-            item_pairs.append(pairs)
-    n_pairs = sum(item_pairs)
-    ci_low, ci_high = bootstrap_ratio(item_scores, item_pairs, n_resamples, seed, confidence)
+    human_ties = sum(
+        1 for ranks in human_ranks for j in range(len(ranks)) for k in range(j + 1, len(ranks)) if ranks[j] == ranks[k]
+    )
+    # better = lower rank: the truth of a response is its negated rank (`stats.pairwise_agreement`)
+    groups = [
+        [(-float(rank), score) for rank, score in zip(ranks, scores, strict=True)]
+        for scores, ranks in zip(judge_scores, human_ranks, strict=True)
+    ]
+    r = pairwise_agreement(groups, n_resamples, seed, confidence)
     return {
-        "accuracy": sum(item_scores) / n_pairs if n_pairs else math.nan,
-        "n_pairs": n_pairs,
-        "judge_ties": judge_ties,
-        "unscored": unscored,
+        "accuracy": r["agreement"],
+        "n_pairs": r["n_pairs"],
+        "judge_ties": r["ties"],
+        "unscored": r["unscored"],
         "human_ties": human_ties,
-        "n_items": len(item_pairs),
-        "ci_low": ci_low,
-        "ci_high": ci_high,
+        "n_items": r["n_groups"],
+        "ci_low": r["ci_low"],
+        "ci_high": r["ci_high"],
     }
 
 

@@ -5,6 +5,9 @@ through the files of iter_K/:
     eft + sft                                                                 iter_0: the seed SFT, M0 -> M1
     pipeline                                                                  `run_iteration`, `iterate`
 
-May import the top-level modules (config, records, artifacts, models, generation, inputs, runs); never
-`baselines/`, `evaluation/` or `reporting/`.
+Each stage module declares what its fingerprint covers (`STAGE`, a `runs.Stage`) beside its `run`.
+
+May import the top-level modules (config, records, artifacts, models, generation, inputs, runs, launch,
+judge_text, stats) and `constraints/` (the checkers, the generator); never `baselines/`, `evaluation/` or
+`reporting/`.
 """

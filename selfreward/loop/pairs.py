@@ -274,7 +274,7 @@ def run(
     judgements = read_jsonl(it.judgements, required_fields(Judgement))
     pairs, dropped = make_pairs(prompts, candidates, judgements, cfg, truncation_check(tokenizer, max_length))
     rows = [to_row(p) for p in pairs]
-    dataset = datasets.Dataset.from_list(rows) if rows else _empty_dataset()
+    dataset = datasets.Dataset.from_list(rows) if rows else empty_pairs_dataset()
     n = len(pairs)
     metrics = {
         "pairs": n,
@@ -309,7 +309,7 @@ def pairs_card(cfg: PairsConfig, judge: JudgeConfig, lineage: Lineage, metrics: 
     return dataset_card(lineage, judged_by, dataclasses.asdict(cfg), counts, rest)
 
 
-def _empty_dataset():
+def empty_pairs_dataset():
     import datasets
 
     message = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]

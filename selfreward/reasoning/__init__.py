@@ -8,7 +8,7 @@ Reinforcement Learning"): a reward that needs no judge, because the final answer
                compare it with the reference (`verify` -> Verdict with the reason when unreadable)
 
     metrics    pure metrics over verified answers: pass@k (unbiased), maj@k, rerank@k, judge accuracy on
-               (correct, incorrect) pairs, bootstrap intervals
+               (correct, incorrect) pairs; the intervals are `stats`'s
 
 The methods that train on these problems (expert iteration, return-conditioned RL, DPO with verifier or
 judge pairs) are `baselines/reason.py`.

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from selfreward.reasoning.verifier import format_number, normalize_number
-from selfreward.stats import bootstrap_ci, bootstrap_ratio, mean_with_ci, paired_gain_with_ci
+from selfreward.stats import bootstrap_ci, mean_with_ci, paired_gain_with_ci, pairwise_agreement
 
 __all__ = ["bootstrap_ci", "mean_with_ci", "paired_gain_with_ci"]  # the statistics, from `stats`, used here
 
@@ -156,34 +156,17 @@ def judge_accuracy_on_pairs(
     there is no pair."""
     if len(correct_scores) != len(incorrect_scores):
         raise ValueError(f"{len(correct_scores)} problems of correct scores, {len(incorrect_scores)} of incorrect")
-    sums: list[float] = []
-    counts: list[float] = []
-    ties = unscored = 0
-    for right, wrong in zip(correct_scores, incorrect_scores, strict=True):
-        total = pairs = 0.0
-        for r in right:
-            for w in wrong:
-                rs, ws = _score(r), _score(w)
-                if rs == -math.inf or ws == -math.inf:
-                    unscored += 1
-                    continue
-                pairs += 1
-                if rs > ws:
-                    total += 1.0
-                elif rs == ws:
-                    total += 0.5
-                    ties += 1
-        if pairs:
-            sums.append(total)
-            counts.append(pairs)
-    n_pairs = int(sum(counts))
-    low, high = bootstrap_ratio(sums, counts, n_resamples, seed, level)
+    groups = [
+        [(1.0, r) for r in right] + [(0.0, w) for w in wrong]
+        for right, wrong in zip(correct_scores, incorrect_scores, strict=True)
+    ]
+    r = pairwise_agreement(groups, n_resamples, seed, level)
     return {
-        "accuracy": sum(sums) / n_pairs if n_pairs else math.nan,
-        "ci_low": low,
-        "ci_high": high,
-        "n_pairs": n_pairs,
-        "n_problems": len(counts),
-        "ties": ties,
-        "unscored": unscored,
+        "accuracy": r["agreement"],
+        "ci_low": r["ci_low"],
+        "ci_high": r["ci_high"],
+        "n_pairs": r["n_pairs"],
+        "n_problems": r["n_groups"],
+        "ties": r["ties"],
+        "unscored": r["unscored"],
     }

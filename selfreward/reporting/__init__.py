@@ -4,5 +4,5 @@
     inspection  the terminal view (`selfreward inspect`)
     report      one HTML page (`selfreward report`)
 
-May import `artifacts` and `errors` only: what it shows is what the files say.
+May import `artifacts`, `errors` and `stats` only: what it shows is what the files say.
 """
