@@ -481,7 +481,7 @@ class ReasonConfig:
 
     problems: str = ""
     """A problems file ({prompt, answer} or GSM8K {question, answer ... #### N}) split into train and test;
-    empty: our generator (`reasoning.problems`, `max_number`, `steps`)."""
+    empty: our generator (`reason.problems`, `max_number`, `steps`)."""
     train_problems: Count = 64
     test_problems: Count = 60
     max_number: Count = 20

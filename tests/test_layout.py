@@ -64,10 +64,10 @@ def test_top_level_modules_import_no_subpackage() -> None:
             assert all(d in TOP_LEVEL for d in deps), f"{module} imports {deps - TOP_LEVEL}"
 
 
-def test_reasoning_imports_only_top_level_modules() -> None:
+def test_reason_imports_only_top_level_modules() -> None:
     for module, deps in package_imports().items():
-        if module.startswith("reasoning."):
-            bad = {d for d in deps if d not in TOP_LEVEL and not d.startswith("reasoning")}
+        if module.startswith("reason."):
+            bad = {d for d in deps if d not in TOP_LEVEL and not d.startswith("reason")}
             assert not bad, f"{module} imports {bad}"
 
 

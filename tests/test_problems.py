@@ -1,4 +1,4 @@
-"""The problem generator, train/test splits and problem files (`reasoning/problems.py`)."""
+"""The problem generator, train/test splits and problem files (`reason/problems.py`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from selfreward.artifacts import DataError
 from selfreward.errors import UserError
-from selfreward.reasoning.problems import (
+from selfreward.reason.problems import (
     TEMPLATES,
     Difficulty,
     Problem,
@@ -22,7 +22,7 @@ from selfreward.reasoning.problems import (
     train_test_split,
     write_problem_file,
 )
-from selfreward.reasoning.verifier import verify
+from selfreward.reason.verifier import verify
 
 STEP_LINE = re.compile(r"Step (\d+): (\d+) ([-+*/]) (\d+) = (\d+) .+\.")
 

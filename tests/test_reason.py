@@ -25,7 +25,7 @@ from selfreward.baselines.reason import (
     verifier_pairs,
 )
 from selfreward.config import ConfigError, load_config
-from selfreward.reasoning.problems import Problem
+from selfreward.reason.problems import Problem
 
 ROOT = Path(__file__).resolve().parent.parent
 P = [Problem("p1", "1 + 1?", "2", "1 + 1 = 2\n#### 2", "generated"), Problem("p2", "2 * 3?", "6", "", "generated")]

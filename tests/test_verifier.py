@@ -1,4 +1,4 @@
-"""The answer verifier (`reasoning/verifier.py`): extraction order, exact normalisation, verdicts."""
+"""The answer verifier (`reason/verifier.py`): extraction order, exact normalisation, verdicts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from selfreward.reasoning.verifier import (
+from selfreward.reason.verifier import (
     Verdict,
     extract_answer,
     format_number,

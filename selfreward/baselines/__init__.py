@@ -9,6 +9,6 @@
                  with verifier or self-judge pairs (the loop's `select_pair`), measured by maj@1 / maj@k /
                  pass@k / rerank@k
 
-May import the top-level modules, `loop/` (they share its stages and seed SFT) and `reasoning/` (problems,
+May import the top-level modules, `loop/` (they share its stages and seed SFT) and `reason/` (problems,
 verifier, metrics); never `evaluation/` or `reporting/`.
 """

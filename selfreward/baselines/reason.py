@@ -72,15 +72,15 @@ from selfreward.loop import dpo, sft
 from selfreward.loop.judge import judge_texts
 from selfreward.loop.pairs import Scored, empty_pairs_dataset, score_se, select_pair
 from selfreward.models import base_model, copy_model
-from selfreward.reasoning import metrics
-from selfreward.reasoning.problems import (
+from selfreward.reason import metrics
+from selfreward.reason.problems import (
     Difficulty,
     Problem,
     load_problem_file,
     train_test_split,
     write_problem_file,
 )
-from selfreward.reasoning.verifier import verify
+from selfreward.reason.verifier import verify
 from selfreward.runs import RunChain, StageRunner, file_digests, open_run
 from selfreward.tracking import Tracker, flatten
 

@@ -28,7 +28,7 @@ from selfreward.launch import per_process_accumulation
 from selfreward.loop.dpo import chat_ids as conversation_ids
 from selfreward.loop.judge import judge_texts
 from selfreward.models import save_trained
-from selfreward.reasoning.verifier import verify
+from selfreward.reason.verifier import verify
 from selfreward.tracking import Tracker
 
 if TYPE_CHECKING:

@@ -7,6 +7,6 @@
     instructions   every model of a run on checkable instructions (`selfreward evaluate`)
 
 May import the top-level modules (statistics from `stats`), `loop/` (the judge is the loop's judge),
-`constraints/` (the checkers) and `reasoning/` (the verifier); never `baselines/` or `reporting/`. Results go
+`constraints/` (the checkers) and `reason/` (the verifier); never `baselines/` or `reporting/`. Results go
 to the run folder's judge_eval.json, compare.json, methods.json, evaluate.json.
 """

@@ -408,7 +408,7 @@ def cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, dict) and "ci_low" in value and ("value" in value or "accuracy" in value):
-        # a metric with its 95% interval (reasoning.metrics): `0.383 [0.25, 0.50] (n=60)`
+        # a metric with its 95% interval (reason.metrics): `0.383 [0.25, 0.50] (n=60)`
         v = value.get("value", value.get("accuracy"))
         n = value.get("n", value.get("n_pairs"))
         if not isinstance(v, (int, float)) or not math.isfinite(v):  # no pairs: NaN in reason.json

@@ -44,7 +44,7 @@ from typing import Any
 
 from selfreward.artifacts import DataError, iter_jsonl, project_file, write_jsonl
 from selfreward.errors import UserError
-from selfreward.reasoning.verifier import format_number, normalize_number
+from selfreward.reason.verifier import format_number, normalize_number
 
 OPERATIONS = ("+", "-", "*", "/")
 MAX_STEPS = 4

@@ -1,4 +1,4 @@
-"""Metrics over verified answers (`reasoning/metrics.py`) against hand-worked numbers."""
+"""Metrics over verified answers (`reason/metrics.py`) against hand-worked numbers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from math import comb
 
 import pytest
 
-from selfreward.reasoning.metrics import (
+from selfreward.reason.metrics import (
     bootstrap_ci,
     is_correct,
     judge_accuracy_on_pairs,

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from selfreward.reasoning.verifier import format_number, normalize_number
+from selfreward.reason.verifier import format_number, normalize_number
 from selfreward.stats import bootstrap_ci, mean_with_ci, paired_gain_with_ci, pairwise_agreement
 
 __all__ = ["bootstrap_ci", "mean_with_ci", "paired_gain_with_ci"]  # the statistics, from `stats`, used here
