@@ -73,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo finished stages whose config changed")
     p.set_defaults(func=cmd_iterate)
 
+    p = sub.add_parser("plan", help="memory per device and time of every stage, by arithmetic, before anything runs")
+    p.add_argument("config", nargs="?", default="configs/default.yaml", help="YAML config (default: %(default)s)")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs per machine (default: this machine's; 0 = CPU)")
+    p.add_argument("--gpu-memory", type=float, default=None, help="GiB per GPU, or of the machine with --gpus 0")
+    p.add_argument("--efficiency", type=float, default=0.4, help="share of peak FLOP/s assumed (default 0.4)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. dpo.lora=true")
+    p.set_defaults(func=cmd_plan)
+
     p = sub.add_parser("config", help="print the resolved config (defaults + YAML + overrides)")
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
@@ -200,11 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_iterate(args: argparse.Namespace) -> None:
+    from selfreward import plan
     from selfreward.loop.pipeline import iterate
 
     cfg = load_config(args.config, args.overrides)
     if args.iterations is not None and args.iterations < 0:
         raise ConfigError(f"--iterations must be 0 or more, got {args.iterations}")
+    plan.check(cfg, plan.this_machine())  # before any stage runs: a stage that cannot fit is refused here
     iterations = cfg.iterations if args.iterations is None else args.iterations
     hook = None
     if cfg.eval.every_iteration:
@@ -212,6 +222,33 @@ def cmd_iterate(args: argparse.Namespace) -> None:
 
         hook = after_iteration(cfg)
     iterate(cfg, iterations, force=args.force, argv=["selfreward", *args.argv], after_iteration=hook)
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from selfreward import plan
+
+    cfg = load_config(args.config, args.overrides)
+    here = plan.this_machine() if args.gpus is None or args.gpu_memory is None else None
+    gpus = args.gpus if args.gpus is not None else here.gpus
+    memory = args.gpu_memory if args.gpu_memory is not None else here.memory_gib
+    if gpus < 0 or memory <= 0 or not 0 < args.efficiency <= 1:
+        raise ConfigError("--gpus must be >= 0, --gpu-memory > 0 and --efficiency in (0, 1]")
+    hw = plan.Hardware(gpus, memory, args.efficiency)
+    shape, source, stages = plan.plan(cfg, hw)
+    where = f"{gpus} GPU(s) of {memory:.0f} GiB" if gpus else f"a CPU machine with {memory:.0f} GiB"
+    print(f"{cfg.model}: {shape.parameters / 1e9:.3f}B parameters (from {source}); {where}")
+    rows = [
+        {
+            "stage": s.stage,
+            "GiB per device": round(s.gib, 1),
+            "fits": "yes" if s.fits else "NO",
+            "hours (est.)": round(s.hours, 3),
+            "made of (GiB)": ", ".join(f"{k} {v:.1f}" for k, v in s.parts.items() if v),
+        }
+        for s in stages
+    ]
+    print_rows(f"plan of {args.config} (efficiency {args.efficiency:.0%} of peak)", rows, list(rows[0]))
+    plan.check(cfg, hw)
 
 
 def cmd_config(args: argparse.Namespace) -> None:
