@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_iterate(args: argparse.Namespace) -> None:
-    from selfreward import plan
+    from selfreward import planner as plan
     from selfreward.loop.pipeline import iterate
 
     cfg = load_config(args.config, args.overrides)
@@ -225,7 +225,7 @@ def cmd_iterate(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from selfreward import plan
+    from selfreward import planner as plan
 
     cfg = load_config(args.config, args.overrides)
     here = plan.this_machine() if args.gpus is None or args.gpu_memory is None else None

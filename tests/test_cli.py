@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,21 @@ def test_sigterm_unwinds_exits_143_and_stops_children() -> None:
     assert proc.wait(timeout=60) == 143
     assert proc.stdout.read().strip() == "unwound"  # `finally` blocks ran
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_python_api_runs_the_documented_example_on_the_tiny_model(tmp_path, tiny_model) -> None:
+    """The example of `selfreward.api`'s docstring: the same records the CLI writes."""
+    import selfreward
+    from selfreward import evaluate, iterate, load_config, plan
+
+    assert set(selfreward.__all__) == {"load_config", "iterate", "evaluate", "judge_eval", "plan"}
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml", [f"model={tiny_model}", f"output_dir={tmp_path}", "seed_sft=false"]
+    )
+    stages = plan(cfg)
+    assert [s.stage for s in stages] == ["prompts", "candidates", "judgements", "dpo"] and all(s.fits for s in stages)
+    run = iterate(cfg, iterations=1)
+    assert run.iteration(1).model.exists()
+    rows = evaluate(run, limit=2)
+    assert [r["model"] for r in rows] == ["M0", "M1"] and rows[1]["prompts"] == 2
+    assert json.loads(run.evaluate.read_text())["rows"] == json.loads(json.dumps(rows))

@@ -253,3 +253,19 @@ def test_an_after_iteration_hook_can_stop_the_run(tmp_path: Path, tiny_model: Pa
     run = iterate(tiny_config(tmp_path, tiny_model, "seed_sft=false"), 2, after_iteration=stop_after_first)
     assert seen == [1]
     assert run.iteration(1).model.exists() and not run.iteration(2).root.exists()
+
+
+def test_evaluator_directed_text_is_counted_every_iteration(run: RunPaths) -> None:
+    from selfreward.judge_text import EVALUATOR_DIRECTED, evaluator_directed
+
+    for k in (1, 2):
+        it = run.iteration(k)
+        stages = json.loads(it.metrics.read_text())["stages"]
+        counted = stages["judgements"]["evaluator_directed"]
+        candidates = read_jsonl(it.candidates)
+        assert counted["of"] == len(candidates) and set(counted["by_style"]) == set(EVALUATOR_DIRECTED)
+        assert counted["flagged"] == sum(1 for c in candidates if evaluator_directed(c["text"]))
+        pairs = read_jsonl(it.pairs)
+        assert stages["pairs"]["evaluator_directed_chosen"] == sum(
+            1 for p in pairs if evaluator_directed(p["chosen"][0]["content"])
+        )

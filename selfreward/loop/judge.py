@@ -34,7 +34,13 @@ from selfreward.config import JudgeConfig
 from selfreward.constraints.agreement import judge_checker_agreement
 from selfreward.constraints.checkers import check_prompt
 from selfreward.generation import Generator, SamplingSpec, engine_settings
-from selfreward.judge_text import MAX_SCORE, load_template, parse_score, render_judge_prompt
+from selfreward.judge_text import (
+    MAX_SCORE,
+    evaluator_directed_share,
+    load_template,
+    parse_score,
+    render_judge_prompt,
+)
 from selfreward.records import Candidate, ConstraintChecks, Judgement, JudgeSample, Prompt, required_fields, to_row
 from selfreward.runs import Stage
 from selfreward.stats import mean
@@ -179,6 +185,7 @@ def run(gen: Generator, cfg: JudgeConfig, it: IterPaths, seed: int = 0) -> dict:
     return {
         **judgement_metrics(judgements),
         "constraints": judge_checker_agreement(rows),
+        "evaluator_directed": evaluator_directed_share([c["text"] for c in candidates]),
         "prefix_cache": prefix_cache_delta(before, gen.prefix_cache()),
     }
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from selfreward.artifacts import IterPaths, atomic_path, file_digest, project_file, read_jsonl, write_jsonl
 from selfreward.cards import Lineage, dataset_card
 from selfreward.config import JudgeConfig, PairsConfig
+from selfreward.judge_text import evaluator_directed
 from selfreward.records import Candidate, Judgement, PreferencePair, Prompt, required_fields, to_row
 from selfreward.runs import Stage
 
@@ -241,6 +242,15 @@ def length_bias(candidates: list[dict], judgements: list[dict], pairs: list[Pref
     }
 
 
+def directed_in_pairs(pairs: list[PreferencePair]) -> dict[str, int]:
+    """How many chosen and how many rejected answers contain evaluator-directed text (`judge_text`): a judge
+    that can be flattered picks such answers as chosen more often than as rejected."""
+    return {
+        "evaluator_directed_chosen": sum(1 for p in pairs if evaluator_directed(p.chosen[0]["content"])),
+        "evaluator_directed_rejected": sum(1 for p in pairs if evaluator_directed(p.rejected[0]["content"])),
+    }
+
+
 def truncation_check(tokenizer, max_length: int) -> Callable[[str, str, str], bool]:
     """`identical` for make_pairs: same token ids once prompt + response is cut to max_length."""
 
@@ -285,6 +295,7 @@ def run(
         "mean_margin": sum(p.margin for p in pairs) / n if n else None,
         "mean_chosen_tokens": sum(p.chosen_tokens for p in pairs) / n if n else None,
         "mean_rejected_tokens": sum(p.rejected_tokens for p in pairs) / n if n else None,
+        **directed_in_pairs(pairs),
     }
     card = pairs_card(cfg, judge or JudgeConfig(), lineage or Lineage("unknown", str(it.root.parent), 0, ""), metrics)
     with atomic_path(it.pairs_dataset) as tmp:

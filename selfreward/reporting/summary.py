@@ -160,6 +160,10 @@ class Summary:
     judge_checker_ci: list[float] | None = None
     judge_checker_pairs: int | None = None
     pairs_by_source: dict[str, int] = field(default_factory=dict)
+    evaluator_directed: dict = field(default_factory=dict)
+    """Candidates with text addressed to the evaluator (metrics.json: count, share, interval, per style)."""
+    directed_chosen: int | None = None
+    directed_rejected: int | None = None
 
 
 def training_rows(log: list[dict]) -> list[dict]:
@@ -214,6 +218,10 @@ def summarize(d: IterationFiles) -> Summary:
     s.judge_checker_agreement = agreement.get("judge_checker_agreement")
     s.judge_checker_ci = agreement.get("judge_checker_ci")
     s.judge_checker_pairs = agreement.get("judge_checker_pairs")
+    stages = d.metrics.get("stages", {})
+    s.evaluator_directed = stages.get("judgements", {}).get("evaluator_directed") or {}
+    s.directed_chosen = stages.get("pairs", {}).get("evaluator_directed_chosen")
+    s.directed_rejected = stages.get("pairs", {}).get("evaluator_directed_rejected")
     if d.pairs is not None:
         s.pairs = len(d.pairs)
         s.pairs_by_source = dict(Counter(p.get("source", "judge") for p in d.pairs).most_common())
@@ -325,6 +333,14 @@ def funnel_rows(s: Summary) -> list[tuple[str, str, str]]:
             else "",
         ),
         ("score vs length r", fmt(s.score_length_correlation), "Pearson r of candidate score and tokens"),
+        (
+            "evaluator-directed text",
+            fmt(s.evaluator_directed.get("flagged")),
+            f"{pct(s.evaluator_directed.get('share'))} of candidates; in chosen {fmt(s.directed_chosen)}, "
+            f"in rejected {fmt(s.directed_rejected)}"
+            if s.evaluator_directed
+            else "",
+        ),
         ("pairs", fmt(s.pairs), counts(s.pairs_by_source) if len(s.pairs_by_source) > 1 else ""),
         ("chosen − rejected tokens", fmt(lengths, 1), "mean over the pairs"),
         ("prompts without pair", fmt(s.prompts_without_pair), counts(s.drop_reasons)),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from selfreward.config import ConfigError, load_config
-from selfreward.plan import GIB, KNOWN_SHAPES, OVERHEAD_GIB, Hardware, Shape, check, plan, training_plan
+from selfreward.planner import GIB, KNOWN_SHAPES, OVERHEAD_GIB, Hardware, Shape, check, plan, training_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOL = Shape.of(KNOWN_SHAPES["smollm2-135m-instruct"])

@@ -132,7 +132,7 @@ def model_shape(cfg: RunConfig) -> tuple[Shape, str]:
             config = json.loads((folder / "config.json").read_text())
             return Shape.of(config.get("text_config", config)), str(folder / "config.json")
     if cfg.model in KNOWN_SHAPES:
-        return Shape.of(KNOWN_SHAPES[cfg.model]), "selfreward.plan.KNOWN_SHAPES"
+        return Shape.of(KNOWN_SHAPES[cfg.model]), "selfreward.planner.KNOWN_SHAPES"
     raise ConfigError(
         f"model '{cfg.model}': no config.json to plan from (a local folder, or one of {sorted(KNOWN_SHAPES)})"
     )
