@@ -193,7 +193,7 @@ class JudgeConfig:
 
     template: str = "prompts/judge.txt"
     """Judge prompt; `{instruction}` and `{response}` are replaced (the response is sanitised)."""
-    mode: Literal["sampled", "probabilities", "direct"] = "sampled"
+    mode: Literal["sampled", "probabilities", "direct", "pairwise"] = "sampled"
     """`sampled`: the paper's method, parse `Score: N` from each of K sampled judgements (a candidate
     needs ceil(K/2) parsed); `probabilities`: sample the justification, then prefill `Score: ` and take
     the expected value over the digit tokens 0-5; `direct`: prefill `Score: ` right after the prompt,
@@ -204,6 +204,12 @@ class JudgeConfig:
     over iteration 1's 256, each digit distribution sd ~1.5): 0 pairs from 64 prompts, measured."""
     samples: Count = 3
     """K judgements per candidate, averaged."""
+    pairwise_template: str = "prompts/compare.txt"
+    """`pairwise` mode: each candidate against each other candidate of its prompt, in both orders, with this
+    comparison template (`{instruction}`, `{response_a}`, `{response_b}`); the probability of ` A` vs ` B`
+    after `Better answer:` is the verdict. A candidate's score is 5 x its mean win probability over the
+    2(n-1) comparisons (0-5, the rubric's scale; its standard error from their spread is the noise band).
+    Cost: 2(n-1) one-token forward passes per candidate, no sampling."""
     temperature: NonNegative = 0.7
     top_p: OpenProbability = 0.9
     max_tokens: Count = 64
@@ -741,6 +747,7 @@ INPUT_FILES = (
     "prompt_gen.template",
     "prompt_gen.exclude",
     "judge.template",
+    "judge.pairwise_template",
     "compare.template",
     "eval.prompts",
     "sft.eft_data",

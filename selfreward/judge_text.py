@@ -28,6 +28,8 @@ from selfreward.stats import wilson
 
 MAX_SCORE = 5
 """The top of the additive 5-point rubric (scores 0-5)."""
+VERDICT_PREFILL = "Better answer:"
+"""A comparison judge's reply is prefilled with this; the next token's probabilities of ` A` / ` B` are its verdict."""
 
 # ---- What embedded text must not contain. Each line a judge may be read by is defined once, as a
 # "key" (the words and the colon) and the line the parser reads. `sanitize` neutralises every match of
@@ -230,6 +232,17 @@ def fill_template(template: str, values: dict[str, str]) -> str:
 def load_template(path: str) -> str:
     """The judge template (`judge.template`): ConfigError if missing or without {instruction} or {response}."""
     return read_template(path, ("{instruction}", "{response}"))
+
+
+def load_pairwise_template(path: str) -> str:
+    """A comparison template: ConfigError if missing or without {instruction}, {response_a} or {response_b}."""
+    return read_template(path, ("{instruction}", "{response_a}", "{response_b}"))
+
+
+def render_pairwise_prompt(template: str, instruction: str, a: str, b: str, special_tokens: Iterable[str] = ()) -> str:
+    """The comparison prompt: the three texts sanitised and filled in one pass."""
+    values = {"{instruction}": instruction, "{response_a}": a, "{response_b}": b}
+    return fill_template(template, {k: sanitize(v, special_tokens) for k, v in values.items()})
 
 
 def render_judge_prompt(template: str, instruction: str, response: str, special_tokens: Iterable[str] = ()) -> str:

@@ -58,7 +58,7 @@ from selfreward.artifacts import (
 from selfreward.config import RunConfig, fingerprint
 from selfreward.generation import Generator, SamplingSpec, open_generator
 from selfreward.inputs import load_prompt_file
-from selfreward.judge_text import fill_template, read_template, sanitize
+from selfreward.judge_text import VERDICT_PREFILL, load_pairwise_template, render_pairwise_prompt
 from selfreward.loop.judge import choice_token_ids, judge_texts
 from selfreward.models import resolve_model
 from selfreward.records import Prompt
@@ -67,7 +67,6 @@ from selfreward.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)
 
-VERDICT_PREFILL = "Better answer:"
 Verdict = Literal["win", "tie", "loss"]
 PREFERENCE: dict[str, float] = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 
@@ -91,14 +90,12 @@ def run_models(cfg: RunConfig, run: RunPaths) -> list[tuple[str, str]]:
 
 def load_template(path: str) -> str:
     """The comparison template (`compare.template`): ConfigError if missing or without a placeholder."""
-    return read_template(path, ("{instruction}", "{response_a}", "{response_b}"))
+    return load_pairwise_template(path)
 
 
 def render_compare_prompt(template: str, instruction: str, a: str, b: str, special_tokens: Iterable[str] = ()) -> str:
-    """The comparison prompt: the three texts sanitised (`judge_text.sanitize`: tags, special tokens, score and
-    `Better answer:` lines neutralised) and filled in one pass."""
-    values = {"{instruction}": instruction, "{response_a}": a, "{response_b}": b}
-    return fill_template(template, {k: sanitize(v, special_tokens) for k, v in values.items()})
+    """The comparison prompt (`judge_text.render_pairwise_prompt`: the three texts sanitised, filled in one pass)."""
+    return render_pairwise_prompt(template, instruction, a, b, special_tokens)
 
 
 def verdict(p_first: float, p_second: float) -> Verdict:

@@ -14,6 +14,10 @@ Three modes (config `judge.mode`):
   the expected value of the next-token distribution over the digits 0-5.
 - `direct`: prefill `Score: ` right after the judge prompt, no justification: one forward pass per
   candidate and one sample (K is not used).
+- `pairwise`: each candidate against each other candidate of its prompt, in both orders, with a comparison
+  template (`judge.pairwise_template`): the probability of ` A` vs ` B` after `Better answer:`; a candidate's
+  score is 5 x its mean win probability (one sample per comparison, so its standard error is the noise band).
+  Small models have been reported to judge better by such preferences than by written scores.
 In both probability modes a sample records `digit_mass`, the probability the model put on the six
 digit tokens at all (softmax over the whole vocabulary); below `judge.min_digit_mass` the sample is
 unscored (`low_digit_mass`): a model that would not have answered with a digit gets no score.
@@ -30,16 +34,19 @@ import dataclasses
 import logging
 
 from selfreward.artifacts import IterPaths, read_jsonl, write_jsonl
-from selfreward.config import JudgeConfig
+from selfreward.config import ConfigError, JudgeConfig
 from selfreward.constraints.agreement import judge_checker_agreement
 from selfreward.constraints.checkers import check_prompt
 from selfreward.generation import Generator, SamplingSpec, engine_settings
 from selfreward.judge_text import (
     MAX_SCORE,
+    VERDICT_PREFILL,
     evaluator_directed_share,
+    load_pairwise_template,
     load_template,
     parse_score,
     render_judge_prompt,
+    render_pairwise_prompt,
 )
 from selfreward.records import Candidate, ConstraintChecks, Judgement, JudgeSample, Prompt, required_fields, to_row
 from selfreward.runs import Stage
@@ -50,7 +57,7 @@ log = logging.getLogger(__name__)
 STAGE = Stage(
     "judgements",
     config=lambda cfg: (cfg.judge, engine_settings(cfg.engine)),
-    files=lambda cfg: [cfg.judge.template],
+    files=lambda cfg: [cfg.judge.template, cfg.judge.pairwise_template if cfg.judge.mode == "pairwise" else ""],
     reads=("prompts", "candidates"),
 )
 """Its fingerprint: judge and engine settings, the judge template, the prompts (their checkable instructions)
@@ -81,6 +88,11 @@ def choice_token_ids(gen: Generator, prefill: str, choices: list[str]) -> list[i
 
 def judge_texts(gen: Generator, cfg: JudgeConfig, items: list[tuple[str, str]], seed: int = 0) -> list[Judgement]:
     """Judge (instruction, response) pairs; returns one Judgement per item (ids left empty)."""
+    if cfg.mode == "pairwise":
+        raise ConfigError(
+            "judge.mode=pairwise compares the candidates of a prompt with each other (the loop's judge stage); "
+            "here each answer is judged alone: choose sampled, probabilities or direct"
+        )
     template = load_template(cfg.template)
     conversations = [[{"role": "user", "content": render_judge_prompt(template, q, r)}] for q, r in items]
     spec = SamplingSpec(
@@ -103,6 +115,50 @@ def judge_texts(gen: Generator, cfg: JudgeConfig, items: list[tuple[str, str]], 
         mean, parsed = candidate_score([s.score for s in samples], need)
         judgements.append(Judgement("", "", mean, parsed, samples))
     return judgements
+
+
+def judge_pairwise(gen: Generator, cfg: JudgeConfig, groups: list[tuple[str, list[str]]]) -> list[list[Judgement]]:
+    """`pairwise` mode: for each (instruction, the candidates of one prompt), every candidate against every other
+    in both orders; one Judgement per candidate (module docstring of `config.JudgeConfig.pairwise_template`)."""
+    template = load_pairwise_template(cfg.pairwise_template)
+    ids = choice_token_ids(gen, VERDICT_PREFILL, [" A", " B"])
+    requests, where = [], []
+    for g, (instruction, answers) in enumerate(groups):
+        for i, a in enumerate(answers):
+            for j, b in enumerate(answers):
+                if i != j:
+                    prompt = render_pairwise_prompt(template, instruction, a, b)
+                    requests.append(gen.render_chat([{"role": "user", "content": prompt}], VERDICT_PREFILL))
+                    where.append((g, i, j))
+    fits = [gen.fits(r, 1) for r in requests]
+    probs = iter(gen.token_probs([r for r, ok in zip(requests, fits, strict=True) if ok], ids) if any(fits) else [])
+    verdicts = {key: (next(probs) if ok else None) for key, ok in zip(where, fits, strict=True)}
+    out = []
+    for g, (_, answers) in enumerate(groups):
+        judged = []
+        for i in range(len(answers)):
+            samples = []
+            for j in range(len(answers)):
+                if i != j:
+                    samples.append(pairwise_sample(f"vs {j} as A", verdicts[(g, i, j)], True, cfg.min_digit_mass))
+                    samples.append(pairwise_sample(f"vs {j} as B", verdicts[(g, j, i)], False, cfg.min_digit_mass))
+            mean, parsed = candidate_score([s.score for s in samples], max(1, -(-len(samples) // 2)))
+            judged.append(Judgement("", "", mean if samples else None, parsed, samples))
+        out.append(judged)
+    return out
+
+
+def pairwise_sample(text: str, raw: list[float] | None, first: bool, min_mass: float) -> JudgeSample:
+    """One comparison as a sample of the candidate's score: 5 x the probability that it is the better answer
+    (P(A) when it was A, P(B) when it was B), renormalised over the two letters; `low_digit_mass` when the two
+    letters had less than `min_mass` of the next token's probability, `too_long` when the prompt did not fit."""
+    if raw is None:
+        return JudgeSample(text, None, "too_long")
+    mass = raw[0] + raw[1]
+    probs = [raw[0] / mass, raw[1] / mass] if mass > 0 else [0.5, 0.5]
+    if mass <= 0 or mass < min_mass:
+        return JudgeSample(text, None, DIGIT_ERROR, probs, mass)
+    return JudgeSample(text, MAX_SCORE * (probs[0] if first else probs[1]), None, probs, mass)
 
 
 def candidate_score(sample_scores: list[float | None], need: int) -> tuple[float | None, int]:
@@ -174,7 +230,14 @@ def run(gen: Generator, cfg: JudgeConfig, it: IterPaths, seed: int = 0) -> dict:
             raise ValueError(f"{it.candidates}: candidate {c['candidate_id']} names unknown prompt {c['prompt_id']}")
         items.append((prompts[c["prompt_id"]]["text"], c["text"]))
     before = gen.prefix_cache()
-    judgements = judge_texts(gen, cfg, items, seed=seed)
+    if cfg.mode == "pairwise":
+        order = list(dict.fromkeys(c["prompt_id"] for c in candidates))
+        groups = [(prompts[p]["text"], [c["text"] for c in candidates if c["prompt_id"] == p]) for p in order]
+        by_prompt = dict(zip(order, judge_pairwise(gen, cfg, groups), strict=True))
+        position = {p: iter(js) for p, js in by_prompt.items()}
+        judgements = [next(position[c["prompt_id"]]) for c in candidates]
+    else:
+        judgements = judge_texts(gen, cfg, items, seed=seed)
     for c, j in zip(candidates, judgements, strict=True):
         j.candidate_id, j.prompt_id = c["candidate_id"], c["prompt_id"]
         prompt = prompts[c["prompt_id"]]
