@@ -45,7 +45,7 @@ IOMP     = $(wildcard $(VENV)/lib/libiomp5.so)
 PRELOAD  = $(strip $(TCMALLOC) $(IOMP))
 RUN_ENV  = $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
 
-.PHONY: install iterate reason smoke gpu-smoke bench-engines bench-judge-loop bench-judge bench-pair-yield bench-pair-sources bench-train test test-slow bench report judge-eval compare evaluate baselines lint format clean-venv
+.PHONY: install iterate reason smoke gpu-smoke bench-engines bench-judge-loop bench-judge bench-pair-yield bench-pair-sources bench-plan bench-train test test-slow bench report judge-eval compare evaluate baselines lint format clean-venv
 
 install: $(STAMP)
 
@@ -126,6 +126,10 @@ bench-pair-yield: $(STAMP)
 # instructions -> benchmarks/results/pair_sources.json (long: the seed SFT and N iterations of three runs).
 bench-pair-sources: $(STAMP)
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_pair_sources.py $(BENCH_ARGS)
+
+# The planner's memory per stage beside the peaks a finished run measured -> benchmarks/results/plan_vs_measured.json
+bench-plan: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_plan.py --run $(RUN)
 
 # Training against the machine's GEMM ceiling: SFT and DPO seconds per step, tokens/s, GFLOP/s.
 bench-train: $(STAMP)

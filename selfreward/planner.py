@@ -41,8 +41,9 @@ from selfreward.config import EMBEDDED_MODEL, ConfigError, RunConfig, resolve_dt
 log = logging.getLogger(__name__)
 
 GIB = 2**30
-OVERHEAD_GIB = 1.5
-"""Per process: a CUDA context, or the Python, torch and tokenizer runtime of a CPU process."""
+OVERHEAD_GIB = 1.0
+"""Per stage: a CUDA context, or the Python, torch and tokenizer runtime of a CPU process (measured on the CPU:
+the loop process ~0.25 GiB, a training child ~0.8 GiB)."""
 JUDGE_PROMPT_TOKENS = 450
 """The judge template with an instruction and an answer, before the answer's own tokens (ours: ~450)."""
 
