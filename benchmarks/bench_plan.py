@@ -55,9 +55,7 @@ def main() -> None:
     }
     write_json(OUT, result)
     for r in rows:
-        print(
-            f"{r['stage']:12s} planned {r['planned_gib']:6.2f} GiB, measured {r['measured_gib']} GiB, {r['ratio']}"
-        )
+        print(f"{r['stage']:12s} planned {r['planned_gib']:6.2f} GiB, measured {r['measured_gib']} GiB, {r['ratio']}")
     print(f"wrote {OUT}")
 
 
