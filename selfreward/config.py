@@ -301,6 +301,10 @@ class DPOStageConfig(TrainingSettings):
     """Trades compute for memory; off on CPU where memory is not the limit for 135M."""
     min_pairs: Count = 16
     """With fewer pairs the DPO step is skipped (M_{t+1} = M_t) and the metrics say so."""
+    eval_share: Probability = 0.0
+    """Hold out this share of the iteration's pairs (at least one, seeded) as TRL's `eval_dataset`: the held-out
+    DPO loss and reward accuracy are logged five times over training and recorded in the metrics, so a model that
+    memorises a small pair set (train loss to ~0, held-out loss up) shows it. 0: train on every pair."""
     logging_steps: Count = 1
 
 

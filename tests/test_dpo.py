@@ -224,3 +224,28 @@ def test_no_pairs_skips_dpo_and_copies_the_model(tmp_path: Path, tiny_model: Pat
     metrics = run(DPOStageConfig(precision="fp32"), str(tiny_model), None, it)
     assert metrics["skipped"] is True and metrics["pairs"] == 0
     assert (it.model / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
+
+
+def test_held_out_pairs_are_evaluated_during_training_and_never_trained_on(tmp_path: Path, tiny_model: Path) -> None:
+    it = IterPaths(tmp_path)
+    make_pairs(it, 10)
+    cfg = DPOStageConfig(
+        batch_size=2, grad_accum=1, epochs=1, max_epochs=2, min_steps=10, learning_rate=1e-2, precision="fp32",
+        min_pairs=2, max_length=64, eval_share=0.2, shift_pairs=0,
+    )  # fmt: skip
+    metrics = run(cfg, str(tiny_model), None, it)
+    # 8 pairs trained (4 steps a pass, raised to min_steps 10 but at most 2 passes: 8 steps); 2 held out
+    assert metrics["pairs"] == 8 and metrics["optimizer_steps"] == 8 and metrics["eval_pairs"] == 2
+    # evaluated every steps // 5 = 1 step: 8 held-out losses, the best step among them
+    assert len(metrics["eval_loss"]) == 8 and metrics["eval_best_step"] in metrics["eval_steps"]
+    assert all(0 <= a <= 1 for a in metrics["eval_reward_accuracy"])
+    import datasets
+
+    from selfreward.loop.dpo import held_out
+
+    data = datasets.load_from_disk(str(it.pairs_dataset))
+    train, held = held_out(data, 0.2, 0)
+    assert len(held) == 2 and not {r["prompt"][0]["content"] for r in held} & {
+        r["prompt"][0]["content"] for r in train
+    }
+    assert held_out(data, 0.0, 0) == (data, None)

@@ -99,6 +99,7 @@ def run(
         return skipped
 
     dataset = dataset.select_columns(["prompt", "chosen", "rejected"])
+    dataset, eval_dataset = held_out(dataset, cfg.eval_share, seed)
     on_gpu = torch.cuda.is_available()
     grad_accum = per_process_accumulation(cfg.grad_accum, "dpo.grad_accum")
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -135,6 +136,9 @@ def run(
             save_strategy="steps" if keep else "no",
             save_steps=cfg.save_steps or 500,
             save_total_limit=1,
+            eval_strategy="steps" if eval_dataset is not None else "no",
+            eval_steps=max(1, steps // 5),
+            per_device_eval_batch_size=cfg.batch_size,
             seed=seed,
             disable_tqdm=False,
             **tracker.trainer_args(f"{it.root.name}/dpo"),
@@ -146,6 +150,7 @@ def run(
                 ref_model=ref_model,
                 args=args,
                 train_dataset=dataset,
+                eval_dataset=eval_dataset,
                 processing_class=tokenizer,
                 peft_config=peft_config,
             )
@@ -154,6 +159,7 @@ def run(
         with tracker.trainer_env(f"{it.root.name}/dpo"):  # wandb/MLflow read their project when training starts
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         metrics = dpo_metrics(trainer.state.log_history, result.metrics, len(dataset))
+        metrics.update(held_out_metrics(trainer.state.log_history, eval_dataset))
         if resume is not None:
             metrics["resumed_from_step"] = int(resume.name.split("-")[1])
         metrics["optimizer_steps"] = trainer.state.global_step
@@ -185,6 +191,31 @@ def run(
         shift_rows = dataset.select(range(min(cfg.shift_pairs, len(dataset))))
         metrics["shift"] = policy_shift(policy, str(it.model), shift_rows, cfg.max_length)
     return metrics
+
+
+def held_out(dataset: Any, share: float, seed: int) -> tuple[Any, Any]:
+    """(train, held out): round(share * n) pairs (at least one, at most n - 1) drawn with `seed`; (all, None) for
+    share 0 or a single pair."""
+    if share <= 0 or len(dataset) < 2:
+        return dataset, None
+    n_eval = min(len(dataset) - 1, max(1, round(share * len(dataset))))
+    split = dataset.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
+    return split["train"], split["test"]
+
+
+def held_out_metrics(history: list[dict], eval_dataset: Any) -> dict:
+    """The held-out pairs' DPO loss and reward accuracy over training (TRL's `eval_*` log rows)."""
+    rows = [h for h in history if "eval_loss" in h]
+    if eval_dataset is None or not rows:
+        return {}
+    best = min(rows, key=lambda h: h["eval_loss"])
+    return {
+        "eval_pairs": len(eval_dataset),
+        "eval_loss": [round(h["eval_loss"], 4) for h in rows],
+        "eval_reward_accuracy": [h.get("eval_rewards/accuracies") for h in rows],
+        "eval_steps": [h.get("step") for h in rows],
+        "eval_best_step": best.get("step"),
+    }
 
 
 def pairs_data(it: IterPaths, used: int) -> dict[str, Any]:
