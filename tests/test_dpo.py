@@ -231,7 +231,7 @@ def test_held_out_pairs_are_evaluated_during_training_and_never_trained_on(tmp_p
     make_pairs(it, 10)
     cfg = DPOStageConfig(
         batch_size=2, grad_accum=1, epochs=1, max_epochs=2, min_steps=10, learning_rate=1e-2, precision="fp32",
-        min_pairs=2, max_length=64, eval_share=0.2, shift_pairs=0,
+        min_pairs=2, max_length=64, eval_share=0.2,
     )  # fmt: skip
     metrics = run(cfg, str(tiny_model), None, it)
     # 8 pairs trained (4 steps a pass, raised to min_steps 10 but at most 2 passes: 8 steps); 2 held out
