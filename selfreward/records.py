@@ -124,6 +124,24 @@ class PreferencePair:
     rejected_passed: int = -1
 
 
+@dataclass
+class VerifiedAnswer:
+    """One answer to a problem with a checkable answer, verified (`selfreward reason`: candidates.jsonl of a
+    round, eval.jsonl of a measurement)."""
+
+    problem_id: str
+    index: int
+    """Its position among the problem's samples."""
+    text: str
+    tokens: int
+    finish_reason: str
+    correct: bool
+    predicted: str | None
+    """The final answer read from the text (`reason.verifier`), None when unreadable."""
+    reason: str | None
+    """Why no answer could be read; None when one was."""
+
+
 def to_row(record: Any) -> dict[str, Any]:
     return dataclasses.asdict(record)
 

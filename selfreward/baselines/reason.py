@@ -81,6 +81,7 @@ from selfreward.reason.problems import (
     write_problem_file,
 )
 from selfreward.reason.verifier import verify
+from selfreward.records import VerifiedAnswer, to_row
 from selfreward.runs import RunChain, StageRunner, file_digests, open_run
 from selfreward.tracking import Tracker, flatten
 
@@ -196,18 +197,10 @@ def sample(
     for p, group in zip(rows, outs, strict=True):
         for i, c in enumerate(group):
             v = verify(c.text, p.answer)
-            samples.append(
-                {
-                    "problem_id": p.problem_id,
-                    "index": i,
-                    "text": c.text,
-                    "tokens": c.num_tokens,
-                    "finish_reason": c.finish_reason,
-                    "correct": v.correct,
-                    "predicted": v.predicted,
-                    "reason": v.reason,
-                }
+            answer = VerifiedAnswer(
+                p.problem_id, i, c.text, c.num_tokens, c.finish_reason, v.correct, v.predicted, v.reason
             )
+            samples.append(to_row(answer))
     return samples
 
 
