@@ -77,7 +77,25 @@ def pair_sources(data: dict) -> list[str]:
     return lines
 
 
-SECTIONS = {"pair_sources.json": pair_sources}
+def plan_vs_measured(data: dict) -> list[str]:
+    lines = [
+        "## The planner against a run's measured peaks",
+        "",
+        f"From `benchmarks/results/plan_vs_measured.json`, made by `{data['command']}` (`make bench-plan`) on "
+        f"{data['date']}, {cpu_line(data['cpu'])}: `selfreward plan`'s memory per stage for the run's own config "
+        f"(model shape from `{data['config']['shape_from']}`) beside the peak the run measured (the process tree's "
+        "proportional set size, sampled every 2 s).",
+        "",
+        "| stage | planned GiB | measured GiB | planned / measured |",
+        "|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        lines.append(f"| {r['stage']} | {r['planned_gib']:.2f} | {r['measured_gib']} | {r['ratio']} |")
+    lines.append("")
+    return lines
+
+
+SECTIONS = {"pair_sources.json": pair_sources, "plan_vs_measured.json": plan_vs_measured}
 
 
 def render() -> str:

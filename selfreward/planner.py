@@ -21,7 +21,8 @@ For every stage of a config, the memory per device and a time estimate from FLOP
 - **Generation** (prompts, candidates, judgements): vLLM on a GPU reserves `gpu_memory_utilization` of the
   device; it fits when the weights (over `tensor_parallel_size`) leave KV cache for at least one sequence of
   `max_model_len` (2*L*kv_heads*head_dim*2 bytes a token). On a CPU: the weights plus `engine.kv_cache_gib`.
-- **Runtime overhead**: `OVERHEAD_GIB` per process (CUDA context or the Python/torch runtime).
+- **Runtime overhead**: `OVERHEAD_GIB` for a generation stage, `TRAINING_OVERHEAD_GIB` for a training stage (its
+  child process and the loop's process beside it).
 - **Time**: 6*P FLOPs per trained token (2*P more per token for DPO's reference pass), 2*P per generated or
   prefilled token, at `efficiency` of the device's peak (stated, never measured here): an order of
   magnitude, to know whether a run takes minutes or days.
@@ -42,8 +43,11 @@ log = logging.getLogger(__name__)
 
 GIB = 2**30
 OVERHEAD_GIB = 1.0
-"""Per stage: a CUDA context, or the Python, torch and tokenizer runtime of a CPU process (measured on the CPU:
-the loop process ~0.25 GiB, a training child ~0.8 GiB)."""
+"""A generation stage's runtime beside its weights and cache: a CUDA context, or the Python, torch and tokenizer
+runtime of the loop's process."""
+TRAINING_OVERHEAD_GIB = 1.5
+"""A training stage's: the training child's runtime and the loop's process beside it (measured on a CPU: the
+training stages' peaks exceed their tensors by 1.2-2 GiB, `make bench-plan`)."""
 JUDGE_PROMPT_TOKENS = 450
 """The judge template with an instruction and an answer, before the answer's own tokens (ours: ~450)."""
 
@@ -198,7 +202,7 @@ def training_plan(
         "activations": activations / GIB,
         "logits": logits / GIB,
         "reference model": ref / GIB,
-        "runtime": OVERHEAD_GIB,
+        "runtime": TRAINING_OVERHEAD_GIB,
     }
     flops = (6 + (2 if name == "dpo" else 0)) * p * trained_tokens
     return StagePlan(name, sum(parts.values()), parts, _hours(flops, hw, max(processes, 1)))

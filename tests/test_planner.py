@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from selfreward.config import ConfigError, load_config
-from selfreward.planner import GIB, KNOWN_SHAPES, OVERHEAD_GIB, Hardware, Shape, check, plan, training_plan
+from selfreward.planner import GIB, KNOWN_SHAPES, TRAINING_OVERHEAD_GIB, Hardware, Shape, check, plan, training_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOL = Shape.of(KNOWN_SHAPES["smollm2-135m-instruct"])
@@ -37,7 +37,7 @@ def test_training_memory_by_hand() -> None:
     assert p.parts["weights+grads+optimizer"] == pytest.approx(16 * 134_515_008 / GIB)  # 2.00 GiB
     assert p.parts["activations"] == pytest.approx(30 * 34 * 576 * 2048 * 2 / GIB)  # 2.24 GiB
     assert p.parts["logits"] == pytest.approx(2 * 2048 * 49152 * 4 / GIB)  # 0.75 GiB
-    assert p.gib == pytest.approx(sum(p.parts.values())) and p.parts["runtime"] == OVERHEAD_GIB
+    assert p.gib == pytest.approx(sum(p.parts.values())) and p.parts["runtime"] == TRAINING_OVERHEAD_GIB
     # Mistral-7B in bf16, full: 16 bytes a parameter (108 GiB) whatever the precision; over 8 shards 13.5
     full = dict(bf16=True, lora_r=16, gradient_checkpointing=True, sequences=8, length=2048, trained_tokens=1e6)
     one = training_plan(
