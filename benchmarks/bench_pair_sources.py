@@ -26,6 +26,7 @@ from pathlib import Path
 from bench_judge_modes import cpu_flags
 
 from selfreward.artifacts import RunPaths, read_json, read_jsonl, write_json
+from selfreward.constraints.agreement import judge_checker_agreement
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "pair_sources.json"
@@ -68,7 +69,8 @@ def rows_of(run: RunPaths, evaluate: dict) -> list[dict]:
         if k == 0 or not it.metrics.exists():
             continue
         stages = read_json(it.metrics).get("stages", {})
-        agreement = stages.get("judgements", {}).get("constraints", {})
+        # from the judgements file itself: a shared iteration's judgements stage ran in the first run only
+        agreement = judge_checker_agreement(read_jsonl(it.judgements))
         pairs = read_jsonl(it.pairs) if it.pairs.exists() else []
         model = by_model.get(f"M{k + 1}", {})
         rows.append(

@@ -314,11 +314,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = load_config(args.config or str(run.config), args.overrides)
     models = None
     if args.models:
+        from selfreward.models import resolve_model
+
         known = dict(labelled_models(cfg, run))
-        models = [(m, known.get(m) or str(Path(m))) for m in args.models.split(",")]
-        for label, path in models:
-            if not (Path(path) / "config.json").exists():
-                raise ConfigError(f"--models: {label} is not a model of {run.root} nor a model folder")
+        models = []
+        for m in args.models.split(","):
+            if m not in known and not Path(m).exists() and m.count("/") != 1:
+                raise ConfigError(f"--models: {m} is not a model of {run.root} (M0, M1, ...), a folder or a hub id")
+            models.append((m, known.get(m) or resolve_model(m, cfg.cache_dir)))
     if args.limit is not None and args.limit < 0:
         raise ConfigError(f"--limit must be 0 (all) or more, got {args.limit}")
     rows = evaluate(cfg, run, models, args.prompts, args.limit)

@@ -9,11 +9,11 @@ For every stage of a config, the memory per device and a time estimate from FLOP
 - **Parameters** from the shape: embeddings V*H (twice when untied), per layer the attention projections
   (H*H for q and o, H*kv_heads*head_dim for k and v), the gated MLP (3*H*I) and two norms, a final norm.
 - **Training** (seed SFT, DPO): full fine-tuning keeps fp32 weights, gradients and AdamW's two moments:
-  16 bytes a parameter (mixed precision included: autocast keeps fp32 masters). LoRA (`lora: true`, every
-  linear layer) keeps the weights frozen in the training dtype (2 bytes bf16, 4 fp32) and 16 bytes per adapter
-  parameter (r*(in+out) per linear layer). Sharded (ZeRO-3 / FSDP over N processes): the 16 bytes are divided
-  by N. DPO's reference model (the weights again, in the training dtype) is held only when it is another model
-  (`dpo.reference: initial` without LoRA) or `precompute_ref_log_probs` is off.
+  16 bytes a parameter (models are loaded in fp32; bf16 is autocast). LoRA (`lora: true`, every linear layer)
+  keeps the weights frozen, in fp32 (4 bytes), and 16 bytes per adapter parameter (r*(in+out) per linear
+  layer). Sharded (ZeRO-3 / FSDP over N processes): the 16 bytes are divided by N. DPO's reference model (4
+  bytes a parameter) is held when it is another model (`dpo.reference: initial`) or, without LoRA, when
+  `precompute_ref_log_probs` is off.
 - **Activations** per micro-batch (DPO: chosen and rejected, 2 sequences a pair), after Korthikanti et al.
   2022 for fused attention: 34*H bytes (16-bit) per token per layer without gradient checkpointing; with it
   2*H per token per layer kept plus one layer recomputed; plus the logits, tokens*V*4 bytes twice (fp32 for
@@ -184,7 +184,7 @@ def training_plan(
     """One training stage: weights, gradients and optimiser states, activations of a micro-batch of `sequences`
     of `length` tokens, the reference model when held (module docstring)."""
     p = shape.parameters
-    wbytes = 2 if bf16 else 4
+    wbytes = 4  # the training stages load every model in fp32 (bf16 is autocast)
     if lora:
         states = p * wbytes + 16 * shape.lora_parameters(lora_r)
     else:
@@ -270,7 +270,7 @@ def plan(cfg: RunConfig, hw: Hardware) -> tuple[Shape, str, list[StagePlan]]:
             "dpo", shape, hw, bf16=train_bf16(d.precision), lora=d.lora, lora_r=d.lora_r,
             gradient_checkpointing=d.gradient_checkpointing, sequences=2 * d.batch_size, length=d.max_length,
             trained_tokens=steps * per_pass * 2 * d.max_length / 2,
-            reference=not d.lora and (d.reference == "initial" or not d.precompute_ref_log_probs),
+            reference=d.reference == "initial" or (not d.lora and not d.precompute_ref_log_probs),
             processes=processes, sharded=sharded,
         )
     )  # fmt: skip

@@ -137,3 +137,31 @@ def test_pairwise_agreement_and_intervals_by_hand() -> None:
     assert wilson(0, 10)[0] == pytest.approx(0.0, abs=1e-12)
     gain = paired_gain_with_ci({"a": 1, "b": 1, "c": 0}, {"a": 0, "b": 1, "c": 0})
     assert gain["value"] == pytest.approx(1 / 3) and gain["n"] == 3
+
+
+def test_checker_never_inverts_and_judge_checked_names_why_it_dropped() -> None:
+    # only a cut-off answer follows more: the judge's pair would choose one that follows less than the rejected
+    prompts, candidates, judgements = one_prompt(
+        [(5.0, [True, False], 10), (1.0, [True, False], 10), (0.0, [True, True], 10)]
+    )
+    candidates[2]["finish_reason"] = "length"
+    pairs, dropped = make_pairs(prompts, candidates, judgements, PairsConfig(source="checker", noise_z=0.0))
+    assert pairs == [] and dropped == {"truncated": 1}
+    # judge_checked: the eligible candidate scores no higher than the worst: dropped because of the instruction
+    prompts, candidates, judgements = one_prompt([(5.0, [False], 10), (2.0, [True], 10), (2.0, [False], 10)])
+    pairs, dropped = make_pairs(prompts, candidates, judgements, PairsConfig(source="judge_checked", noise_z=0.0))
+    assert pairs == [] and dropped == {"fails_instruction": 1}
+
+
+def test_the_generator_never_asks_to_repeat_a_request_that_breaks_another_instruction() -> None:
+    from selfreward.constraints.checkers import follows
+    from selfreward.constraints.generator import LIMITS, add_constraints
+
+    rng = random.Random(1)
+    base = "Plan a walk in the garden, briefly, with eleven easy steps."
+    for _ in range(300):
+        c = add_constraints(base, rng)
+        if "combination:repeat_prompt" in c.instruction_id_list:
+            for i, k in zip(c.instruction_id_list, c.kwargs, strict=True):
+                if i in LIMITS or "less than" in k.values():
+                    assert follows(i, k, base), (i, k)

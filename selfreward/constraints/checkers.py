@@ -38,14 +38,15 @@ def count_words(text: str) -> int:
 
 _ABBREVIATIONS = {
     "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "inc", "ltd", "co", "corp",
-    "no", "fig", "approx", "dept", "est", "mt", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept",
+    "fig", "approx", "dept", "est", "mt", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept",
     "oct", "nov", "dec", "u.s", "u.k", "a.m", "p.m", "ph.d", "vol", "al",
 }  # fmt: skip
 
 
 def count_sentences(text: str) -> int:
     """Sentences: a split after `.`, `!` or `?` (and closing quotes or brackets) followed by whitespace, except
-    after an abbreviation, a single capital letter (an initial) or an ordinal number; an empty text has 0."""
+    after an abbreviation, a single capital letter (an initial), or a number followed by a lowercase word (an
+    ordinal); an empty text has 0. "The total is 42. Then we left." -> 2."""
     text = text.strip()
     if not text:
         return 0
@@ -53,8 +54,11 @@ def count_sentences(text: str) -> int:
     for m in re.finditer(r"[.!?]+[\"')\]]*(?=\s+\S)", text):
         before = text[: m.start()].split()
         word = before[-1].strip("\"'([") if before else ""
+        following = text[m.end() :].lstrip()[:1]
         if m.group().startswith(".") and not m.group().startswith(".."):
-            if word.lower() in _ABBREVIATIONS or re.fullmatch(r"[A-Z]|\d+", word):
+            if word.lower() in _ABBREVIATIONS or re.fullmatch(r"[A-Z]", word):
+                continue
+            if re.fullmatch(r"\d+", word) and following.islower():  # "on the 3. day": an ordinal
                 continue
         count += 1
     return count

@@ -11,11 +11,12 @@ make each other trivially false (all lowercase and a `P.S.`, JSON and bullet poi
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from selfreward.constraints.checkers import CHECKERS
+from selfreward.constraints.checkers import CHECKERS, follows
 
 WORDS = (
     "garden river window history market balance signal travel winter recipe budget planet museum silence "
@@ -388,8 +389,27 @@ def add_constraints(base: str, rng: random.Random, count: int | None = None) -> 
     base = base.strip()
     if count is None:
         count = rng.choices((1, 2, 3), weights=(0.45, 0.35, 0.2))[0]
-    ctx: dict[str, Any] = {"base": base, "used_words": {w for w in WORDS if w in base.lower().split()}}
-    ids = draw_ids(rng, count)
-    kwargs = [TYPES[i].sample(rng, ctx) for i in ids]
+    for _ in range(100):
+        ctx: dict[str, Any] = {"base": base, "used_words": set(re.findall(r"[a-z]+", base.lower())) & set(WORDS)}
+        ids = draw_ids(rng, count)
+        kwargs = [TYPES[i].sample(rng, ctx) for i in ids]
+        if followable(base, ids, kwargs):
+            break
     phrases = [phrase(i, k, rng) for i, k in zip(ids, kwargs, strict=True)]
     return ConstraintPrompt(" ".join([base, *phrases]), ids, kwargs, base, phrases)
+
+
+LIMITS = {"punctuation:no_comma", "keywords:forbidden_words"}
+"""Instructions that forbid something: a repeated request that breaks one cannot be followed."""
+
+
+def followable(base: str, ids: list[str], kwargs: list[dict[str, Any]]) -> bool:
+    """False when the answer must start with the request (`combination:repeat_prompt`) and the request itself
+    breaks another drawn instruction that forbids something (a comma, a forbidden word, a `less than` count)."""
+    if "combination:repeat_prompt" not in ids:
+        return True
+    for i, k in zip(ids, kwargs, strict=True):
+        limiting = i in LIMITS or "less than" in (k.get("relation"), k.get("let_relation"), k.get("capital_relation"))
+        if limiting and not follows(i, k, base):
+            return False
+    return True

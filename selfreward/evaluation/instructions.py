@@ -148,7 +148,8 @@ def evaluate(
     merge_rows(run.evaluate, rows)
     tracker = Tracker.of(cfg)
     for row in rows:
-        log_row(tracker, "evaluate", _scalars(row), f"iter_{int(row['model'][1:]) - 1}")
+        label = row["model"]
+        log_row(tracker, "evaluate", _scalars(row), f"iter_{int(label[1:]) - 1}" if label[1:].isdigit() else label)
     return rows
 
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from selfreward.artifacts import IterPaths, atomic_path, file_digest, project_file, read_jsonl, write_jsonl
 from selfreward.cards import Lineage, dataset_card
 from selfreward.config import JudgeConfig, PairsConfig
-from selfreward.judge_text import evaluator_directed
+from selfreward.judge_text import MAX_SCORE, evaluator_directed
 from selfreward.records import Candidate, Judgement, PreferencePair, Prompt, required_fields, to_row
 from selfreward.runs import Stage
 
@@ -90,9 +90,11 @@ def select_pair(
         return "tie"
     choosable = scored if cfg.allow_truncated_chosen else [s for s in scored if s.ended]
     if eligible is not None:
+        before = choosable
         choosable = [s for s in choosable if eligible(s)]
-        if not choosable:
-            return "fails_instruction"
+        if before and max(s.score for s in before) - worst > cfg.min_margin:
+            if not choosable or max(s.score for s in choosable) - worst <= cfg.min_margin:
+                return "fails_instruction"
     if not choosable or max(s.score for s in choosable) - worst <= cfg.min_margin:
         return "truncated"
     best_ended = max(s.score for s in choosable)
@@ -133,6 +135,10 @@ def select_checked_pair(scored: list[Scored], cfg: PairsConfig) -> tuple[Scored,
                     bottom, key=lambda s: (s.num_tokens, -s.score)
                 )
             return top[0], bottom[0]
+        judged = select_pair(scored, cfg)
+        if isinstance(judged, tuple) and judged[0].passed < judged[1].passed:
+            return "truncated"  # only a cut-off answer follows more: the judge's pair would invert the checker's
+        return judged
     return select_pair(scored, cfg)
 
 
@@ -150,6 +156,8 @@ def score_se(samples: list[dict]) -> float:
     if len(scores) >= 2:
         return statistics.stdev(scores) / math.sqrt(len(scores))
     probs = next((s.get("probs") for s in samples if s.get("score") is not None), None)
+    if len(scores) == 1 and probs and len(probs) == 2:  # a pairwise comparison: Bernoulli on the 0-5 scale
+        return MAX_SCORE * math.sqrt(probs[0] * probs[1])
     if len(scores) == 1 and probs:
         mean = sum(d * p for d, p in enumerate(probs))
         return math.sqrt(sum(p * (d - mean) ** 2 for d, p in enumerate(probs)))
