@@ -73,6 +73,23 @@ def pair_sources(data: dict) -> list[str]:
                 f"{row['mean_chosen_tokens']:.0f} / {row['mean_rejected_tokens']:.0f} | "
                 f"{row['mean_answer_tokens']:.0f}, {row['cut_off']} |"
             )
+    rows = [(source, row) for source, run in data["runs"].items() for row in run["iterations"]]
+    better = [f"{s} ({r['model']})" for s, r in rows if (r.get("gain_vs_M1") or {}).get("ci_low", -1) > 0]
+    worse = [f"{s} ({r['model']})" for s, r in rows if (r.get("gain_vs_M1") or {}).get("ci_high", 1) < 0]
+    chance = [
+        r for _, r in rows if r.get("judge_checker_ci") and r["judge_checker_ci"][0] <= 0.5 <= r["judge_checker_ci"][1]
+    ]
+    lines += [
+        "",
+        "Reading (computed from the file): "
+        + (f"improved over M1 with the whole interval above zero: {', '.join(better)}. " if better else
+           "no method improved over M1 with its interval above zero. ")
+        + (f"Worse than M1 with the interval below zero: {', '.join(worse)}. " if worse else "")
+        + (f"The judge's agreement with the checkers has 0.5 (chance) inside its interval in {len(chance)} of "
+           f"{len(rows)} rows." if rows else ""),
+    ]  # fmt: skip
+    if data.get("note"):
+        lines += ["", f"Note: {data['note']}."]
     lines.append("")
     return lines
 
