@@ -62,14 +62,6 @@ KNOWN_SHAPES: dict[str, dict[str, Any]] = {
         vocab_size=32768, hidden_size=4096, num_hidden_layers=32, intermediate_size=14336,
         num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
     ),
-    "meta-llama/Llama-3.1-8B-Instruct": dict(
-        vocab_size=128256, hidden_size=4096, num_hidden_layers=32, intermediate_size=14336,
-        num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
-    ),
-    "Qwen/Qwen2.5-1.5B-Instruct": dict(
-        vocab_size=151936, hidden_size=1536, num_hidden_layers=28, intermediate_size=8960,
-        num_attention_heads=12, num_key_value_heads=2, head_dim=128, tie_word_embeddings=True,
-    ),
 }  # fmt: skip
 
 PEAK_TFLOPS = {"gpu": 989.0, "cpu": 0.2}

@@ -91,7 +91,7 @@ def test_iterate_refuses_a_model_that_cannot_fit_before_anything_runs(tmp_path: 
 
     big = tmp_path / "big"
     big.mkdir()
-    shape = dict(KNOWN_SHAPES["meta-llama/Llama-3.1-8B-Instruct"], num_hidden_layers=800)  # ~200B parameters
+    shape = dict(KNOWN_SHAPES["mistralai/Mistral-7B-Instruct-v0.3"], num_hidden_layers=800)  # ~175B parameters
     (big / "config.json").write_text(json.dumps(shape))
     code = main(["iterate", "--config", str(ROOT / "configs" / "tiny.yaml"), f"model={big}", f"output_dir={tmp_path}"])
     assert code == 2

@@ -12,7 +12,7 @@ Per model, IFEval's four numbers, each with a 95% percentile-bootstrap interval 
 prompt-level strict / loose (a prompt counts when every one of its instructions is followed) and
 instruction-level strict / loose (instructions pooled; the interval resamples prompts). Then the paired gain
 of the prompt-level accuracies over M0 and over M1 (the same prompts, a paired bootstrap: the interval is of
-the difference), the mean answer length in tokens and how many answers were cut at `eval.max_tokens`
+the difference; also over the model before it, `gain_vs_previous`), the mean answer length in tokens and how many answers were cut at `eval.max_tokens`
 (`cut_off`), and the strict accuracy per instruction type.
 """
 
@@ -143,6 +143,8 @@ def evaluate(
         for base in ("M0", "M1"):
             if base in answers and base != label:
                 row[f"gain_vs_{base}"] = gain(answers[label], answers[base], cfg.seed)
+        if len(answers) > 1:
+            row["gain_vs_previous"] = gain(answers[label], answers[models[len(answers) - 2][0]], cfg.seed)
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows.append(row)
     merge_rows(run.evaluate, rows)
@@ -178,30 +180,18 @@ def after_iteration(cfg: RunConfig) -> Callable[[RunPaths, int], bool]:
 
     def hook(run: RunPaths, k: int) -> bool:
         rows = evaluate(cfg, run)
-        if not cfg.eval.stop_if_worse or len(rows) < 2:
+        g = rows[-1].get("gain_vs_previous", {}).get("prompt_strict")
+        if not cfg.eval.stop_if_worse or g is None or g["ci_high"] >= 0:
             return False
-        models = labelled_models(cfg, run)
-        newest, previous = models[-1], models[-2]
-        after = answer_rows(cfg, newest[0], newest[1], _prompts(cfg), run.evaluate_dir)
-        before = answer_rows(cfg, previous[0], previous[1], _prompts(cfg), run.evaluate_dir)
-        g = gain(after, before, cfg.seed)["prompt_strict"]
-        if g["ci_high"] < 0:
-            log.warning(
-                "eval.stop_if_worse: %s is worse than %s on prompt-level strict accuracy (%+.3f [%.3f, %.3f]): "
-                "stopping after iteration %d",
-                newest[0],
-                previous[0],
-                g["value"],
-                g["ci_low"],
-                g["ci_high"],
-                k,
-            )
-            return True
-        return False
+        log.warning(
+            "eval.stop_if_worse: %s is worse than the model before it on prompt-level strict accuracy "
+            "(%+.3f [%.3f, %.3f]): stopping after iteration %d",
+            rows[-1]["model"],
+            g["value"],
+            g["ci_low"],
+            g["ci_high"],
+            k,
+        )
+        return True
 
     return hook
-
-
-def _prompts(cfg: RunConfig) -> list[Prompt]:
-    prompts = load_constraint_prompts(cfg.eval.prompts)
-    return prompts[: cfg.eval.limit] if cfg.eval.limit else prompts
