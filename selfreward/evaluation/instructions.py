@@ -12,9 +12,8 @@ Per model, IFEval's four numbers, each with a 95% percentile-bootstrap interval 
 prompt-level strict / loose (a prompt counts when every one of its instructions is followed) and
 instruction-level strict / loose (instructions pooled; the interval resamples prompts). Then the paired gain
 of the prompt-level accuracies over M0 and over M1 (the same prompts, a paired bootstrap: the interval is of
-the difference;
-also over the model before it, `gain_vs_previous`), the mean answer length in tokens and how many answers were cut at `eval.max_tokens`
-(`cut_off`), and the strict accuracy per instruction type.
+the difference; also over the model before it, `gain_vs_previous`), the mean answer length in tokens and
+how many answers were cut at `eval.max_tokens` (`cut_off`), and the strict accuracy per instruction type.
 """
 
 from __future__ import annotations
