@@ -263,7 +263,7 @@ class PeakMemory:
 
     Reading PSS parses /proc/PID/smaps_rollup, which costs real CPU on a large process: at 0.2 s the
     sampler thread was busy 39% of the seed SFT's wall time on 2 cores (py-spy) and a 4-step SFT took 166 s
-    instead of 142 s (MEASURED.md, 2026-12-01); every 2 s it reads ten times less often. Memory grows over seconds
+    instead of 142 s (docs/LOG.md, 2026-12-01); every 2 s it reads ten times less often. Memory grows over seconds
     (model loads, KV cache allocation), so the peak is still caught."""
 
     def __init__(self, interval: float = 2.0) -> None:
