@@ -27,15 +27,16 @@ __all__ = ["load_config", "iterate", "evaluate", "judge_eval", "plan"]
 
 
 def iterate(cfg: RunConfig, iterations: int | None = None, force: bool = False) -> RunPaths:
-    """`selfreward iterate`: the plan's check, then iterations 1..N (default `cfg.iterations`) of the run; with
-    `eval.every_iteration` each new model is evaluated (and `eval.stop_if_worse` may stop the run)."""
+    """`selfreward iterate`: the plan's check, then iterations 1..N (default `cfg.iterations`) of the run; after
+    each, what `eval.*` asks for (`evaluation.every_iteration`: checkable instructions, `eval.stop_if_worse`, the
+    judge's accuracy on `eval.judge_labels`)."""
     from selfreward import planner
-    from selfreward.evaluation.instructions import after_iteration
+    from selfreward.evaluation.every_iteration import after_iteration
     from selfreward.loop.pipeline import iterate as run_loop
 
     planner.check(cfg, planner.this_machine())
-    hook = after_iteration(cfg) if cfg.eval.every_iteration else None
-    return run_loop(cfg, cfg.iterations if iterations is None else iterations, force, after_iteration=hook)
+    n = cfg.iterations if iterations is None else iterations
+    return run_loop(cfg, n, force, after_iteration=after_iteration(cfg))
 
 
 def _run(run: RunPaths | str | Path) -> tuple[RunConfig, RunPaths]:

@@ -87,8 +87,23 @@ class IterPaths:
         return self.root / "judgements.jsonl"
 
     @property
+    def anchors(self) -> Path:
+        """`pairs.rejected_from: initial`: the run's first model's answers to the iteration's prompts."""
+        return self.root / "anchors.jsonl"
+
+    @property
+    def meta_judgements(self) -> Path:
+        """`meta_judge.enabled`: the meta-judge's verdicts on pairs of judgements."""
+        return self.root / "meta_judgements.jsonl"
+
+    @property
     def pairs(self) -> Path:
         return self.root / "pairs.jsonl"
+
+    @property
+    def judge_pairs(self) -> Path:
+        """`meta_judge.enabled`: the judge-role pairs that joined the DPO data."""
+        return self.root / "judge_pairs.jsonl"
 
     @property
     def pairs_dataset(self) -> Path:

@@ -216,12 +216,9 @@ def cmd_iterate(args: argparse.Namespace) -> None:
         raise ConfigError(f"--iterations must be 0 or more, got {args.iterations}")
     plan.check(cfg, plan.this_machine())  # before any stage runs: a stage that cannot fit is refused here
     iterations = cfg.iterations if args.iterations is None else args.iterations
-    hook = None
-    if cfg.eval.every_iteration:
-        from selfreward.evaluation.instructions import after_iteration
+    from selfreward.evaluation.every_iteration import after_iteration
 
-        hook = after_iteration(cfg)
-    iterate(cfg, iterations, force=args.force, argv=["selfreward", *args.argv], after_iteration=hook)
+    iterate(cfg, iterations, force=args.force, argv=["selfreward", *args.argv], after_iteration=after_iteration(cfg))
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -443,7 +440,8 @@ def cmd_status(args: argparse.Namespace) -> None:
     from selfreward.artifacts import IterPaths
     from selfreward.baselines.expert_iter import ROUND_STAGES
     from selfreward.baselines.reason import INIT_STAGES, stages_of
-    from selfreward.loop.pipeline import SEED_STAGES, STAGES
+    from selfreward.loop.pipeline import SEED_STAGES
+    from selfreward.loop.pipeline import stages_of as iteration_stages
     from selfreward.runs import holder_command, lock_holder, run_status
 
     run = RunPaths(Path(args.run))
@@ -456,7 +454,8 @@ def cmd_status(args: argparse.Namespace) -> None:
 
     found = numbered(run.root, "iter_")
     layout = [("iterate", run.iteration(0), SEED_STAGES)] if cfg.seed_sft or 0 in found else []
-    layout += [("iterate", run.iteration(k), STAGES) for k in range(1, max([cfg.iterations, *found]) + 1)]
+    last = max([cfg.iterations, *found])
+    layout += [("iterate", run.iteration(k), iteration_stages(cfg, k)) for k in range(1, last + 1)]
     layout += [("expert-iter", run.expert_round(k), ROUND_STAGES) for k in numbered(run.expert_iter, "round_")]
     if run.reason.is_dir():
         layout.append(("reason", IterPaths(run.reason / "init"), INIT_STAGES))

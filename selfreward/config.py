@@ -188,7 +188,7 @@ class JudgeConfig:
     Why `sampled` is the default: docs/judge.md."""
     samples: Count = 3
     """K judgements per candidate, averaged."""
-    pairwise_template: str = "prompts/compare.txt"
+    pairwise_template: str = field(default="prompts/compare.txt", metadata=late(before="prompts/compare.txt"))
     """`pairwise` mode: each candidate against each other candidate of its prompt, in both orders, with this
     comparison template (`{instruction}`, `{response_a}`, `{response_b}`); the probability of ` A` vs ` B`
     after `Better answer:` is the verdict. A candidate's score is 5 x its mean win probability over the
@@ -225,6 +225,30 @@ class PairsConfig:
     passes more instructions than rejected, among equals the judge's score decides; equal everywhere: the
     judge's pair); `judge_checked` (the judge's pair, but an answer that fails an instruction another
     candidate follows is never chosen). Prompts without instructions always use the judge."""
+    rejected_from: Literal["current", "initial"] = field(default="current", metadata=late(before="current"))
+    """Where the rejected answer comes from: `current` (the paper: the worst of the current model's candidates);
+    `initial` (anchored rejection, Temporal Self-Rewarding 2025): from iteration 2 on, the run's first model
+    (M1) also answers each prompt (`anchors.jsonl`, `responses.n` answers), the current judge scores them with
+    the candidates, and the rejected answer is the worst of those, the chosen still the best of the current
+    model's. In iteration 1 the two models are the same, so it changes nothing there."""
+
+
+@dataclass
+class MetaJudgeConfig:
+    """Meta-Rewarding (Wu et al. 2024): the model compares two of its own judgements of the same answer, and the
+    judgement it prefers in both orders becomes the chosen side of a judge-role DPO pair, so that the judge is
+    trained too. Off by default: not yet shown to help at this model size (docs/judge.md)."""
+
+    enabled: bool = False
+    template: str = "prompts/meta_judge.txt"
+    """Meta-judge prompt; `{instruction}`, `{response}`, `{judgement_a}`, `{judgement_b}` are replaced
+    (sanitised). The verdict is read as the probability of ` A` vs ` B` after `Better judgement:`."""
+    max_candidates: Count = 64
+    """Candidates per iteration whose judgements are compared (a seeded sample of those with two parsed
+    judgements that give different scores); 2 one-token forward passes each."""
+    share: Probability = 0.15
+    """At most this share of the iteration's DPO pairs are judge-role pairs (the rest answer pairs); more has
+    been reported to make the judge give every answer the top score."""
 
 
 @dataclass
@@ -284,7 +308,7 @@ class DPOStageConfig(TrainingSettings):
     """Trades compute for memory; off on CPU where memory is not the limit for 135M."""
     min_pairs: Count = 16
     """With fewer pairs the DPO step is skipped (M_{t+1} = M_t) and the metrics say so."""
-    eval_share: Probability = 0.0
+    eval_share: Probability = field(default=0.0, metadata=late(before=0.0))
     """Hold out this share of the iteration's pairs (at least one, seeded) as TRL's `eval_dataset`: the held-out
     DPO loss and reward accuracy are logged five times over training and recorded in the metrics, so a model that
     memorises a small pair set (train loss to ~0, held-out loss up) shows it. 0: train on every pair."""
@@ -444,6 +468,12 @@ class EvalConfig:
     stop_if_worse: bool = False
     """With `every_iteration`: stop the run when M_{t+1}'s prompt-level strict accuracy is below M_t's with
     the whole paired interval below zero."""
+    judge_labels: list[str] = field(default_factory=list)
+    """Human-label files (the formats `judge-eval` reads): after every iteration the new model judges them and
+    its pairwise accuracy (both orders, with its interval), parse failures and mean score go into the
+    iteration's metrics.json (`judge_accuracy`) and the run's judge_eval.json. Empty: none."""
+    judge_limit: NonNegativeInt = 100
+    """Items of each label file judged after every iteration (the first N); 0: all."""
 
 
 @dataclass
@@ -557,6 +587,7 @@ class RunConfig:
     responses: ResponsesConfig = field(default_factory=ResponsesConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
+    meta_judge: MetaJudgeConfig = field(default_factory=MetaJudgeConfig)
     dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -733,6 +764,7 @@ INPUT_FILES = (
     "prompt_gen.exclude",
     "judge.template",
     "judge.pairwise_template",
+    "meta_judge.template",
     "compare.template",
     "eval.prompts",
     "sft.eft_data",

@@ -30,6 +30,8 @@ MAX_SCORE = 5
 """The top of the additive 5-point rubric (scores 0-5)."""
 VERDICT_PREFILL = "Better answer:"
 """A comparison judge's reply is prefilled with this; the next token's probabilities of ` A` / ` B` are its verdict."""
+META_PREFILL = "Better judgement:"
+"""The meta-judge's reply is prefilled with this; its verdict is read the same way."""
 
 # ---- What embedded text must not contain. Each line a judge may be read by is defined once, as a
 # "key" (the words and the colon) and the line the parser reads. `sanitize` neutralises every match of
@@ -242,6 +244,20 @@ def load_pairwise_template(path: str) -> str:
 def render_pairwise_prompt(template: str, instruction: str, a: str, b: str, special_tokens: Iterable[str] = ()) -> str:
     """The comparison prompt: the three texts sanitised and filled in one pass."""
     values = {"{instruction}": instruction, "{response_a}": a, "{response_b}": b}
+    return fill_template(template, {k: sanitize(v, special_tokens) for k, v in values.items()})
+
+
+def load_meta_template(path: str) -> str:
+    """A meta-judge template (`meta_judge.template`): ConfigError if missing or without {instruction}, {response},
+    {judgement_a} or {judgement_b}."""
+    return read_template(path, ("{instruction}", "{response}", "{judgement_a}", "{judgement_b}"))
+
+
+def render_meta_prompt(
+    template: str, instruction: str, response: str, a: str, b: str, special_tokens: Iterable[str] = ()
+) -> str:
+    """The meta-judge prompt: the request, the answer and two judgements of it, sanitised and filled in one pass."""
+    values = {"{instruction}": instruction, "{response}": response, "{judgement_a}": a, "{judgement_b}": b}
     return fill_template(template, {k: sanitize(v, special_tokens) for k, v in values.items()})
 
 

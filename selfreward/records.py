@@ -125,6 +125,49 @@ class PreferencePair:
 
 
 @dataclass
+class MetaJudgement:
+    """The meta-judge on two judgements of one candidate (`meta_judgements.jsonl`): which it prefers, in both
+    orders, or why the candidate gave no judge-role pair."""
+
+    candidate_id: str
+    prompt_id: str
+    sample_a: int
+    """Index (in the candidate's judge samples) of the first judgement compared, -1 when none was."""
+    sample_b: int
+    score_a: float | None
+    score_b: float | None
+    p_a_first: float | None = None
+    """P(` A`) renormalised over ` A`/` B` with judgement `sample_a` shown as A."""
+    p_a_second: float | None = None
+    """The same with `sample_a` shown as B (so a consistent preference for it gives p_a_second < 0.5)."""
+    preferred: int | None = None
+    """`sample_a` or `sample_b` when the verdict holds in both orders, else None."""
+    dropped: str | None = None
+    """unparsed (fewer than two parsed judgements), same_score (every parsed judgement gives one score),
+    too_long (a meta prompt does not fit the context), inconsistent (the verdict flips with the order)."""
+
+
+@dataclass
+class JudgePair:
+    """A judge-role DPO pair (`judge_pairs.jsonl`): the judge prompt of one candidate, the judgement the
+    meta-judge preferred (chosen) and the other one (rejected)."""
+
+    prompt: list[dict[str, str]]
+    """[{"role": "user", "content": the judge prompt}]"""
+    chosen: list[dict[str, str]]
+    rejected: list[dict[str, str]]
+    prompt_id: str
+    candidate_id: str
+    chosen_sample: int
+    rejected_sample: int
+    chosen_score: float
+    """The score the chosen judgement gave the answer (not a preference strength)."""
+    rejected_score: float
+    consistency: float
+    """How far both orders agree: min over the two orders of the preferred judgement's probability."""
+
+
+@dataclass
 class VerifiedAnswer:
     """One answer to a problem with a checkable answer, verified (`selfreward reason`: candidates.jsonl of a
     round, eval.jsonl of a measurement)."""

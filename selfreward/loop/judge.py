@@ -1,6 +1,6 @@
 """Stage 3: the model judges its own candidates (LLM-as-a-Judge, additive 5-point rubric).
 
-Reads  iter_K/prompts.jsonl, iter_K/candidates.jsonl
+Reads  iter_K/prompts.jsonl, iter_K/candidates.jsonl (and anchors.jsonl with `pairs.rejected_from: initial`)
 Writes iter_K/judgements.jsonl: per candidate, K judge samples (raw text, parsed score or the
        parse error) and their mean.
 
@@ -218,12 +218,15 @@ def digit_sample(text: str, raw: list[float], min_mass: float) -> JudgeSample:
     return JudgeSample(text, sum(d * p for d, p in enumerate(probs)), None, probs, mass)
 
 
-def run(gen: Generator, cfg: JudgeConfig, it: IterPaths, seed: int = 0) -> dict:
+def run(gen: Generator, cfg: JudgeConfig, it: IterPaths, seed: int = 0, anchors: bool = False) -> dict:
     """Judge every candidate of the iteration in one batch; returns the stage's metrics. A candidate of a prompt
     with checkable instructions also gets the checkers' verdicts (`checks`), which the judge never sees, and the
-    metrics say how often the judge agrees with them (`constraints.agreement`)."""
+    metrics say how often the judge agrees with them (`constraints.agreement`). `anchors`: the initial model's
+    answers (anchors.jsonl) are judged with them, into the same file."""
     prompts = {r["prompt_id"]: r for r in read_jsonl(it.prompts, required_fields(Prompt))}
     candidates = read_jsonl(it.candidates, required_fields(Candidate))
+    if anchors:
+        candidates += read_jsonl(it.anchors, required_fields(Candidate))
     items = []
     for c in candidates:
         if c["prompt_id"] not in prompts:

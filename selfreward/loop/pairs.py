@@ -1,10 +1,12 @@
 """Stage 4: per prompt, the best-scored candidate (chosen) vs the worst-scored (rejected).
 
-Reads  iter_K/prompts.jsonl, candidates.jsonl, judgements.jsonl
+Reads  iter_K/prompts.jsonl, candidates.jsonl, judgements.jsonl; anchors.jsonl (`pairs.rejected_from: initial`),
+       meta_judgements.jsonl (`meta_judge.enabled`)
 Writes iter_K/pairs.jsonl and iter_K/pairs/ (a `datasets` dataset on disk, with a dataset card
        README.md: counts, rules, the judge and its template's sha256), both in TRL's
        conversational preference format (`prompt`, `chosen`, `rejected` as message lists) with
-       metadata: ids, scores, margin, token lengths.
+       metadata: ids, scores, margin, token lengths; iter_K/judge_pairs.jsonl (`meta_judge.enabled`: the
+       judge-role pairs, which join pairs/ with `kind: judge`; the answer pairs there are `kind: answer`).
 
 Rules (`select_pair` is pure and unit-tested):
 - candidates without a score (the judge gave none) are left out;
@@ -33,6 +35,14 @@ judgements.jsonl) are paired by `pairs.source` (`select_checked_pair`):
 - `judge_checked`: the judge's pair, but a candidate that fails an instruction another candidate follows is
   never chosen (no eligible candidate: `fails_instruction`).
 
+Anchored rejection (`pairs.rejected_from: initial`, from iteration 2): each prompt's rejected answer is picked by
+the same rules from the run's first model's answers (anchors.jsonl, judged with the candidates by the current
+judge), its chosen answer from the current model's; a prompt none of whose anchors was scored gives no pair
+(`no_scored_anchor`).
+
+Judge-role pairs (`meta_judge.enabled`, `judge_pairs`): the meta-judge's preferred judgement of a candidate is
+chosen, the other rejected, the prompt is the judge prompt; at most `meta_judge.share` of the DPO data.
+
 The metrics also show how much the judge's scores follow answer length: the Pearson correlation of
 score and token count over the scored candidates, and the mean chosen-minus-rejected token count.
 """
@@ -47,9 +57,9 @@ from dataclasses import dataclass
 
 from selfreward.artifacts import IterPaths, atomic_path, file_digest, project_file, read_jsonl, write_jsonl
 from selfreward.cards import Lineage, dataset_card
-from selfreward.config import JudgeConfig, PairsConfig
-from selfreward.judge_text import MAX_SCORE, evaluator_directed
-from selfreward.records import Candidate, Judgement, PreferencePair, Prompt, required_fields, to_row
+from selfreward.config import JudgeConfig, MetaJudgeConfig, PairsConfig
+from selfreward.judge_text import MAX_SCORE, evaluator_directed, load_template, render_judge_prompt
+from selfreward.records import Candidate, Judgement, JudgePair, PreferencePair, Prompt, required_fields, to_row
 from selfreward.runs import Stage
 
 STAGE = Stage(
@@ -78,14 +88,19 @@ class Scored:
 
 
 def select_pair(
-    scored: list[Scored], cfg: PairsConfig, eligible: Callable[[Scored], bool] | None = None
+    scored: list[Scored],
+    cfg: PairsConfig,
+    eligible: Callable[[Scored], bool] | None = None,
+    against: list[Scored] | None = None,
 ) -> tuple[Scored, Scored] | str:
     """(chosen, rejected) for one prompt's scored candidates, or the reason there is no pair. Only candidates
-    for which `eligible` holds may be chosen (default: all)."""
-    if len(scored) < 2:
+    for which `eligible` holds may be chosen (default: all). `against`: the rejected answer is picked from these
+    (anchored rejection: the initial model's answers) instead of from `scored`."""
+    pool = scored if against is None else against
+    if (len(scored) < 2 and against is None) or not scored or not pool:
         return "fewer_than_2_scored"
     best = max(s.score for s in scored)
-    worst = min(s.score for s in scored)
+    worst = min(s.score for s in pool)
     if best - worst <= cfg.min_margin or best == worst:
         return "tie"
     choosable = scored if cfg.allow_truncated_chosen else [s for s in scored if s.ended]
@@ -99,13 +114,13 @@ def select_pair(
         return "truncated"
     best_ended = max(s.score for s in choosable)
     top = [s for s in choosable if s.score >= best_ended - cfg.tie_tolerance]
-    bottom = [s for s in scored if s.score <= worst + cfg.tie_tolerance]
+    bottom = [s for s in pool if s.score <= worst + cfg.tie_tolerance]
     if cfg.length_control:
         chosen = min(top, key=lambda s: (s.num_tokens, -s.score))
         rejected = max(bottom, key=lambda s: (s.num_tokens, -s.score))
     else:
         chosen = next(s for s in choosable if s.score == best_ended)
-        rejected = next(s for s in scored if s.score == worst)
+        rejected = next(s for s in pool if s.score == worst)
     if chosen.candidate_id == rejected.candidate_id or chosen.score <= rejected.score:
         return "tie"
     if chosen.score - rejected.score <= noise_band(chosen, rejected, cfg.noise_z):
@@ -113,20 +128,27 @@ def select_pair(
     return chosen, rejected
 
 
-def select_checked_pair(scored: list[Scored], cfg: PairsConfig) -> tuple[Scored, Scored] | str:
-    """The pair of a prompt with checkable instructions under `cfg.source` (module docstring)."""
+def select_checked_pair(
+    scored: list[Scored], cfg: PairsConfig, against: list[Scored] | None = None
+) -> tuple[Scored, Scored] | str:
+    """The pair of a prompt with checkable instructions under `cfg.source` (module docstring); `against` as in
+    `select_pair`."""
+    pool = scored if against is None else against
     if cfg.source == "judge_checked":
         followed = [any(col) for col in zip(*(s.followed or [] for s in scored), strict=True)]
         return select_pair(
-            scored, cfg, lambda s: all(f or not other for f, other in zip(s.followed or [], followed, strict=True))
+            scored,
+            cfg,
+            lambda s: all(f or not other for f, other in zip(s.followed or [], followed, strict=True)),
+            against,
         )
-    if cfg.source == "checker" and len(scored) >= 2:
+    if cfg.source == "checker" and pool and (len(scored) >= 2 or against is not None):
         choosable = scored if cfg.allow_truncated_chosen else [s for s in scored if s.ended]
         most = max((s.passed for s in choosable), default=-1)
-        fewest = min(s.passed for s in scored)
+        fewest = min(s.passed for s in pool)
         if most > fewest:
             top = [s for s in choosable if s.passed == most]
-            bottom = [s for s in scored if s.passed == fewest]
+            bottom = [s for s in pool if s.passed == fewest]
             best, worst = max(s.score for s in top), min(s.score for s in bottom)
             top = [s for s in top if s.score >= best - (cfg.tie_tolerance if cfg.length_control else 0)]
             bottom = [s for s in bottom if s.score <= worst + (cfg.tie_tolerance if cfg.length_control else 0)]
@@ -135,11 +157,11 @@ def select_checked_pair(scored: list[Scored], cfg: PairsConfig) -> tuple[Scored,
                     bottom, key=lambda s: (s.num_tokens, -s.score)
                 )
             return top[0], bottom[0]
-        judged = select_pair(scored, cfg)
+        judged = select_pair(scored, cfg, against=against)
         if isinstance(judged, tuple) and judged[0].passed < judged[1].passed:
             return "truncated"  # only a cut-off answer follows more: the judge's pair would invert the checker's
         return judged
-    return select_pair(scored, cfg)
+    return select_pair(scored, cfg, against=against)
 
 
 def noise_band(a: Scored, b: Scored, z: float) -> float:
@@ -170,10 +192,13 @@ def make_pairs(
     judgements: list[dict],
     cfg: PairsConfig,
     identical: Callable[[str, str, str], bool] = lambda p, a, b: a == b,
+    anchors: frozenset[str] = frozenset(),
 ) -> tuple[list[PreferencePair], dict[str, int]]:
     """Pairs for every prompt, and the count of prompts dropped per reason.
 
-    `identical(prompt, a, b)` says whether two responses are the same as the trainer sees them.
+    `identical(prompt, a, b)` says whether two responses are the same as the trainer sees them. `anchors`: ids of
+    candidates (in `candidates`) that are the initial model's answers (`pairs.rejected_from: initial`): a prompt
+    that has them takes its rejected answer from them and its chosen answer from the others.
     """
     judged = {j["candidate_id"]: j for j in judgements}
     by_prompt: dict[str, list[Scored]] = {p["prompt_id"]: [] for p in prompts}
@@ -195,7 +220,15 @@ def make_pairs(
     for p in prompts:
         scored = by_prompt[p["prompt_id"]]
         checked = bool(p.get("instruction_id_list")) and all(s.followed is not None for s in scored)
-        result = select_checked_pair(scored, cfg) if checked else select_pair(scored, cfg)
+        against = [s for s in scored if s.candidate_id in anchors] or None
+        if against is not None:
+            scored = [s for s in scored if s.candidate_id not in anchors]
+        if anchors and against is None:
+            result: tuple[Scored, Scored] | str = "no_scored_anchor"
+        elif checked:
+            result = select_checked_pair(scored, cfg, against)
+        else:
+            result = select_pair(scored, cfg, against=against)
         if isinstance(result, tuple) and identical(p["text"], result[0].text, result[1].text):
             result = "identical_after_truncation"
         if isinstance(result, str):
@@ -222,6 +255,85 @@ def make_pairs(
             )
         )
     return pairs, dropped
+
+
+def judge_pairs(
+    prompts: list[dict],
+    candidates: list[dict],
+    judgements: list[dict],
+    meta: list[dict],
+    template: str,
+    answer_pairs: int,
+    share: float,
+) -> tuple[list[JudgePair], dict[str, int]]:
+    """Judge-role pairs from the meta-judge's verdicts (`meta_judgements.jsonl` rows): the judge prompt of the
+    candidate, the preferred judgement as chosen, the other as rejected; at most `share` of all DPO pairs
+    (`answer_pairs` answer pairs + these: floor(share * answer_pairs / (1 - share))), the most consistent first.
+    Also the count of candidates that gave none, by reason (the meta-judge's drops, and `share_cap`).
+
+    Example: 30 answer pairs at share 0.15 -> at most floor(0.15 * 30 / 0.85) = 5 judge pairs (5 of 35 = 14%)."""
+    texts = {p["prompt_id"]: p["text"] for p in prompts}
+    answers = {c["candidate_id"]: c["text"] for c in candidates}
+    samples = {j["candidate_id"]: j.get("samples") or [] for j in judgements}
+    dropped: dict[str, int] = {}
+    made = []
+    for m in meta:
+        if m.get("dropped") or m.get("preferred") is None:
+            reason = m.get("dropped") or "inconsistent"
+            dropped[reason] = dropped.get(reason, 0) + 1
+            continue
+        a, b = m["sample_a"], m["sample_b"]
+        chosen, rejected = (a, b) if m["preferred"] == a else (b, a)
+        judged = samples[m["candidate_id"]]
+        p_chosen_first = m["p_a_first"] if chosen == a else 1 - m["p_a_first"]
+        p_chosen_second = 1 - m["p_a_second"] if chosen == a else m["p_a_second"]
+        prompt = render_judge_prompt(template, texts[m["prompt_id"]], answers[m["candidate_id"]])
+        made.append(
+            JudgePair(
+                prompt=[{"role": "user", "content": prompt}],
+                chosen=[{"role": "assistant", "content": judged[chosen]["text"]}],
+                rejected=[{"role": "assistant", "content": judged[rejected]["text"]}],
+                prompt_id=m["prompt_id"],
+                candidate_id=m["candidate_id"],
+                chosen_sample=chosen,
+                rejected_sample=rejected,
+                chosen_score=judged[chosen]["score"],
+                rejected_score=judged[rejected]["score"],
+                consistency=min(p_chosen_first, p_chosen_second),
+            )
+        )
+    cap = len(made) if share >= 1 else math.floor(share * answer_pairs / (1 - share) + 1e-9)
+    made.sort(key=lambda j: (-j.consistency, j.candidate_id))
+    if len(made) > cap:
+        dropped["share_cap"] = len(made) - cap
+    return made[:cap], dropped
+
+
+def dataset_rows(pairs: list[PreferencePair], judge_role: list[JudgePair]) -> list[dict]:
+    """The DPO data (pairs/): answer pairs and judge-role pairs in one table, told apart by `kind`."""
+    rows = [{**to_row(p), "kind": "answer"} for p in pairs]
+    for j in judge_role:
+        rows.append(
+            {
+                "prompt": j.prompt,
+                "chosen": j.chosen,
+                "rejected": j.rejected,
+                "prompt_id": j.prompt_id,
+                "chosen_id": f"{j.candidate_id}#j{j.chosen_sample}",
+                "rejected_id": f"{j.candidate_id}#j{j.rejected_sample}",
+                "chosen_score": float(j.chosen_score),
+                "rejected_score": float(j.rejected_score),
+                "margin": 0.0,
+                "chosen_tokens": -1,
+                "rejected_tokens": -1,
+                "noise_band": 0.0,
+                "source": "meta_judge",
+                "chosen_passed": -1,
+                "rejected_passed": -1,
+                "kind": "judge",
+            }
+        )
+    return rows
 
 
 def pair_source(chosen: Scored, rejected: Scored, cfg: PairsConfig) -> str:
@@ -282,16 +394,38 @@ def run(
     max_length: int,
     judge: JudgeConfig | None = None,
     lineage: Lineage | None = None,
+    meta_judge: MetaJudgeConfig | None = None,
 ) -> dict:
     """The stage: pairs.jsonl and pairs/ with its dataset card (`judge`: how the candidates were judged,
-    `lineage`: by which model of which run)."""
+    `lineage`: by which model of which run). With `pairs.rejected_from: initial` the rejected answers come from
+    anchors.jsonl (when the iteration has one); with `meta_judge.enabled` the judge-role pairs from
+    meta_judgements.jsonl join the DPO data (judge_pairs.jsonl, `kind: judge` in pairs/)."""
     import datasets
 
+    judge = judge or JudgeConfig()
     prompts = read_jsonl(it.prompts, required_fields(Prompt))
     candidates = read_jsonl(it.candidates, required_fields(Candidate))
+    anchored = cfg.rejected_from == "initial" and it.anchors.exists()
+    anchors = read_jsonl(it.anchors, required_fields(Candidate)) if anchored else []
     judgements = read_jsonl(it.judgements, required_fields(Judgement))
-    pairs, dropped = make_pairs(prompts, candidates, judgements, cfg, truncation_check(tokenizer, max_length))
-    rows = [to_row(p) for p in pairs]
+    pairs, dropped = make_pairs(
+        prompts,
+        candidates + anchors,
+        judgements,
+        cfg,
+        truncation_check(tokenizer, max_length),
+        frozenset(a["candidate_id"] for a in anchors),
+    )
+    judge_role: list[JudgePair] = []
+    judge_dropped: dict[str, int] = {}
+    if meta_judge is not None and meta_judge.enabled:
+        meta = read_jsonl(it.meta_judgements)
+        template = load_template(judge.template)
+        judge_role, judge_dropped = judge_pairs(
+            prompts, candidates, judgements, meta, template, len(pairs), meta_judge.share
+        )
+        write_jsonl(it.judge_pairs, (to_row(j) for j in judge_role))
+    rows = dataset_rows(pairs, judge_role)
     dataset = datasets.Dataset.from_list(rows) if rows else empty_pairs_dataset()
     n = len(pairs)
     metrics = {
@@ -304,12 +438,17 @@ def run(
         "mean_chosen_tokens": sum(p.chosen_tokens for p in pairs) / n if n else None,
         "mean_rejected_tokens": sum(p.rejected_tokens for p in pairs) / n if n else None,
         **directed_in_pairs(pairs),
+        "rejected_from": "initial" if anchored else "current",
     }
-    card = pairs_card(cfg, judge or JudgeConfig(), lineage or Lineage("unknown", str(it.root.parent), 0, ""), metrics)
+    if meta_judge is not None and meta_judge.enabled:
+        metrics["judge_pairs"] = len(judge_role)
+        metrics["judge_pair_share"] = len(judge_role) / (n + len(judge_role)) if n + len(judge_role) else None
+        metrics["candidates_without_judge_pair"] = judge_dropped
+    card = pairs_card(cfg, judge, lineage or Lineage("unknown", str(it.root.parent), 0, ""), metrics)
     with atomic_path(it.pairs_dataset) as tmp:
         dataset.save_to_disk(str(tmp), num_shards=1 if not rows else None)
         (tmp / "README.md").write_text(card, encoding="utf-8")
-    write_jsonl(it.pairs, rows)
+    write_jsonl(it.pairs, (to_row(p) for p in pairs))
     return metrics
 
 
@@ -349,6 +488,7 @@ def empty_pairs_dataset():
             "source": datasets.Value("string"),
             "chosen_passed": datasets.Value("int64"),
             "rejected_passed": datasets.Value("int64"),
+            "kind": datasets.Value("string"),
         }
     )
     # An arrow table with the schema: `from_list([], features=...)` loses the columns in datasets 5.2

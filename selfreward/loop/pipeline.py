@@ -17,14 +17,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from selfreward.artifacts import IterPaths, RunPaths, read_json, read_jsonl
+from selfreward.artifacts import IterPaths, RunPaths, file_digest, read_json, read_jsonl
 from selfreward.cards import Lineage
 from selfreward.config import RunConfig
 from selfreward.constraints.data import load_constraint_prompts
 from selfreward.generation import Engine
 from selfreward.inputs import load_prompt_file, load_seed_pool
 from selfreward.launch import train
-from selfreward.loop import dpo, judge, pairs, prompt_gen, responses, sft
+from selfreward.loop import dpo, judge, meta_judge, pairs, prompt_gen, responses, sft
 from selfreward.models import base_model, iteration_seed, model_of_iteration, reference_for
 from selfreward.runs import Progress, RunChain, StageRunner, open_run, record_invocation
 from selfreward.tracking import Tracker, log_iteration
@@ -33,6 +33,25 @@ log = logging.getLogger(__name__)
 
 STAGES = tuple(s.STAGE.name for s in (prompt_gen, responses, judge, pairs, dpo))
 """prompts, candidates, judgements, pairs, dpo: the figure's five stages, in order."""
+
+
+def stages_of(cfg: RunConfig, k: int) -> tuple[str, ...]:
+    """The stages iteration k runs: the five, with `anchors` after the candidates (`pairs.rejected_from: initial`,
+    from iteration 2) and `meta_judgements` after the judgements (`meta_judge.enabled`)."""
+    names = list(STAGES)
+    if anchored(cfg, k):
+        names.insert(names.index(responses.STAGE.name) + 1, responses.ANCHOR_STAGE.name)
+    if cfg.meta_judge.enabled:
+        names.insert(names.index(judge.STAGE.name) + 1, meta_judge.STAGE.name)
+    return tuple(names)
+
+
+def anchored(cfg: RunConfig, k: int) -> bool:
+    """Whether iteration k takes its rejected answers from the run's first model (in iteration 1 it is the
+    current model)."""
+    return cfg.pairs.rejected_from == "initial" and k > 1
+
+
 SEED_STAGES = (sft.DATA_STAGE.name, sft.TRAIN_STAGE.name)
 
 
@@ -55,13 +74,21 @@ def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) ->
             models=[model],
             extra=pool,
         )
-        answer_and_judge(cfg, it, seed, engine, stages, model)
+        if anchored(cfg, k):
+            answer_with_initial_model(cfg, run, it, seed, engine, stages)
+        answer_and_judge(cfg, it, seed, engine, stages, model, anchors=anchored(cfg, k))
+        if cfg.meta_judge.enabled:
+            stages.run_stage(
+                meta_judge.STAGE, cfg, lambda: meta_judge.run(engine(), cfg.meta_judge, it, seed), models=[model]
+            )
         stages.metrics["engine"] = engine.close()  # the engine's memory is released before training
+    made_earlier = [file_digest(f) for f in (it.anchors, it.meta_judgements) if f.exists()]
     stages.run_stage(
         pairs.STAGE,
         cfg,
-        lambda: pairs.run(cfg.pairs, it, tokenizer(model), cfg.dpo.max_length, cfg.judge, lineage),
+        lambda: pairs.run(cfg.pairs, it, tokenizer(model), cfg.dpo.max_length, cfg.judge, lineage, cfg.meta_judge),
         models=[model],
+        extra=made_earlier or None,
     )
     stages.run_stage(
         dpo.STAGE,
@@ -74,16 +101,39 @@ def run_iteration(cfg: RunConfig, run: RunPaths, k: int, stages: StageRunner) ->
             lambda: dpo.run(cfg.dpo, model, reference, it, seed, Tracker.of(cfg), lineage),
         ),
         models=[model, reference],
+        extra=file_digest(it.judge_pairs) if cfg.meta_judge.enabled else None,
     )
 
 
+def answer_with_initial_model(
+    cfg: RunConfig, run: RunPaths, it: IterPaths, seed: int, engine: Engine, stages: StageRunner
+) -> None:
+    """Anchored rejection: the run's first model answers the iteration's prompts (anchors.jsonl), in an engine of
+    its own; the current model's engine is stopped first (one engine's memory at a time) and restarts on use."""
+    initial = model_of_iteration(cfg, run, 0)
+    engine.close()
+    with Engine(cfg, initial) as anchor_engine:
+        stages.run_stage(
+            responses.ANCHOR_STAGE,
+            cfg,
+            lambda: responses.run_anchors(anchor_engine(), cfg.responses, it, seed),
+            models=[initial],
+        )
+
+
 def answer_and_judge(
-    cfg: RunConfig, it: IterPaths, seed: int, engine: Engine, stages: StageRunner, model: str
+    cfg: RunConfig, it: IterPaths, seed: int, engine: Engine, stages: StageRunner, model: str, anchors: bool = False
 ) -> None:
     """Stages 2-3 on `it.prompts` (shared with expert iteration): candidates (`cfg.responses`), then `model`
-    judges them."""
+    judges them (and the initial model's answers, `anchors`)."""
     stages.run_stage(responses.STAGE, cfg, lambda: responses.run(engine(), cfg.responses, it, seed), models=[model])
-    stages.run_stage(judge.STAGE, cfg, lambda: judge.run(engine(), cfg.judge, it, seed), models=[model])
+    stages.run_stage(
+        judge.STAGE,
+        cfg,
+        lambda: judge.run(engine(), cfg.judge, it, seed, anchors=anchors),
+        models=[model],
+        extra=file_digest(it.anchors) if anchors else None,
+    )
 
 
 def run_seed_sft(cfg: RunConfig, run: RunPaths, stages: StageRunner) -> None:
@@ -131,7 +181,7 @@ def iterate(
     seed_sft(cfg, run, chain)
     for k in range(1, iterations + 1):
         log.info("iteration %d/%d: %s", k, iterations, run.iteration(k).root)
-        with chain.iteration(run.iteration(k), k, STAGES) as stages:
+        with chain.iteration(run.iteration(k), k, stages_of(cfg, k)) as stages:
             run_iteration(cfg, run, k, stages)
         if stages.ran:
             log_iteration(Tracker.of(cfg), k, read_json(run.iteration(k).metrics))

@@ -111,13 +111,34 @@ def score_plot(summaries: list[Summary]) -> str | None:
     return img(fig, "judge score histogram per iteration")
 
 
-def improvement_plot(summaries: list[Summary], evaluate: dict | None) -> str | None:
+def judge_curves(summaries: list[Summary], seed_metrics: dict) -> dict[str, list[tuple[int, float, float, float]]]:
+    """Per judge measure, (t, value, ci_low, ci_high) for the judge M_t: its agreement with the checkers on the
+    candidates of iteration t (which M_t judged), and its accuracy on each human-label file (`eval.judge_labels`:
+    iter_k's metrics hold M_{k+1}'s, iter_0's hold M1's)."""
+    curves: dict[str, list[tuple[int, float, float, float]]] = {}
+    for s in summaries:
+        if s.judge_checker_agreement is not None and s.judge_checker_ci:
+            curves.setdefault("vs checkers", []).append((s.k, s.judge_checker_agreement, *s.judge_checker_ci))
+    by_iteration = [(0, seed_metrics.get("judge_accuracy") or {})] + [(s.k, s.judge_accuracy) for s in summaries]
+    for k, accuracy in by_iteration:
+        for name, m in accuracy.items():
+            for key, low, high, what in (
+                ("accuracy", "ci_low", "ci_high", "rubric"),
+                ("direct_accuracy", "direct_ci_low", "direct_ci_high", "both orders"),
+            ):
+                if m.get(key) is not None and m.get(low) is not None:
+                    label = f"vs humans, {what} ({Path(name.split('[')[0]).stem})"
+                    curves.setdefault(label, []).append((k + 1, m[key], m[low], m[high]))
+    return curves
+
+
+def improvement_plot(summaries: list[Summary], evaluate: dict | None, seed_metrics: dict | None = None) -> str | None:
     """Did it improve? Left: each model's prompt-level accuracy on checkable instructions (evaluate.json), strict
-    and loose, with 95% intervals. Right: the judge's agreement with the checkers per iteration, with its
-    interval (0.5 = chance)."""
+    and loose, with 95% intervals. Right: each model as a judge: its agreement with the checkers and its accuracy
+    on human labels (`judge_curves`), with intervals (0.5 = chance)."""
     rows = [r for r in (evaluate or {}).get("rows", []) if isinstance(r.get("prompt_strict"), dict)]
-    agreement = [s for s in summaries if s.judge_checker_agreement is not None and s.judge_checker_ci]
-    if not rows and not agreement:
+    curves = judge_curves(summaries, seed_metrics or {})
+    if not rows and not curves:
         return None
     fig, (left, right) = figure(height=3.4, ncols=2)
     for file in dict.fromkeys(r["prompt_file"] for r in rows):
@@ -135,20 +156,21 @@ def improvement_plot(summaries: list[Summary], evaluate: dict | None) -> str | N
     left.set_ylabel("prompt-level accuracy")
     if rows:
         left.legend(fontsize=7)
-    if agreement:
-        xs = [s.k for s in agreement]
-        ys = [s.judge_checker_agreement for s in agreement]
-        err = [
-            [y - s.judge_checker_ci[0] for y, s in zip(ys, agreement, strict=True)],
-            [s.judge_checker_ci[1] - y for y, s in zip(ys, agreement, strict=True)],
-        ]
-        right.errorbar(xs, ys, yerr=err, marker="o", capsize=3)
+    ticks: set[int] = set()
+    for label, points in curves.items():
+        xs = [t for t, *_ in points]
+        ys = [v for _, v, _, _ in points]
+        err = [[v - lo for _, v, lo, _ in points], [hi - v for _, v, _, hi in points]]
+        right.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+        ticks.update(xs)
+    if curves:
         right.axhline(0.5, color="grey", linestyle="--", linewidth=1)
-        right.set_xticks(xs)
-    right.set_title("judge: agreement with the checkers")
-    right.set_xlabel("iteration")
+        right.set_xticks(sorted(ticks), [f"M{t}" for t in sorted(ticks)])
+        right.legend(fontsize=7)
+    right.set_title("judge: agreement with checkers and humans")
+    right.set_xlabel("judge model")
     right.set_ylim(0, 1)
-    return img(fig, "did it improve: model accuracy on checkable instructions and judge agreement with checkers")
+    return img(fig, "did it improve: model accuracy on checkable instructions and judge accuracy per model")
 
 
 def length_plot(summaries: list[Summary]) -> str | None:
@@ -271,7 +293,8 @@ def build_report(run: RunPaths) -> str:
         f" git {e(manifest.get('git_sha') or '—')}; command <code>{e(command)}</code></p>",
     ]
     results = load_results(run)
-    improvement = improvement_plot(summaries, results.get("evaluate.json"))
+    seed = run.iteration(0).metrics
+    improvement = improvement_plot(summaries, results.get("evaluate.json"), read_json(seed) if seed.exists() else {})
     parts.append(
         '<h2 id="improved">Did it improve?</h2>'
         + (improvement or '<p class="note">no evaluation yet: <code>selfreward evaluate RUN</code></p>')

@@ -164,6 +164,12 @@ class Summary:
     """Candidates with text addressed to the evaluator (metrics.json: count, share, interval, per style)."""
     directed_chosen: int | None = None
     directed_rejected: int | None = None
+    judge_accuracy: dict[str, dict] = field(default_factory=dict)
+    """`eval.judge_labels`: the accuracy of this iteration's new model as a judge, per label file (metrics.json)."""
+    meta_outcomes: dict[str, int] = field(default_factory=dict)
+    """`meta_judge.enabled`: candidates by the meta-judge's outcome (preferred, inconsistent, same_score, ...)."""
+    judge_pairs: int | None = None
+    judge_pairs_dropped: dict[str, int] = field(default_factory=dict)
 
 
 def training_rows(log: list[dict]) -> list[dict]:
@@ -222,6 +228,10 @@ def summarize(d: IterationFiles) -> Summary:
     s.evaluator_directed = stages.get("judgements", {}).get("evaluator_directed") or {}
     s.directed_chosen = stages.get("pairs", {}).get("evaluator_directed_chosen")
     s.directed_rejected = stages.get("pairs", {}).get("evaluator_directed_rejected")
+    s.judge_accuracy = d.metrics.get("judge_accuracy") or {}
+    s.meta_outcomes = stages.get("meta_judgements", {}).get("outcomes") or {}
+    s.judge_pairs = stages.get("pairs", {}).get("judge_pairs")
+    s.judge_pairs_dropped = stages.get("pairs", {}).get("candidates_without_judge_pair") or {}
     if d.pairs is not None:
         s.pairs = len(d.pairs)
         s.pairs_by_source = dict(Counter(p.get("source", "judge") for p in d.pairs).most_common())
@@ -341,12 +351,43 @@ def funnel_rows(s: Summary) -> list[tuple[str, str, str]]:
             if s.evaluator_directed
             else "",
         ),
+        *([("meta-judge", fmt(sum(s.meta_outcomes.values())), counts(s.meta_outcomes))] if s.meta_outcomes else []),
         ("pairs", fmt(s.pairs), counts(s.pairs_by_source) if len(s.pairs_by_source) > 1 else ""),
+        *(
+            [("judge-role pairs", fmt(s.judge_pairs), f"left out: {counts(s.judge_pairs_dropped)}")]
+            if s.judge_pairs is not None
+            else []
+        ),
         ("chosen − rejected tokens", fmt(lengths, 1), "mean over the pairs"),
         ("prompts without pair", fmt(s.prompts_without_pair), counts(s.drop_reasons)),
         ("DPO steps", "skipped" if s.dpo_skipped and not s.dpo_steps else fmt(s.dpo_steps), dpo),
         ("DPO moved the model", fmt(s.dpo_kl_per_token, 4), shift or "KL(M_t+1 || M_t) per token, after training"),
+        *[
+            (f"new model as judge: {Path(name).name}", accuracy_cell(m), judge_detail(m))
+            for name, m in s.judge_accuracy.items()
+        ],
     ]
+
+
+def accuracy_cell(m: dict) -> str:
+    """The judge's accuracy on human labels: rubric scores where measured, else the both-order comparison."""
+    if m.get("accuracy") is not None:
+        return f"{fmt(m['accuracy'])} [{fmt(m.get('ci_low'))}, {fmt(m.get('ci_high'))}]"
+    if m.get("direct_accuracy") is not None:
+        return f"{fmt(m['direct_accuracy'])} [{fmt(m.get('direct_ci_low'))}, {fmt(m.get('direct_ci_high'))}]"
+    return "—"
+
+
+def judge_detail(m: dict) -> str:
+    parts = []
+    if m.get("n_pairs") is not None:
+        parts.append(f"rubric over {m['n_pairs']} human pairs; parse failures {pct(m.get('parse_failure_rate'))}")
+    if m.get("direct_accuracy") is not None:
+        parts.append(
+            f"both orders {fmt(m['direct_accuracy'])} [{fmt(m.get('direct_ci_low'))}, {fmt(m.get('direct_ci_high'))}]"
+            f" over {m.get('direct_pairs')}, position-consistent {pct(m.get('position_consistency'))}"
+        )
+    return "; ".join(parts)
 
 
 def margin_buckets(margins: list[float]) -> list[tuple[str, int]]:
