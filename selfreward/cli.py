@@ -108,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N labelled items (a quick look)")
     p.set_defaults(func=cmd_judge_eval)
 
+    p = sub.add_parser("judge-robustness", help="does a sentence addressed to the grader raise the judge's score?")
+    _add_eval_args(p)
+    p.add_argument("--labels", default=None, help="judge the responses of this label file (its first --limit items)")
+    p.add_argument("--iteration", type=int, default=None, help="judge this iteration's lowest-scored candidates")
+    p.add_argument("--limit", type=int, default=30, help="label items, or candidates (default: %(default)s)")
+    p.add_argument(
+        "--styles", default=None, help="comma-separated: praise,authority,verification,pleading,instruction (all)"
+    )
+    p.add_argument("--placements", default="end", help="comma-separated: end,start,middle (default: %(default)s)")
+    p.set_defaults(func=cmd_judge_robustness)
+
     p = sub.add_parser("compare", help="head-to-head win rates: M_t vs M0 for a run, or --model-a vs --model-b")
     _add_eval_args(p)
     p.add_argument("--model-b", default=None, help="the model --model is compared against")
@@ -285,6 +296,42 @@ def cmd_judge_eval(args: argparse.Namespace) -> None:
     models = judge_eval.models_to_evaluate(cfg, args.model, run if args.run else None)
     rows = judge_eval.judge_eval(cfg, args.labels, models, run, pairwise=args.pairwise, limit=args.limit)
     print_rows(f"judge vs human labels ({args.labels}) -> {run.judge_eval}", rows, JUDGE_EVAL_COLUMNS)
+
+
+def cmd_judge_robustness(args: argparse.Namespace) -> None:
+    from selfreward.evaluation import persuasion
+    from selfreward.models import model_of_iteration, resolve_model
+
+    if (args.labels is None) == (args.iteration is None):
+        raise ConfigError("give exactly one of --labels and --iteration")
+    if args.iteration is not None and not args.run:
+        raise ConfigError("--iteration needs --run")
+    if args.model is not None and args.run is not None:
+        config = args.config or str(Path(args.run) / "config.yaml")
+        cfg, run = load_config(config, args.overrides), RunPaths(Path(args.run))
+    else:
+        cfg, run = _eval_config(args)
+    if args.iteration is not None:
+        if args.iteration < 1 or not run.iteration(args.iteration).judgements.exists():
+            raise UserError(f"{run.iteration(args.iteration).judgements}: no such file (an iteration that judged)")
+        items, pairs = persuasion.items_from_iteration(run, args.iteration, args.limit)
+        source = f"iter_{args.iteration}"
+    else:
+        items, pairs = persuasion.items_from_labels(args.labels, args.limit)
+        source = args.labels
+    if args.model is not None:
+        judge = (args.model, resolve_model(args.model, cfg.cache_dir))
+    elif args.iteration is not None:  # the model that judged that iteration
+        judge = (f"M{args.iteration}", model_of_iteration(cfg, run, args.iteration - 1))
+    else:
+        k = max([0, *run.iterations()])
+        judge = (f"M{k + 1}", model_of_iteration(cfg, run, k))
+    styles = args.styles.split(",") if args.styles else None
+    try:
+        rows = persuasion.judge_robustness(cfg, run, judge, source, items, pairs, styles, args.placements.split(","))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print_rows(f"judge robustness ({source}) -> {run.root / 'judge_robustness.json'}", rows, ROBUSTNESS_COLUMNS)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -493,6 +540,7 @@ def _eval_config(args: argparse.Namespace) -> tuple[RunConfig, RunPaths]:
     return cfg, RunPaths(Path(args.run) if args.run else cfg.run_dir)
 
 
+ROBUSTNESS_COLUMNS = ["judge", "style", "placement", "shift", "ci_low", "ci_high", "n", "rose", "fell", "flip_rate"]
 JUDGE_EVAL_COLUMNS = [
     "model",
     "items",

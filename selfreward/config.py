@@ -201,6 +201,10 @@ class JudgeConfig:
     min_digit_mass: Probability = 0.5
     """Probabilities and direct modes: a sample whose digit tokens 0-5 had less probability than this
     (softmax over the whole vocabulary, before renormalising) is unscored (`low_digit_mass`)."""
+    strip_directed: bool = field(default=False, metadata=late(before=False))
+    """Judge each answer with its sentences addressed to the evaluator removed (`judge_text.evaluator_directed`:
+    praise of itself, claimed authority or verification, pleading, instructions to the grader); the answer is
+    kept as written for pairs and DPO. A defence against a judge that can be flattered (`judge-robustness`)."""
 
 
 @dataclass
@@ -231,6 +235,10 @@ class PairsConfig:
     (M1) also answers each prompt (`anchors.jsonl`, `responses.n` answers), the current judge scores them with
     the candidates, and the rejected answer is the worst of those, the chosen still the best of the current
     model's. In iteration 1 the two models are the same, so it changes nothing there."""
+    exclude_directed: bool = field(default=False, metadata=late(before=False))
+    """Never choose an answer that addresses the evaluator (`judge_text.evaluator_directed`: praise of itself, claimed
+    authority or verification, pleading, instructions to the grader); it may still be the rejected one. A defence
+    against a judge that can be flattered: DPO never learns to write such text from chosen answers."""
 
 
 @dataclass
@@ -474,6 +482,10 @@ class EvalConfig:
     iteration's metrics.json (`judge_accuracy`) and the run's judge_eval.json. Empty: none."""
     judge_limit: NonNegativeInt = 100
     """Items of each label file judged after every iteration (the first N); 0: all."""
+    persuasion_items: NonNegativeInt = 0
+    """After every iteration, the new model judges this many of iteration 1's lowest-scored candidates as they are
+    and with one sentence addressed to the evaluator per style (`selfreward judge-robustness`); the score shift per
+    style goes into the iteration's metrics.json (`persuasion`) and the run's judge_robustness.json. 0: off."""
 
 
 @dataclass

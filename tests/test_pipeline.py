@@ -269,3 +269,76 @@ def test_evaluator_directed_text_is_counted_every_iteration(run: RunPaths) -> No
         assert stages["pairs"]["evaluator_directed_chosen"] == sum(
             1 for p in pairs if evaluator_directed(p["chosen"][0]["content"])
         )
+
+
+def test_a_judge_that_learns_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
+    """The meta-judge, anchored rejection and the judge's accuracy on human labels after every iteration, on the
+    tiny run: their stages run where they belong, their files join by id, and the numbers land in the metrics,
+    judge_eval.json and the report."""
+    import datasets
+
+    from selfreward.evaluation.every_iteration import after_iteration
+    from selfreward.loop.pipeline import stages_of
+    from selfreward.reporting.report import build_report, judge_curves
+    from selfreward.reporting.summary import load_iteration, summarize
+    from tests.test_compare_judge_eval import write_labels
+
+    labels = write_labels(tmp_path)
+    cfg = tiny_config(
+        tmp_path,
+        tiny_model,
+        "meta_judge.enabled=true",
+        "meta_judge.share=0.5",
+        "pairs.rejected_from=initial",
+        f"eval.judge_labels=[{labels}]",
+        "eval.judge_limit=2",
+        "eval.persuasion_items=3",
+    )
+    run = iterate(cfg, 2, after_iteration=after_iteration(cfg))
+    assert stages_of(cfg, 1) == ("prompts", "candidates", "judgements", "meta_judgements", "pairs", "dpo")
+    assert stages_of(cfg, 2) == ("prompts", "candidates", "anchors", "judgements", "meta_judgements", "pairs", "dpo")
+    one, two = run.iteration(1), run.iteration(2)
+    assert not one.anchors.exists() and all(two.marker(s).exists() for s in stages_of(cfg, 2))
+
+    # anchored rejection: iteration 2's rejected answers are the seed SFT model's, judged with the candidates
+    anchors = read_jsonl(two.anchors)
+    assert len(anchors) == 6 * 3 and all("-a" in a["candidate_id"] for a in anchors)
+    judged = {j["candidate_id"] for j in read_jsonl(two.judgements)}
+    assert {a["candidate_id"] for a in anchors} <= judged
+    pairs = read_jsonl(two.pairs)
+    assert pairs and all("-a" in p["rejected_id"] and "-c" in p["chosen_id"] for p in pairs)
+    assert json.loads(two.metrics.read_text())["stages"]["pairs"]["rejected_from"] == "initial"
+
+    # the meta-judge: an outcome for every candidate it judged, judge-role pairs within the share
+    for it, candidates in ((one, 18), (two, 36)):
+        m = json.loads(it.metrics.read_text())["stages"]
+        assert sum(m["meta_judgements"]["outcomes"].values()) == candidates == len(read_jsonl(it.meta_judgements))
+        judge_role = read_jsonl(it.judge_pairs)
+        assert m["pairs"]["judge_pairs"] == len(judge_role) <= m["pairs"]["pairs"]  # share 0.5: at most as many
+        kinds = datasets.load_from_disk(str(it.pairs_dataset))["kind"]
+        assert kinds.count("judge") == len(judge_role) and kinds.count("answer") == m["pairs"]["pairs"]
+        for j in judge_role:
+            assert j["prompt"][0]["content"].startswith("You are grading") and j["chosen"] != j["rejected"]
+
+    # the judge's accuracy on the labels: the seed SFT model and each new model, in metrics and judge_eval.json
+    for k in (0, 1, 2):
+        accuracy = json.loads(run.iteration(k).metrics.read_text())["judge_accuracy"]
+        (m,) = accuracy.values()
+        assert 0 <= m["accuracy"] <= 1 and m["n_pairs"] == 2  # the first 2 items: one human pair each
+        assert m["direct_pairs"] == 2 and m["ci_low"] <= m["accuracy"] <= m["ci_high"]
+    # the persuasion probe: each new model on iteration 1's 3 lowest-scored answers, a shift per style
+    for k in (1, 2):
+        shifts = json.loads(run.iteration(k).metrics.read_text())["persuasion"]
+        assert set(shifts) == {"praise", "authority", "verification", "pleading", "instruction"}
+        assert all(m["n"] == 3 and m["rose"] + m["fell"] <= 3 for m in shifts.values())
+    robustness = json.loads((run.root / "judge_robustness.json").read_text())["rows"]
+    assert sorted({r["judge"] for r in robustness}) == ["M2", "M3"] and len(robustness) == 10
+    rows = json.loads(run.judge_eval.read_text())["rows"]
+    assert sorted(r["model"] for r in rows) == ["iter_0", "iter_1", "iter_2"]
+    summaries = [summarize(load_iteration(run, k)) for k in run.iterations()]
+    curves = judge_curves(summaries, json.loads(run.iteration(0).metrics.read_text()))
+    assert [t for t, *_ in curves["vs humans, rubric (labels)"]] == [1, 2, 3]  # M1 (seed SFT), M2, M3
+    assert [t for t, *_ in curves["vs humans, both orders (labels)"]] == [1, 2, 3]
+    html = build_report(run)
+    assert "judge accuracy per model" in html and "new model as judge: labels.jsonl" in html
+    assert "new model as judge: praise sentence" in html and "judge_robustness.json" in html

@@ -1,6 +1,8 @@
 """What the loop measures after each iteration (`eval.*`), as one hook for `loop.pipeline.iterate`:
 
 - `eval.judge_labels`: the new model's judge accuracy against human labels (`judge_eval.after_iteration`);
+- `eval.persuasion_items`: how far a sentence addressed to the evaluator moves the new model's scores
+  (`persuasion.after_iteration`);
 - `eval.every_iteration`: every model of the run on checkable instructions (`instructions.after_iteration`), and
   with `eval.stop_if_worse` the signal to stop.
 
@@ -24,6 +26,10 @@ def after_iteration(cfg: RunConfig) -> Hook | None:
         from selfreward.evaluation import judge_eval
 
         hooks.append(judge_eval.after_iteration(cfg))
+    if cfg.eval.persuasion_items:
+        from selfreward.evaluation import persuasion
+
+        hooks.append(persuasion.after_iteration(cfg))
     if cfg.eval.every_iteration:
         from selfreward.evaluation import instructions
 

@@ -47,6 +47,7 @@ from selfreward.judge_text import (
     parse_score,
     render_judge_prompt,
     render_pairwise_prompt,
+    strip_evaluator_directed,
 )
 from selfreward.records import Candidate, ConstraintChecks, Judgement, JudgeSample, Prompt, required_fields, to_row
 from selfreward.runs import Stage
@@ -94,6 +95,8 @@ def judge_texts(gen: Generator, cfg: JudgeConfig, items: list[tuple[str, str]], 
             "here each answer is judged alone: choose sampled, probabilities or direct"
         )
     template = load_template(cfg.template)
+    if cfg.strip_directed:
+        items = [(q, strip_evaluator_directed(r)) for q, r in items]
     conversations = [[{"role": "user", "content": render_judge_prompt(template, q, r)}] for q, r in items]
     spec = SamplingSpec(
         n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed
@@ -121,6 +124,8 @@ def judge_pairwise(gen: Generator, cfg: JudgeConfig, groups: list[tuple[str, lis
     """`pairwise` mode: for each (instruction, the candidates of one prompt), every candidate against every other
     in both orders; one Judgement per candidate (module docstring of `config.JudgeConfig.pairwise_template`)."""
     template = load_pairwise_template(cfg.pairwise_template)
+    if cfg.strip_directed:
+        groups = [(q, [strip_evaluator_directed(a) for a in answers]) for q, answers in groups]
     ids = choice_token_ids(gen, VERDICT_PREFILL, [" A", " B"])
     requests, where = [], []
     for g, (instruction, answers) in enumerate(groups):

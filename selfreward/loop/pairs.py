@@ -40,6 +40,9 @@ the same rules from the run's first model's answers (anchors.jsonl, judged with 
 judge), its chosen answer from the current model's; a prompt none of whose anchors was scored gives no pair
 (`no_scored_anchor`).
 
+With `pairs.exclude_directed` an answer with text addressed to the evaluator (`judge_text.evaluator_directed`) is
+never chosen (it may still be rejected); a prompt whose answers all have it gives no pair (`evaluator_directed`).
+
 Judge-role pairs (`meta_judge.enabled`, `judge_pairs`): the meta-judge's preferred judgement of a candidate is
 chosen, the other rejected, the prompt is the judge prompt; at most `meta_judge.share` of the DPO data.
 
@@ -223,8 +226,14 @@ def make_pairs(
         against = [s for s in scored if s.candidate_id in anchors] or None
         if against is not None:
             scored = [s for s in scored if s.candidate_id not in anchors]
+        flagged = bool(scored) and cfg.exclude_directed and any(evaluator_directed(s.text) for s in scored)
+        if flagged:  # an answer that addresses the evaluator may be rejected, never chosen
+            against = against or scored
+            scored = [s for s in scored if not evaluator_directed(s.text)]
         if anchors and against is None:
             result: tuple[Scored, Scored] | str = "no_scored_anchor"
+        elif flagged and not scored:
+            result = "evaluator_directed"
         elif checked:
             result = select_checked_pair(scored, cfg, against)
         else:

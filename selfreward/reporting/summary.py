@@ -31,7 +31,14 @@ from selfreward.stats import mean
 MAX_SCORE = 5
 PAIR_FIELDS = ("margin", "chosen_score", "rejected_score", "chosen_tokens", "rejected_tokens")
 """The numeric pair fields that `--where` can filter on."""
-RESULT_FILES = ("evaluate.json", "judge_eval.json", "compare.json", "methods.json", "reason/reason.json")
+RESULT_FILES = (
+    "evaluate.json",
+    "judge_eval.json",
+    "judge_robustness.json",
+    "compare.json",
+    "methods.json",
+    "reason/reason.json",
+)
 """Optional results that other commands write into the run folder."""
 _WHERE = re.compile(r"^\s*([A-Za-z_]\w*)\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*$")
 _OPS = {
@@ -170,6 +177,8 @@ class Summary:
     """`meta_judge.enabled`: candidates by the meta-judge's outcome (preferred, inconsistent, same_score, ...)."""
     judge_pairs: int | None = None
     judge_pairs_dropped: dict[str, int] = field(default_factory=dict)
+    persuasion: dict[str, dict] = field(default_factory=dict)
+    """`eval.persuasion_items`: the new model's score shift per style of evaluator-directed sentence (metrics.json)."""
 
 
 def training_rows(log: list[dict]) -> list[dict]:
@@ -229,6 +238,7 @@ def summarize(d: IterationFiles) -> Summary:
     s.directed_chosen = stages.get("pairs", {}).get("evaluator_directed_chosen")
     s.directed_rejected = stages.get("pairs", {}).get("evaluator_directed_rejected")
     s.judge_accuracy = d.metrics.get("judge_accuracy") or {}
+    s.persuasion = d.metrics.get("persuasion") or {}
     s.meta_outcomes = stages.get("meta_judgements", {}).get("outcomes") or {}
     s.judge_pairs = stages.get("pairs", {}).get("judge_pairs")
     s.judge_pairs_dropped = stages.get("pairs", {}).get("candidates_without_judge_pair") or {}
@@ -365,6 +375,15 @@ def funnel_rows(s: Summary) -> list[tuple[str, str, str]]:
         *[
             (f"new model as judge: {Path(name).name}", accuracy_cell(m), judge_detail(m))
             for name, m in s.judge_accuracy.items()
+        ],
+        *[
+            (
+                f"new model as judge: {style} sentence",
+                "—" if m.get("shift") is None else f"{m['shift']:+.2f} [{m['ci_low']:+.2f}, {m['ci_high']:+.2f}]",
+                f"score shift over {m.get('n')} of iteration 1's lowest-scored answers; rose {m.get('rose')}, "
+                f"fell {m.get('fell')}",
+            )
+            for style, m in s.persuasion.items()
         ],
     ]
 
