@@ -3,8 +3,8 @@ for N iterations of the default loop, then every model on our held-out checkable
 
 Runs   iterations/src-judge (the default loop, `pairs.source=judge`), then src-checker and src-judge_checked.
        The three runs share iter_0 (the seed SFT: the same model, data, settings and seed) and iteration 1's
-       prompts, candidates and judgements (the same model M1 and seed: identical files; copied with their stage
-       markers, so the loop skips them as finished and redoes everything from the pairs stage on). Later
+       prompts, candidates and judgements (the same model M1 and seed): the later runs take them from the store
+       of finished stages (`reuse`, `selfreward.store`) and compute everything from the pairs stage on. Later
        iterations start from different models and run in full.
 Writes benchmarks/results/pair_sources.json (with the CPU's flags and the date): per run and iteration, the
        model's prompt-level strict accuracy on the held-out set with the paired gain over M1 (interval), the
@@ -31,7 +31,6 @@ from selfreward.constraints.agreement import judge_checker_agreement
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "pair_sources.json"
 SOURCES = ("judge", "checker", "judge_checked")
-SHARED_ITER_1 = ("prompts", "candidates", "judgements")
 
 
 def selfreward(*args: str) -> None:
@@ -40,24 +39,15 @@ def selfreward(*args: str) -> None:
     subprocess.run(command, check=True, cwd=ROOT)
 
 
-def share(first: RunPaths, run: RunPaths) -> None:
-    """Copy iter_0 and iteration 1's generation stages (files and markers) from the first run, once."""
-    if not (run.iteration(0).root / ".stages").exists() and first.iteration(0).root.exists():
-        shutil.copytree(first.iteration(0).root, run.iteration(0).root, dirs_exist_ok=True)
-    src, dst = first.iteration(1), run.iteration(1)
-    if dst.root.exists() or not src.root.exists():
-        return
-    dst.stages.mkdir(parents=True)
-    for stage in SHARED_ITER_1:
-        shutil.copy2(getattr(src, stage), getattr(dst, stage))
-        shutil.copy2(src.marker(stage), dst.marker(stage))
-    shutil.copy2(src.prompts_rejected, dst.prompts_rejected)
-    answers = run.evaluate_dir / "answers"  # M0's and M1's answers (reused: the evaluation keys them by content)
+def share_answers(first: RunPaths, run: RunPaths) -> None:
+    """Copy M0's and M1's evaluation answers from the first run (the evaluation keys them by the model's content,
+    so they are reused as they are). The stages the runs share come from the store of finished stages."""
+    answers = run.evaluate_dir / "answers"
     answers.mkdir(parents=True, exist_ok=True)
     for label in ("M0", "M1"):
         for suffix in (".jsonl", ".json"):
             path = first.evaluate_dir / "answers" / f"{label}{suffix}"
-            if path.exists():
+            if path.exists() and not (answers / path.name).exists():
                 shutil.copy2(path, answers / path.name)
 
 
@@ -118,7 +108,7 @@ def main() -> None:
     first = runs[sources[0]]
     for source, run in runs.items():
         if run is not first:
-            share(first, run)
+            share_answers(first, run)
         t0 = time.time()
         selfreward(
             "iterate", "--config", args.config, "-n", str(args.iterations), f"run_name={run.root.name}",

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of iterations (default: config; 0 = only the seed SFT, iter_0)",
     )
     p.add_argument("--force", action="store_true", help="redo finished stages whose config changed")
+    p.add_argument(
+        "--no-reuse", action="store_true", help="compute every stage, none from the store of finished stages"
+    )
     p.set_defaults(func=cmd_iterate)
 
     p = sub.add_parser("plan", help="memory per device and time of every stage, by arithmetic, before anything runs")
@@ -222,7 +225,7 @@ def cmd_iterate(args: argparse.Namespace) -> None:
     from selfreward import planner as plan
     from selfreward.loop.pipeline import iterate
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*args.overrides, *(["reuse=false"] if args.no_reuse else [])])
     if args.iterations is not None and args.iterations < 0:
         raise ConfigError(f"--iterations must be 0 or more, got {args.iterations}")
     plan.check(cfg, plan.this_machine())  # before any stage runs: a stage that cannot fit is refused here

@@ -590,6 +590,10 @@ class RunConfig:
     """Converted embedded model, vLLM and inductor caches."""
     iterations: NonNegativeInt = 3
     seed: NonNegativeInt = 0
+    reuse: bool = True
+    """Reuse a finished stage of any run (the seed SFT above all) whose settings and inputs are equal, from the
+    content-addressed store `<cache_dir>/stages/` (`selfreward.store`), instead of recomputing it; every finished
+    stage is published there. False (`iterate --no-reuse`): compute everything, publish nothing."""
     seed_sft: bool = True
     """Before iteration 1, fine-tune `model` (M0) on the seed IFT + EFT data into M1 (`iter_0/`, the
     paper's starting point); iteration 1 then starts from M1. False: iteration 1 starts from `model`."""

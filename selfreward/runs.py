@@ -55,6 +55,7 @@ from selfreward.cards import library_versions
 from selfreward.config import RunConfig, dump_yaml, fingerprint
 from selfreward.errors import UserError
 from selfreward.models import check_model
+from selfreward.store import StageStore
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,15 @@ class Stage:
     `config(cfg)`: the settings it uses, and `files(cfg)`: the user's files it reads (templates, seed data; by
     content), both what the user chose: a change is refused unless forced. `reads`: the files of its iteration
     that earlier stages wrote (`IterPaths` attributes, by content): a change redoes the stage. The models it
-    reads and anything else made earlier (the few-shot pool) are passed to `StageRunner.run_stage`."""
+    reads and anything else made earlier (the few-shot pool) are passed to `StageRunner.run_stage`. `writes`: its
+    outputs (`IterPaths` attributes), what `store.StageStore` keeps and restores so another run can reuse it; a
+    stage that declares none is never reused."""
 
     name: str
     config: Callable[[RunConfig], Any]
     files: Callable[[RunConfig], list[str]] = lambda cfg: []
     reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
 
 
 class StageRunner:
@@ -95,14 +99,24 @@ class StageRunner:
         names: tuple[str, ...],
         progress: Progress | None = None,
         before_first_run: Callable[[], None] | None = None,
+        store: StageStore | None = None,
     ) -> None:
         self.it, self.force, self.ran, self.chain, self.names = it, force, upstream_ran, chain, names
-        self.k, self.progress, self.before_first_run = k, progress, before_first_run
+        self.k, self.progress, self.before_first_run, self.store = k, progress, before_first_run, store
         old = read_json(it.metrics) if it.metrics.exists() else {}
         self.metrics: dict[str, Any] = {"iteration": k, "stages": old.get("stages", {}), "engine": old.get("engine")}
 
-    def run(self, name: str, config: Any, fn: Callable[[], dict], inputs: Callable[[], Any] | None = None) -> None:
-        """Run stage `name` unless its marker says it is done with the same `config` and `inputs`.
+    def run(
+        self,
+        name: str,
+        config: Any,
+        fn: Callable[[], dict],
+        inputs: Callable[[], Any] | None = None,
+        writes: dict[str, Path] | None = None,
+    ) -> None:
+        """Run stage `name` unless its marker says it is done with the same `config` and `inputs`, or restore it from
+        the store (`store.StageStore`) when another run made it with the same chain and inputs (`writes`: its
+        outputs by name; a stage without them is not reused).
 
         `config` is what the user chose (with the chain of every stage before it): a change is refused
         (`StageChanged`) unless forced. `inputs` gives the digests of what the stage reads that earlier
@@ -129,6 +143,9 @@ class StageRunner:
             self.before_first_run()
         for later in self.names[self.names.index(name) :]:
             clear_marker(self.it, later)
+        key = fingerprint(self.chain, digest) if writes and self.store is not None else None
+        if key is not None and self._reuse(name, key, writes or {}, digest):
+            return
         log.info("%s/%s: running", self.it.root.name, name)
         if self.progress is not None:
             log.info("%s", self.progress.line(self.it, self.k, self.names, name))
@@ -145,6 +162,25 @@ class StageRunner:
         write_marker(self.it, name, self.chain, inputs=digest)
         log.info("%s/%s: finished in %.0f s (peak memory %.2f GiB)", self.it.root.name, name, wall, mem.peak_gib)
         self.ran = True
+        if key is not None and self.store is not None:
+            self.store.publish(key, writes or {}, self.metrics["stages"][name], f"{self.it.root}/{name}")
+
+    def _reuse(self, name: str, key: str, writes: dict[str, Path], digest: Any) -> bool:
+        """Restore stage `name` from the store; its metrics say where from, and so does the run's manifest."""
+        entry = self.store.restore(key, writes) if self.store is not None else None
+        if entry is None:
+            return False
+        self.metrics["stages"][name] = {**entry.get("metrics", {}), "reused_from": entry.get("source")}
+        write_json(self.it.metrics, self.metrics)
+        write_marker(self.it, name, self.chain, inputs=digest, reused_from=entry.get("source"))
+        manifest_file = self.it.root.parent / "manifest.json"
+        if manifest_file.exists():
+            record = read_json(manifest_file)
+            record.setdefault("reused", []).append({"stage": f"{self.it.root.name}/{name}", "from": entry["source"]})
+            write_json(manifest_file, record)
+        log.info("%s/%s: reused from %s", self.it.root.name, name, entry.get("source"))
+        self.ran = True
+        return True
 
     def run_stage(
         self,
@@ -161,7 +197,8 @@ class StageRunner:
             made = [file_digest(getattr(self.it, name)) for name in stage.reads]
             return made, [model_digest(m) if m else None for m in models], extra
 
-        self.run(stage.name, (stage.config(cfg), file_digests(stage.files(cfg))), fn, inputs)
+        writes = {name: getattr(self.it, name) for name in stage.writes}
+        self.run(stage.name, (stage.config(cfg), file_digests(stage.files(cfg))), fn, inputs, writes)
 
     def finish(self) -> None:
         if self.ran:
@@ -221,6 +258,7 @@ class RunChain:
         progress: Progress | None = None,
         before_first_run: Callable[[], None] | None = None,
         start: str | None = None,
+        reuse: bool | None = None,
     ) -> None:
         """`before_first_run` is called once, just before the first stage that runs (after its checks):
         e.g. `record_invocation`, so a refused or do-nothing invocation writes nothing. `start`: what every
@@ -230,6 +268,8 @@ class RunChain:
         self.fingerprint = fingerprint(cfg.model, cfg.seed, *([start] if start is not None else []))
         self.progress = progress
         self._before = before_first_run
+        reuse = cfg.reuse if reuse is None else reuse
+        self.store = StageStore(Path(cfg.cache_dir) / "stages") if reuse else None
 
     def _first_run(self) -> None:
         if self._before is not None:
@@ -241,7 +281,9 @@ class RunChain:
         """The stages of one iteration (or round) in `it`; totals are written and the chain carried on at
         the end."""
         progress = self.progress if k >= 1 else None  # the seed SFT is no iteration of the count
-        stages = StageRunner(it, self.force, self.upstream_ran, self.fingerprint, k, names, progress, self._first_run)
+        stages = StageRunner(
+            it, self.force, self.upstream_ran, self.fingerprint, k, names, progress, self._first_run, self.store
+        )
         yield stages
         stages.finish()
         self.upstream_ran, self.fingerprint = stages.ran, stages.chain

@@ -23,6 +23,7 @@ TOP_LEVEL = {
     "tracking",
     "hub",
     "stats",
+    "store",
 }
 
 
@@ -89,14 +90,16 @@ def test_evaluation_never_imports_baselines_or_reporting() -> None:
 def test_every_loop_stage_declares_its_fingerprint_and_the_pipeline_uses_the_declarations() -> None:
     """A stage's fingerprint (config section, user files, the files it reads) is declared beside its `run`
     (`runs.Stage`), so the pipeline cannot forget an input: it never lists a fingerprint by hand."""
-    from selfreward.loop import dpo, judge, pairs, prompt_gen, responses, sft
+    from selfreward.loop import dpo, judge, meta_judge, pairs, prompt_gen, responses, sft
     from selfreward.runs import Stage
 
-    for module in (prompt_gen, responses, judge, pairs, dpo):
-        assert isinstance(module.STAGE, Stage), module.__name__
-    assert isinstance(sft.DATA_STAGE, Stage) and isinstance(sft.TRAIN_STAGE, Stage)
+    stages = [m.STAGE for m in (prompt_gen, responses, judge, meta_judge, pairs, dpo)]
+    stages += [responses.ANCHOR_STAGE, sft.DATA_STAGE, sft.TRAIN_STAGE]
+    for stage in stages:
+        assert isinstance(stage, Stage), stage
+        assert stage.writes, f"{stage.name} declares no outputs: another run could not reuse it"
     source = (PACKAGE / "loop" / "pipeline.py").read_text()
-    assert "stages.run(" not in source and source.count("stages.run_stage(") == 7
+    assert "stages.run(" not in source and source.count("stages.run_stage(") == len(stages)
 
 
 def test_no_import_circles() -> None:

@@ -58,7 +58,7 @@ from selfreward.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-STAGE = Stage("dpo", config=lambda cfg: cfg.dpo, reads=("pairs",))
+STAGE = Stage("dpo", config=lambda cfg: cfg.dpo, reads=("pairs",), writes=("model", "dpo_log"))
 """Its fingerprint: the DPO settings and the pairs; the start and reference models are passed by the pipeline."""
 
 

@@ -60,6 +60,7 @@ STAGE = Stage(
     config=lambda cfg: (cfg.judge, engine_settings(cfg.engine)),
     files=lambda cfg: [cfg.judge.template, cfg.judge.pairwise_template if cfg.judge.mode == "pairwise" else ""],
     reads=("prompts", "candidates"),
+    writes=("judgements",),
 )
 """Its fingerprint: judge and engine settings, the judge template, the prompts (their checkable instructions)
 and candidates; the judging model is passed by the pipeline."""

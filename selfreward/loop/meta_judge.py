@@ -32,6 +32,7 @@ STAGE = Stage(
     config=lambda cfg: (cfg.meta_judge, engine_settings(cfg.engine)),
     files=lambda cfg: [cfg.meta_judge.template],
     reads=("prompts", "candidates", "judgements"),
+    writes=("meta_judgements",),
 )
 """Its fingerprint: meta-judge and engine settings, its template, the three files; the model is passed by the
 pipeline."""

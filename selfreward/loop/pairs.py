@@ -66,7 +66,10 @@ from selfreward.records import Candidate, Judgement, JudgePair, PreferencePair, 
 from selfreward.runs import Stage
 
 STAGE = Stage(
-    "pairs", config=lambda cfg: (cfg.pairs, cfg.dpo.max_length), reads=("prompts", "candidates", "judgements")
+    "pairs",
+    config=lambda cfg: (cfg.pairs, cfg.dpo.max_length),
+    reads=("prompts", "candidates", "judgements"),
+    writes=("pairs", "pairs_dataset", "judge_pairs"),
 )
 """Its fingerprint: pairs settings and DPO's max_length (identical-after-truncation), the three files; the
 model whose tokenizer truncates is passed by the pipeline."""

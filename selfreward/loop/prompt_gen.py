@@ -43,6 +43,7 @@ STAGE = Stage(
     "prompts",
     config=lambda cfg: (cfg.prompt_gen, engine_settings(cfg.engine)),
     files=lambda cfg: [cfg.prompt_gen.template, cfg.seed_data.instructions, cfg.prompt_gen.exclude, cfg.eval.prompts],
+    writes=("prompts", "prompts_rejected"),
 )
 """Its fingerprint: prompt_gen settings and the engine's, the template, seed pool and excluded prompt files; the
 start model and the few-shot pool (earlier iterations' prompts) are passed by the pipeline."""

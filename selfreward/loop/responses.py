@@ -13,11 +13,21 @@ from selfreward.generation import Generator, SamplingSpec, engine_settings
 from selfreward.records import Candidate, Prompt, required_fields, to_row
 from selfreward.runs import Stage
 
-STAGE = Stage("candidates", config=lambda cfg: (cfg.responses, engine_settings(cfg.engine)), reads=("prompts",))
+STAGE = Stage(
+    "candidates",
+    config=lambda cfg: (cfg.responses, engine_settings(cfg.engine)),
+    reads=("prompts",),
+    writes=("candidates",),
+)
 """Its fingerprint: responses and engine settings, the prompts; the answering model is passed by the pipeline."""
 
 
-ANCHOR_STAGE = Stage("anchors", config=lambda cfg: (cfg.responses, engine_settings(cfg.engine)), reads=("prompts",))
+ANCHOR_STAGE = Stage(
+    "anchors",
+    config=lambda cfg: (cfg.responses, engine_settings(cfg.engine)),
+    reads=("prompts",),
+    writes=("anchors",),
+)
 """`pairs.rejected_from: initial`: the run's first model answers the prompts too (anchors.jsonl); the model is
 passed by the pipeline."""
 

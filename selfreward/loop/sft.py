@@ -52,9 +52,10 @@ DATA_STAGE = Stage(
         {k: getattr(cfg.sft, k) for k in ("ift", "eft", "eft_data", "max_examples")},
     ),
     files=lambda cfg: [cfg.seed_data.instructions, cfg.seed_data.ranked, cfg.judge.template, cfg.sft.eft_data],
+    writes=("sft_data",),
 )
 """The seed SFT's data: the seed files, the judge template (the EFT prompts) and the data settings."""
-TRAIN_STAGE = Stage("sft", config=lambda cfg: cfg.sft, reads=("sft_data",))
+TRAIN_STAGE = Stage("sft", config=lambda cfg: cfg.sft, reads=("sft_data",), writes=("model", "sft_log"))
 """The seed SFT: its settings and data; the base model is passed by the pipeline."""
 
 IFT_SOURCE = "ift"
