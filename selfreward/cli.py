@@ -444,25 +444,31 @@ def cmd_eft_build(args: argparse.Namespace) -> None:
 
 
 def cmd_expert_iter(args: argparse.Namespace) -> None:
+    from selfreward import planner
     from selfreward.baselines.expert_iter import expert_iterate
 
     cfg = load_config(args.config, args.overrides)
+    planner.check(cfg, planner.this_machine(), "expert-iter")
     print(expert_iterate(cfg, args.rounds, args.prompts, force=args.force).expert_iter_metrics)
 
 
 def cmd_ppo(args: argparse.Namespace) -> None:
+    from selfreward import planner
     from selfreward.baselines.ppo import run_ppo
 
     cfg = load_config(args.config, args.overrides)
+    planner.check(cfg, planner.this_machine(), "ppo")
     print(run_ppo(cfg, args.prompts, args.pairs_from, argv=["selfreward", *args.argv], force=args.force).root)
 
 
 def cmd_reason(args: argparse.Namespace) -> None:
     import json
 
+    from selfreward import planner
     from selfreward.baselines.reason import reason
 
     cfg = load_config(args.config, args.overrides)
+    planner.check(cfg, planner.this_machine(), "reason")
     run = reason(cfg, force=args.force)
     rows = json.loads((run.reason / "reason.json").read_text())["rows"]
     k = cfg.reason.samples

@@ -15,6 +15,7 @@ Lineage of a run: `base_model` (M0), `model_of_iteration` (the model iteration k
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import subprocess
@@ -106,9 +107,30 @@ def check_model(name: str) -> None:
     if path.exists():
         if not (path / "config.json").exists():
             raise ConfigError(f"model '{name}': the folder has no config.json")
+        if not has_chat_template(path):
+            raise ConfigError(
+                f"model '{name}': its tokenizer has no chat template (no `chat_template` in tokenizer_config.json "
+                "and no chat_template.jinja); every prompt, judgement and training example is rendered with it: "
+                "add the template of the model's family there"
+            )
         return
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ConfigError(f"model '{name}': no such folder, and not a hub id of the form 'org/name'")
+
+
+def has_chat_template(folder: Path) -> bool:
+    """Whether a model folder's tokenizer has a chat template (chat_template.jinja or chat_template.json, or
+    `chat_template` in tokenizer_config.json), read without loading it. A folder without tokenizer files (weights
+    only) is not judged here: loading it fails with its own message."""
+    if (folder / "chat_template.jinja").exists() or (folder / "chat_template.json").exists():
+        return True
+    config = folder / "tokenizer_config.json"
+    if not config.exists():
+        return True
+    try:
+        return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError):
+        return True  # unreadable: the tokenizer's own loading says what is wrong
 
 
 def build_tiny_model(out: Path, tokenizer_source: str | Path, seed: int = 0) -> Path:
@@ -178,7 +200,7 @@ def lm_head_on_labelled_positions_only() -> None:
     all for a gradient that is zero there. TRL keeps every position for devices that recompile whenever a shape
     changes (Neuron); eager CPU does not. The choice is TRL's private `_use_triton` in `trl.trainer.utils`, read
     on every call, so CPU is added to it here: the same loss and gradients (tests/test_models.py), 1.3-1.7x on the
-    seed SFT's steps, whose labels are ~28% of the text (README). A TRL without that hook is left as it is."""
+    seed SFT's steps, whose labels are ~28% of the text (docs/LOG.md). A TRL without that hook is left as it is."""
     import trl.trainer.utils as trl_utils
 
     chooses_compact = getattr(trl_utils, "_use_triton", None)

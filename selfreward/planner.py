@@ -236,8 +236,9 @@ def _hours(flops: float, hw: Hardware, devices: int) -> float:
     return flops / (peak * hw.efficiency) / 3600
 
 
-def plan(cfg: RunConfig, hw: Hardware) -> tuple[Shape, str, list[StagePlan]]:
-    """Every stage of one iteration of `cfg` (and the seed SFT), on `hw`."""
+def plan(cfg: RunConfig, hw: Hardware, command: str = "iterate") -> tuple[Shape, str, list[StagePlan]]:
+    """Every stage of one iteration of `cfg` (and the seed SFT), on `hw`; for `command` ppo (and reason with a PPO
+    method) also the PPO stage (`ppo_plan`)."""
     shape, source = model_shape(cfg)
     n = cfg.prompt_gen.num_prompts
     processes = max(cfg.launch.num_processes, 1)
@@ -276,6 +277,8 @@ def plan(cfg: RunConfig, hw: Hardware) -> tuple[Shape, str, list[StagePlan]]:
                 trained_tokens=430 * s.max_length / 2, reference=False, processes=processes, sharded=sharded,
             ),
         )  # fmt: skip
+    if command == "ppo" or (command == "reason" and any("ppo" in m for m in cfg.reason.methods)):
+        stages.append(ppo_plan(cfg, shape, hw))
     for st in stages:
         if st.fits and st.gib > hw.memory_gib:
             st.fits = False
@@ -283,10 +286,37 @@ def plan(cfg: RunConfig, hw: Hardware) -> tuple[Shape, str, list[StagePlan]]:
     return shape, source, stages
 
 
+def ppo_plan(cfg: RunConfig, shape: Shape, hw: Hardware) -> StagePlan:
+    """The PPO stage: the actor trained as a training stage (LoRA or full) with its frozen reference, beside it a
+    critic of the same shape trained fully (weights, gradients, AdamW states, activations) and the reward model or
+    judge (weights, fp32). One process."""
+    c = cfg.ppo
+    length = c.max_prompt_tokens + c.max_new_tokens
+    actor = training_plan(
+        "ppo", shape, hw, bf16=train_bf16(c.precision), lora=c.lora, lora_r=c.lora_r, gradient_checkpointing=False,
+        sequences=c.minibatch_size, length=length,
+        trained_tokens=2 * c.steps * c.rollout_batch_size * length * c.ppo_epochs, reference=True, processes=1,
+        sharded=False,
+    )  # fmt: skip
+    p = shape.parameters
+    parts = {
+        **actor.parts,
+        "critic weights+grads+optimizer": 16 * p / GIB,
+        "critic activations": actor.parts["activations"],
+        "reward model or judge": 4 * p / GIB,
+    }
+    return StagePlan("ppo", sum(parts.values()), parts, actor.hours * 2)
+
+
 def advice(stage: StagePlan, cfg: RunConfig, hw: Hardware) -> str:
     """What would fit instead, in a few words."""
     if stage.stage in ("prompts", "candidates", "judgements"):
         return "raise engine.tensor_parallel_size, or lower engine.max_model_len"
+    if stage.stage == "ppo":
+        return (
+            "ppo.lora=true (the critic still trains fully, 16 bytes a parameter), a smaller model, "
+            "or a smaller ppo.minibatch_size"
+        )
     section = "dpo" if stage.stage == "dpo" else "sft"
     tips = [f"{section}.lora=true", f"a smaller {section}.batch_size or {section}.max_length"]
     if not getattr(cfg, section).gradient_checkpointing:
@@ -298,11 +328,12 @@ def advice(stage: StagePlan, cfg: RunConfig, hw: Hardware) -> str:
     return ", or ".join(tips)
 
 
-def check(cfg: RunConfig, hw: Hardware) -> None:
-    """ConfigError (one line) naming the first stage that cannot fit, what it needs and what would fit. A model
-    whose shape cannot be read here (a hub id not in KNOWN_SHAPES) is not planned: a warning, no refusal."""
+def check(cfg: RunConfig, hw: Hardware, command: str = "iterate") -> None:
+    """ConfigError (one line) naming the first stage of `command` (iterate, expert-iter, ppo, reason) that cannot
+    fit, what it needs and what would fit. A model whose shape cannot be read here (a hub id not in KNOWN_SHAPES)
+    is not planned: a warning, no refusal."""
     try:
-        _, _, stages = plan(cfg, hw)
+        _, _, stages = plan(cfg, hw, command)
     except ConfigError as e:
         log.warning("%s: not planned", e)
         return

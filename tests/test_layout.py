@@ -1,4 +1,4 @@
-"""The package layout's import rules (README "Layout"), read from the source with `ast`: no import circles,
+"""The package layout's import rules (README "Package layout"), read from the source with `ast`: no import circles,
 `loop/` never imports `baselines/`, `evaluation/` or `reporting/`, and `reporting/` only reads run files (and
 computes with `stats`)."""
 

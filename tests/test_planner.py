@@ -82,8 +82,22 @@ def test_every_shipped_config_fits_the_hardware_it_names(config: str, hardware: 
         shape = dict(KNOWN_SHAPES["smollm2-135m-instruct"], num_hidden_layers=2)
         (tmp_path / "tiny" / "config.json").write_text(json.dumps(shape))
     cfg = load_config(ROOT / "configs" / config, overrides)
-    check(cfg, hardware)
-    assert all(s.fits for s in plan(cfg, hardware)[2])
+    command = "reason" if config == "reason.yaml" else "iterate"
+    check(cfg, hardware, command)
+    assert all(s.fits for s in plan(cfg, hardware, command)[2])
+
+
+def test_ppo_is_planned_with_its_critic_and_refused_where_it_cannot_fit() -> None:
+    cfg = load_config(ROOT / "configs" / "default.yaml")
+    assert "ppo" not in [s.stage for s in plan(cfg, Hardware(0, 24))[2]]
+    (ppo,) = [s for s in plan(cfg, Hardware(0, 24), "ppo")[2] if s.stage == "ppo"]
+    p = 134_515_008  # SmolLM2-135M
+    assert ppo.parts["critic weights+grads+optimizer"] == pytest.approx(16 * p / GIB)
+    assert ppo.parts["reward model or judge"] == pytest.approx(4 * p / GIB) and ppo.fits
+    big = load_config(ROOT / "configs" / "gpu_1x80gb.yaml", ["seed_sft=false"])
+    with pytest.raises(ConfigError, match="stage ppo does not fit.*critic still trains fully"):
+        check(big, Hardware(1, 80), "ppo")
+    check(big, Hardware(1, 80), "iterate")  # the loop itself fits with LoRA
 
 
 def test_iterate_refuses_a_model_that_cannot_fit_before_anything_runs(tmp_path: Path, capsys) -> None:
