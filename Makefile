@@ -46,7 +46,7 @@ IOMP     = $(wildcard $(VENV)/lib/libiomp5.so)
 PRELOAD  = $(strip $(TCMALLOC) $(IOMP))
 RUN_ENV  = $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
 
-.PHONY: docs install iterate reason smoke gpu-smoke bench-engines bench-judge-loop bench-judge bench-pair-yield bench-pair-sources bench-plan bench-train test test-slow bench report judge-eval compare evaluate baselines lint format clean-venv
+.PHONY: docs install iterate reason smoke gpu-smoke bench-engines bench-judge-loop bench-judge bench-pair-yield bench-pair-sources bench-judge-learning bench-plan bench-train test test-slow bench report judge-eval compare evaluate baselines lint format clean-venv
 
 install: $(STAMP)
 
@@ -127,6 +127,11 @@ bench-pair-yield: $(STAMP)
 # instructions -> benchmarks/results/pair_sources.json (long: the seed SFT and N iterations of three runs).
 bench-pair-sources: $(STAMP)
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_pair_sources.py $(BENCH_ARGS)
+
+# The default loop beside the judge-training variants (meta-judge, pairwise judge, anchored rejection) from the same
+# seed SFT: judge accuracy on human labels and model quality per iteration -> benchmarks/results/judge_learning.json
+bench-judge-learning: $(STAMP)
+	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_judge_learning.py $(BENCH_ARGS)
 
 # The planner's memory per stage beside the peaks a finished run measured -> benchmarks/results/plan_vs_measured.json
 bench-plan: $(STAMP)
