@@ -141,9 +141,10 @@ def main() -> None:
         run = RunPaths(ROOT / "iterations" / f"jl-{variant}")
         start_from(base, run, shared)
         t0 = time.time()
+        judging = [f"eval.judge_labels=[{','.join(labels)}]", f"eval.judge_limit={args.judge_limit}"]
         selfreward(
             "iterate", "--config", str(base.config), "-n", str(args.iterations), f"run_name={run.root.name}",
-            "reuse=false", *overrides, f"eval.judge_labels=[{','.join(labels)}]", f"eval.judge_limit={args.judge_limit}",
+            "reuse=false", *overrides, *judging,
         )  # fmt: skip
         t1 = time.time()
         selfreward("evaluate", str(run.root), "--limit", str(args.limit))
@@ -159,9 +160,10 @@ def main() -> None:
     for name, r in result["runs"].items():
         for row in r["iterations"]:
             acc = next(iter((row.get("judge_accuracy") or {}).values()), {})
+            strict = (row.get("prompt_strict") or {}).get("value")
             print(
-                f"{name:9s} {row['model']}: judge rubric {acc.get('accuracy')} both-orders {acc.get('direct_accuracy')}"
-                f" | strict {(row.get('prompt_strict') or {}).get('value')} gain {(row.get('gain_vs_M1') or {})}"
+                f"{name:9s} {row['model']}: judge rubric {acc.get('accuracy')} both orders "
+                f"{acc.get('direct_accuracy')} | strict {strict} gain {row.get('gain_vs_M1') or {}}"
             )
 
 
