@@ -4,8 +4,9 @@ with the checkers, and the model's accuracy on our held-out checkable instructio
 
 Runs   the base run (`--base`, e.g. iterations/src-judge of `make bench-pair-sources`: the default loop) is measured
        as it is; each variant runs as iterations/jl-<variant> from the base's seed SFT: iter_0 and, where the
-       variant does not change them, iteration 1's prompts, candidates and judgements are the base's (copied with
-       their stage markers, which the loop checks: a stage whose settings differ is refused, not reused).
+       variant does not change them, iteration 1's prompts, candidates and judgements are the base's files
+       (adopted: `ADOPT`), so the variants differ from the default loop only where their settings do. With a base
+       made by the current code, the store of finished stages (`reuse`) does the same without adopting.
        Variants: meta (`meta_judge.enabled`), pairwise (`judge.mode=pairwise`), anchored (`pairs.rejected_from=
        initial`, from iteration 2 on).
 Writes benchmarks/results/judge_learning.json (with the CPU's flags, the date and the command), and prints a table.
@@ -58,19 +59,44 @@ def measure_judge(run: Path, labels: list[str], limit: int, k: int) -> None:
     subprocess.run([sys.executable, "-c", code, str(run), str(k), *overrides], check=True, cwd=ROOT)
 
 
+ADOPT = """
+import sys
+from selfreward.artifacts import read_json
+from selfreward.cli import main
+from selfreward.loop import judge, pipeline, prompt_gen, responses, sft
+
+base, shared, argv = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
+
+def old(k, stage):
+    return lambda *args, **kwargs: read_json(f"{base}/iter_{k}/metrics.json")["stages"][stage]
+
+sft.write_data = old(0, "sft_data")
+real_train = pipeline.train
+pipeline.train = lambda cfg, run, module, *rest: (
+    old(0, "sft")() if module == "selfreward.loop.sft" else real_train(cfg, run, module, *rest)
+)
+for module, stage in ((prompt_gen, "prompts"), (responses, "candidates"), (judge, "judgements")):
+    if stage in shared:
+        module.run = old(1, stage)
+sys.exit(main(argv))
+"""
+"""The variant's `selfreward iterate` in a child process whose seed SFT and shared iteration-1 stages return the base
+run's metrics instead of computing (their files were copied by `start_from`): the stage runner fingerprints and
+marks them as the current code does, and everything after them runs for real."""
+
+
 def start_from(base: RunPaths, run: RunPaths, shared: tuple[str, ...]) -> None:
-    """iter_0 of the base, and iteration 1's `shared` stages (files and markers), once."""
+    """The base's seed SFT (iter_0's files) and iteration 1's `shared` files, without stage markers, once; and
+    M0's and M1's evaluation answers (keyed by the model's content)."""
     if not run.iteration(0).root.exists():
-        shutil.copytree(base.iteration(0).root, run.iteration(0).root)  # with M1's judge accuracy, measured above
+        shutil.copytree(base.iteration(0).root, run.iteration(0).root, ignore=shutil.ignore_patterns(".stages"))
     src, dst = base.iteration(1), run.iteration(1)
-    if dst.root.exists():
-        return
-    dst.stages.mkdir(parents=True)
-    for stage in shared:
-        shutil.copy2(getattr(src, stage), getattr(dst, stage))
-        shutil.copy2(src.marker(stage), dst.marker(stage))
-    if "prompts" in shared:
-        shutil.copy2(src.prompts_rejected, dst.prompts_rejected)
+    if not dst.root.exists():
+        dst.root.mkdir(parents=True)
+        for stage in shared:
+            shutil.copy2(getattr(src, stage), getattr(dst, stage))
+        if "prompts" in shared:
+            shutil.copy2(src.prompts_rejected, dst.prompts_rejected)
     answers = run.evaluate_dir / "answers"
     answers.mkdir(parents=True, exist_ok=True)
     for path in (base.evaluate_dir / "answers").glob("M[01].json*"):
@@ -142,10 +168,12 @@ def main() -> None:
         start_from(base, run, shared)
         t0 = time.time()
         judging = [f"eval.judge_labels=[{','.join(labels)}]", f"eval.judge_limit={args.judge_limit}"]
-        selfreward(
+        iterate = [
             "iterate", "--config", str(base.config), "-n", str(args.iterations), f"run_name={run.root.name}",
             "reuse=false", *overrides, *judging,
-        )  # fmt: skip
+        ]  # fmt: skip
+        print("+ adopting the base's seed SFT and", ",".join(shared), "then", " ".join(iterate), flush=True)
+        subprocess.run([sys.executable, "-c", ADOPT, str(base.root), ",".join(shared), *iterate], check=True, cwd=ROOT)
         t1 = time.time()
         selfreward("evaluate", str(run.root), "--limit", str(args.limit))
         result["runs"][variant] = {
