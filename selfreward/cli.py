@@ -493,6 +493,7 @@ def cmd_reason(args: argparse.Namespace) -> None:
 def cmd_status(args: argparse.Namespace) -> None:
     import time
 
+    from selfreward import progress
     from selfreward.artifacts import IterPaths
     from selfreward.baselines.expert_iter import ROUND_STAGES
     from selfreward.baselines.reason import INIT_STAGES, stages_of
@@ -531,6 +532,10 @@ def cmd_status(args: argparse.Namespace) -> None:
         print(f"{row['folder']:<28} {row['stage']:<12} {state:<8} {extra}".rstrip())
     if run.ppo.metrics.exists():
         print(f"{'ppo':<28} {'train':<12} done")
+    current = run.root / progress.FILE
+    if holder and current.exists():  # the same numbers the running process logs (`selfreward.progress`)
+        state = json.loads(current.read_text())
+        print(f"now: {progress.line(state, now)} (updated {now - state.get('updated', now):.0f} s ago)")
 
 
 def cmd_push(args: argparse.Namespace) -> None:

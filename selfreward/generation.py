@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from selfreward import progress
 from selfreward.config import EngineConfig, RunConfig, resolve_dtype
 from selfreward.models import left_pad
 from selfreward.server import ServerError, VLLMServer
@@ -175,10 +176,8 @@ class HFGenerator(Generator):
         expanded = [p for p in prompts for _ in range(spec.n)]
         results: list[Completion | None] = [None] * len(expanded)
         eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}
-        from tqdm.auto import tqdm
-
         batches = self._batches(expanded)
-        for idx, batch in tqdm(batches, desc="generating (batches)", disable=len(batches) <= 1):
+        for idx, batch in progress.bar_class("batches")(batches, desc="generating (batches)"):
             inputs = self._pad(batch)
             kwargs: dict[str, Any] = dict(
                 max_new_tokens=spec.max_tokens,
@@ -211,10 +210,8 @@ class HFGenerator(Generator):
         import torch
 
         out: list[list[float] | None] = [None] * len(prompts)
-        from tqdm.auto import tqdm
-
         batches = self._batches(prompts)
-        for idx, batch in tqdm(batches, desc="scoring (batches)", disable=len(batches) <= 1):
+        for idx, batch in progress.bar_class("batches")(batches, desc="scoring (batches)"):
             with torch.inference_mode():
                 logits = self.model(**self._pad(batch), logits_to_keep=1).logits[:, -1, :].float()
             probs = torch.softmax(logits, dim=-1)[:, token_ids].tolist()
@@ -358,7 +355,7 @@ class VLLMGenerator(Generator):
     def _complete(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
         requests = [{"prompt_token_ids": self.encode(p)} for p in prompts]
         params = [self._params(spec, i) for i in range(len(prompts))]
-        outputs = self.llm.generate(requests, params, use_tqdm=len(prompts) > 1)
+        outputs = self.llm.generate(requests, params, use_tqdm=progress.bar_class())
         return [
             [
                 Completion(

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from selfreward import progress
 from selfreward.artifacts import RunPaths, project_file, read_json, write_json
 from selfreward.config import ConfigError, RunConfig, dump_yaml, load_config
 from selfreward.errors import UserError
@@ -154,6 +155,8 @@ def stage_setup(args: argparse.Namespace) -> tuple[RunConfig, RunPaths]:
     cfg = load_config(args.config or run.config)
     if is_main_process():
         add_log_file(run.log)
+        progress.attach(run.root)  # the stage its parent opened: this process reports the optimiser steps
+    progress.quiet_libraries()
     return cfg, run
 
 

@@ -37,6 +37,7 @@ from typing import IO, Any
 
 import psutil
 
+from selfreward import progress
 from selfreward.artifacts import (
     IterPaths,
     RunPaths,
@@ -149,6 +150,7 @@ class StageRunner:
         log.info("%s/%s: running", self.it.root.name, name)
         if self.progress is not None:
             log.info("%s", self.progress.line(self.it, self.k, self.names, name))
+            progress.start(self.it.root.parent, self.progress.state(self.it, self.k, self.names, name))
         with PeakMemory() as mem:
             start = time.perf_counter()
             stage_metrics = fn()
@@ -217,10 +219,27 @@ class Progress:
     def __init__(self, run_name: str, unit: str, total: int) -> None:
         self.run_name, self.unit, self.total = run_name, unit, total
         self.start = time.perf_counter()
+        self.started_at = time.time()
+
+    def state(self, it: IterPaths, k: int, names: tuple[str, ...], name: str) -> dict[str, Any]:
+        """What `progress.start` writes to progress.json as stage `name` starts."""
+        i = names.index(name)
+        return {
+            "run": self.run_name,
+            "unit_name": self.unit,
+            "k": k,
+            "total_iterations": self.total,
+            "stage": name,
+            "stage_index": i + 1,
+            "stages": len(names),
+            "run_started": self.started_at,
+            "eta_s": eta_s(previous_stage_times(it, k), names, i, self.total - k),
+        }
 
     def line(self, it: IterPaths, k: int, names: tuple[str, ...], name: str) -> str:
         i = names.index(name)
-        head = f"[{self.run_name}] {self.unit} {k}/{self.total} · stage {i + 1}/{len(names)} {name}"
+        where = "seed SFT" if k == 0 else f"{self.unit} {k}/{self.total}"
+        head = f"[{self.run_name}] {where} · stage {i + 1}/{len(names)} {name}"
         elapsed = f"elapsed {_clock(time.perf_counter() - self.start)}"
         eta = eta_s(previous_stage_times(it, k), names, i, self.total - k)
         return f"{head} · {elapsed} · " + (f"ETA {_clock(eta)}" if eta is not None else "ETA unknown")
@@ -280,7 +299,7 @@ class RunChain:
     def iteration(self, it: IterPaths, k: int, names: tuple[str, ...]) -> Iterator[StageRunner]:
         """The stages of one iteration (or round) in `it`; totals are written and the chain carried on at
         the end."""
-        progress = self.progress if k >= 1 else None  # the seed SFT is no iteration of the count
+        progress = self.progress
         stages = StageRunner(
             it, self.force, self.upstream_ran, self.fingerprint, k, names, progress, self._first_run, self.store
         )

@@ -24,6 +24,7 @@ TOP_LEVEL = {
     "hub",
     "stats",
     "store",
+    "progress",
 }
 
 

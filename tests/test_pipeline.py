@@ -52,6 +52,15 @@ def test_artifact_tree(run: RunPaths) -> None:
     assert run.iterations() == [1, 2]
 
 
+def test_the_progress_view_matches_the_runs_files(run: RunPaths) -> None:
+    """The last stage the run reported: iteration 2's DPO, its optimiser steps as the trainer counted them."""
+    state = json.loads((run.root / "progress.json").read_text())
+    dpo = json.loads(run.iteration(2).metrics.read_text())["stages"]["dpo"]
+    assert (state["run"], state["k"], state["total_iterations"]) == ("e2e", 2, 2)
+    assert (state["stage"], state["stage_index"], state["stages"]) == ("dpo", 5, 5)
+    assert state["done"] == state["total"] == dpo["optimizer_steps"] and state["unit"] == "optimiser steps"
+
+
 def test_iteration_1_starts_from_the_seed_sft_model(run: RunPaths, tiny_model: Path) -> None:
     m = json.loads(run.iteration(0).metrics.read_text())
     assert set(m["stages"]) == set(SEED_STAGES) and m["start_model"] == str(tiny_model)

@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from selfreward import progress
 from selfreward.artifacts import (
     IterPaths,
     file_digest,
@@ -140,7 +141,7 @@ def run(
             eval_steps=max(1, steps // 5),
             per_device_eval_batch_size=cfg.batch_size,
             seed=seed,
-            disable_tqdm=False,
+            disable_tqdm=True,  # the run's progress view reports the steps (`progress.trainer_callback`)
             **tracker.trainer_args(f"{it.root.name}/dpo"),
         )
         lm_head_on_labelled_positions_only()
@@ -153,6 +154,7 @@ def run(
                 eval_dataset=eval_dataset,
                 processing_class=tokenizer,
                 peft_config=peft_config,
+                callbacks=[progress.trainer_callback()],
             )
         if resume is not None:
             log.info("dpo: resuming from %s", resume)

@@ -26,6 +26,7 @@ from selfreward.inputs import load_prompt_file, load_seed_pool
 from selfreward.launch import train
 from selfreward.loop import dpo, judge, meta_judge, pairs, prompt_gen, responses, sft
 from selfreward.models import base_model, iteration_seed, model_of_iteration, reference_for
+from selfreward.progress import quiet_libraries
 from selfreward.runs import Progress, RunChain, StageRunner, open_run, record_invocation
 from selfreward.tracking import Tracker, log_iteration
 
@@ -175,6 +176,7 @@ def iterate(
     """Run (or resume) iterations 1..`iterations` of the run `cfg.run_dir`. `after_iteration(run, k)` runs after
     each finished iteration (the CLI passes the evaluation of `eval.every_iteration`); True stops the run."""
     run = open_run(cfg)
+    quiet_libraries()
     start = time.perf_counter()
     progress = Progress(cfg.run_name, "iteration", iterations)
     chain = RunChain(cfg, force, progress, before_first_run=lambda: record_invocation(cfg, run, argv))

@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from selfreward import progress
 from selfreward.artifacts import DataError, IterPaths, model_digest, resume_checkpoint, write_jsonl
 from selfreward.cards import Lineage, model_card
 from selfreward.config import JudgeConfig, SeedConfig, SFTStageConfig, fingerprint, train_bf16
@@ -191,7 +192,7 @@ def build_trainer(
         save_steps=save_steps or 500,
         save_total_limit=1,
         seed=seed,
-        disable_tqdm=False,
+        disable_tqdm=True,  # the run's progress view reports the steps (`progress.trainer_callback`)
         **tracker.trainer_args(stage),
     )
     with tracker.trainer_env(stage):
@@ -201,6 +202,7 @@ def build_trainer(
             train_dataset=datasets.Dataset.from_list(fitting),
             processing_class=tokenizer,
             peft_config=peft_config,
+            callbacks=[progress.trainer_callback()],
         )
     trainer.dropped_too_long = len(rows) - len(fitting)
     return trainer
