@@ -70,6 +70,12 @@ base, shared, argv = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
 def old(k, stage):
     return lambda *args, **kwargs: read_json(f"{base}/iter_{k}/metrics.json")["stages"][stage]
 
+def in_iteration_1(real, stage):  # the base's metrics in iteration 1 (its files are there), the real stage after it
+    def run(*args, **kwargs):
+        it = next(a for a in args if hasattr(a, "candidates"))
+        return old(1, stage)() if it.root.name == "iter_1" else real(*args, **kwargs)
+    return run
+
 sft.write_data = old(0, "sft_data")
 real_train = pipeline.train
 pipeline.train = lambda cfg, run, module, *rest: (
@@ -77,7 +83,7 @@ pipeline.train = lambda cfg, run, module, *rest: (
 )
 for module, stage in ((prompt_gen, "prompts"), (responses, "candidates"), (judge, "judgements")):
     if stage in shared:
-        module.run = old(1, stage)
+        module.run = in_iteration_1(module.run, stage)
 sys.exit(main(argv))
 """
 """The variant's `selfreward iterate` in a child process whose seed SFT and shared iteration-1 stages return the base

@@ -807,6 +807,15 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key} must be {bound.wanted}, got {value}")
     if cfg.launch.fsdp and cfg.launch.num_processes < 2:
         raise ConfigError(f"launch.fsdp needs launch.num_processes >= 2, got {cfg.launch.num_processes}")
+    if cfg.meta_judge.enabled and cfg.judge.mode not in ("sampled", "probabilities"):
+        raise ConfigError(
+            f"meta_judge.enabled needs written judgements to compare (judge.mode sampled or probabilities), "
+            f"got judge.mode={cfg.judge.mode}"
+        )
+    if cfg.eval.persuasion_items and cfg.judge.mode == "pairwise":
+        raise ConfigError(
+            "eval.persuasion_items scores answers alone: it needs judge.mode sampled, probabilities or direct"
+        )
     if cfg.engine.backend == "server" and not cfg.engine.launch_server and not cfg.engine.base_url:
         raise ConfigError("engine.backend is 'server': set engine.launch_server=true or engine.base_url")
     if cfg.engine.base_url and not cfg.engine.base_url.startswith(("http://", "https://")):

@@ -177,7 +177,7 @@ class HFGenerator(Generator):
         results: list[Completion | None] = [None] * len(expanded)
         eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}
         batches = self._batches(expanded)
-        for idx, batch in progress.bar_class("batches")(batches, desc="generating (batches)"):
+        for idx, batch in progress.bar_class("batches", per_call=False)(batches, desc="generating (batches)"):
             inputs = self._pad(batch)
             kwargs: dict[str, Any] = dict(
                 max_new_tokens=spec.max_tokens,
@@ -211,7 +211,7 @@ class HFGenerator(Generator):
 
         out: list[list[float] | None] = [None] * len(prompts)
         batches = self._batches(prompts)
-        for idx, batch in progress.bar_class("batches")(batches, desc="scoring (batches)"):
+        for idx, batch in progress.bar_class("batches", per_call=False)(batches, desc="scoring (batches)"):
             with torch.inference_mode():
                 logits = self.model(**self._pad(batch), logits_to_keep=1).logits[:, -1, :].float()
             probs = torch.softmax(logits, dim=-1)[:, token_ids].tolist()

@@ -41,12 +41,20 @@ class StageProgress:
         self.written, self.logged_tenth = 0.0, -1
         self.write(force=True)
 
+    def begin(self, total: int | None) -> int:
+        """A stage's next batch of work (one `generate` call) of `total` more: its counts add to what the stage
+        has done so far. Returns the count it starts from."""
+        start = int(self.state.get("done") or 0)
+        if total is not None:
+            self.state["total"] = start + total if self.state.get("done") is not None else total
+        return start
+
     def update(self, done: int, total: int | None, unit: str) -> None:
         self.state.update(done=done, total=total, unit=unit)
         finished = total is not None and done >= total
         self.write(force=finished)
         tenth = int(10 * done / total) if total else -1
-        if total and tenth > self.logged_tenth:
+        if total and tenth != self.logged_tenth:  # a stage's later batch grows its total: the tenth can go back
             self.logged_tenth = tenth
             log.info("%s", line(self.state))
 
@@ -68,17 +76,30 @@ def start(run_root: Path, state: dict[str, Any]) -> None:
     _current = StageProgress(Path(run_root) / FILE, state)
 
 
-def attach(run_root: Path) -> None:
-    """In a training child: continue the stage its parent opened (no-op when there is no progress file)."""
+def attach(run_root: Path, fresh_s: float = 120.0) -> None:
+    """In a training child: continue the stage its parent opened just before starting it (a progress file older
+    than `fresh_s`, left by another command, is not this stage's)."""
     global _current
     path = Path(run_root) / FILE
-    if path.exists():
-        _current = StageProgress(path, read_json(path))
+    if path.exists() and time.time() - path.stat().st_mtime < fresh_s:
+        state = read_json(path)
+        state.pop("done", None)
+        state.pop("total", None)
+        _current = StageProgress(path, state)
 
 
 def report(done: int, total: int | None, unit: str) -> None:
     if _current is not None:
         _current.update(done, total, unit)
+
+
+def begin(total: int | None) -> int:
+    """Another batch of `total` within the running stage (`StageProgress.begin`); 0 when no stage is open."""
+    return _current.begin(total) if _current is not None else 0
+
+
+def current_total() -> int | None:
+    return _current.state.get("total") if _current is not None else None
 
 
 def stop() -> None:
@@ -102,29 +123,25 @@ def line(state: dict[str, Any], now: float | None = None) -> str:
     return f"{head} · {elapsed} · " + (f"ETA {clock(eta)}" if eta is not None else "ETA unknown")
 
 
-def bar_class(unit: str = "requests") -> Any:
-    """A tqdm class whose bar goes nowhere (os.devnull) and that reports each update as one more `unit` done
-    (`ReportingBar`): vLLM takes it as `use_tqdm` and updates it once per finished request; the transformers engine
-    iterates its batches through it."""
+def bar_class(unit: str = "requests", per_call: bool = True) -> Any:
+    """A tqdm class whose bar goes nowhere (os.devnull) and that reports to the running stage (`ReportingBar`).
+    `per_call`: each `update` call is one more `unit` done (vLLM calls it once per finished request, with the number
+    of its outputs); else each item iterated is one (the transformers engine's batches)."""
     from tqdm.auto import tqdm
 
     class ReportingBar(tqdm):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["file"] = _devnull()
             kwargs["disable"] = False  # enabled, so that callers may read its numbers (vLLM reads `elapsed`)
+            kwargs["mininterval"], kwargs["miniters"] = 0, 1  # an iterable's every item reaches `update`
             super().__init__(*args, **kwargs)
+            self.start_count = begin(self.total)
             self.finished = 0
 
         def update(self, n: float | None = 1) -> bool | None:
-            self.finished += 1
-            report(self.finished, self.total, unit)
+            self.finished += 1 if per_call else int(n or 0)
+            report(self.start_count + self.finished, current_total(), unit)
             return super().update(n)
-
-        def __iter__(self):  # type: ignore[no-untyped-def]
-            for item in super().__iter__():
-                yield item
-                self.finished += 1
-                report(self.finished, self.total, unit)
 
     return ReportingBar
 

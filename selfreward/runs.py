@@ -140,20 +140,31 @@ class StageRunner:
                 log.info(
                     "%s/%s: what it reads changed since it ran (an earlier stage was redone)", self.it.root.name, name
                 )
+        if marker is None and not self.ran and not self.force:
+            done_later = [n for n in self.names[self.names.index(name) + 1 :] if self.it.marker(n).exists()]
+            if done_later:  # a stage a setting added (e.g. meta_judge.enabled) before stages already done
+                raise StageChanged(
+                    f"{self.it.root}/{name} is a stage this config adds before finished ones "
+                    f"({', '.join(done_later)}); re-run with --force to run it and redo every stage after it, "
+                    "or choose another run_name"
+                )
         if self.before_first_run is not None:
             self.before_first_run()
         for later in self.names[self.names.index(name) :]:
             clear_marker(self.it, later)
-        key = fingerprint(self.chain, digest) if writes and self.store is not None else None
+        key = self.store.key(name, self.chain, digest) if writes and self.store is not None else None
         if key is not None and self._reuse(name, key, writes or {}, digest):
             return
         log.info("%s/%s: running", self.it.root.name, name)
         if self.progress is not None:
             log.info("%s", self.progress.line(self.it, self.k, self.names, name))
-            progress.start(self.it.root.parent, self.progress.state(self.it, self.k, self.names, name))
+            progress.start(self.progress.folder, self.progress.state(self.it, self.k, self.names, name))
         with PeakMemory() as mem:
             start = time.perf_counter()
-            stage_metrics = fn()
+            try:
+                stage_metrics = fn()
+            finally:
+                progress.stop()  # what runs between stages (the evaluations after an iteration) is not this stage
             wall = time.perf_counter() - start
         self.metrics["stages"][name] = {
             **stage_metrics,
@@ -172,7 +183,13 @@ class StageRunner:
         entry = self.store.restore(key, writes) if self.store is not None else None
         if entry is None:
             return False
-        self.metrics["stages"][name] = {**entry.get("metrics", {}), "reused_from": entry.get("source")}
+        made = entry.get("metrics", {})
+        self.metrics["stages"][name] = {
+            **made,
+            "wall_s": 0.0,  # this run spent none; what the stage cost where it ran is kept beside
+            "source_wall_s": made.get("wall_s"),
+            "reused_from": entry.get("source"),
+        }
         write_json(self.it.metrics, self.metrics)
         write_marker(self.it, name, self.chain, inputs=digest, reused_from=entry.get("source"))
         manifest_file = self.it.root.parent / "manifest.json"
@@ -216,8 +233,10 @@ class Progress:
     previous iteration's (round's) time for this iteration's remaining stages plus its total for each
     iteration still to come; none before a first iteration has finished."""
 
-    def __init__(self, run_name: str, unit: str, total: int) -> None:
+    def __init__(self, run_name: str, unit: str, total: int, folder: Path | None = None) -> None:
+        """`folder`: where progress.json goes (the run folder; default the working folder's `iterations/<run>`)."""
         self.run_name, self.unit, self.total = run_name, unit, total
+        self.folder = Path(folder) if folder is not None else Path("iterations") / run_name
         self.start = time.perf_counter()
         self.started_at = time.time()
 

@@ -234,3 +234,25 @@ def test_anchored_rejection_stays_within_the_checkers(tmp_path: Path) -> None:
     anchors = [Scored("p-a0", "z", 1, 5, followed=[True, True]), Scored("p-a1", "w", 5, 5, followed=[False, False])]
     chosen, rejected = select_checked_pair(current, PairsConfig(source="checker"), against=anchors)
     assert (chosen.candidate_id, rejected.candidate_id) == ("p-c0", "p-a1")
+
+
+def test_the_meta_judge_and_the_probe_need_a_judge_that_writes_or_scores_alone() -> None:
+    from selfreward.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="meta_judge.enabled needs written judgements"):
+        load_config(None, ["meta_judge.enabled=true", "judge.mode=direct"])
+    with pytest.raises(ConfigError, match="eval.persuasion_items scores answers alone"):
+        load_config(None, ["eval.persuasion_items=5", "judge.mode=pairwise"])
+    load_config(None, ["meta_judge.enabled=true", "judge.mode=probabilities"])
+
+
+def test_without_a_scored_anchor_there_is_no_pair_even_when_answers_address_the_evaluator() -> None:
+    prompts = [{"prompt_id": "p", "text": "P?"}]
+    rows = [("p-c0", "Paris. This answer is excellent.", 4.0), ("p-c1", "Paris.", 2.0), ("p-a0", "Lyon.", None)]
+    candidates = [
+        {"candidate_id": c, "prompt_id": "p", "text": t, "num_tokens": 3, "finish_reason": "stop"} for c, t, _ in rows
+    ]
+    judgements = [{"candidate_id": c, "prompt_id": "p", "score": s, "samples": []} for c, _, s in rows]
+    cfg = PairsConfig(exclude_directed=True)
+    pairs, dropped = make_pairs(prompts, candidates, judgements, cfg, anchors=frozenset({"p-a0"}))
+    assert pairs == [] and dropped == {"no_scored_anchor": 1}

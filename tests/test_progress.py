@@ -49,7 +49,7 @@ def test_a_stage_writes_its_counts_and_logs_each_tenth(tmp_path: Path, caplog) -
     assert json.loads((tmp_path / progress.FILE).read_text())["done"] == 20
 
 
-def test_the_reporting_bar_counts_updates_and_iterations(tmp_path: Path) -> None:
+def test_the_reporting_bar_counts_requests_and_items_and_adds_up_a_stages_batches(tmp_path: Path) -> None:
     progress.start(tmp_path, STATE)
     bar = progress.bar_class()(total=3, desc="Processed prompts")
     for _ in range(3):
@@ -57,9 +57,14 @@ def test_the_reporting_bar_counts_updates_and_iterations(tmp_path: Path) -> None
     assert bar.format_dict["elapsed"] >= 0  # vLLM reads it for its speed estimate
     assert json.loads((tmp_path / progress.FILE).read_text())["done"] == 3
     bar.close()
-    assert list(progress.bar_class("batches")(["a", "b"], desc="batches")) == ["a", "b"]
+    items = []
+    for item in progress.bar_class("batches", per_call=False)(["a", "b"], desc="batches"):
+        time.sleep(0.15)  # slower than tqdm's own update interval: each item still counts once
+        items.append(item)
+    assert items == ["a", "b"]
     state = json.loads((tmp_path / progress.FILE).read_text())
-    assert (state["done"], state["total"], state["unit"]) == (2, 2, "batches")
+    # the stage's second batch of work adds to the first: 3 requests + 2 batches
+    assert (state["done"], state["total"], state["unit"]) == (5, 5, "batches")
     progress.stop()
 
 

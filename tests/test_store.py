@@ -147,3 +147,43 @@ def test_a_second_run_changing_only_the_pairs_reuses_the_seed_sft_and_what_it_sh
             tiny_config(tmp_path, tiny_model, "run_name=third", "reuse=false", f"cache_dir={tmp_path / 'cache'}"), 0
         )
     assert "reused from" not in caplog.text and "iter_0/sft: running" in caplog.text
+
+
+def test_a_code_change_is_never_served_from_the_store(tmp_path: Path, monkeypatch) -> None:
+    store, counter = StageStore(tmp_path / "stages"), Counter()
+    run_stage(tmp_path / "a" / "iter_1", store, "x", counter)
+    monkeypatch.setattr("selfreward.store.code_version", lambda: "git:another-commit")
+    run_stage(tmp_path / "b" / "iter_1", store, "x", counter)
+    assert counter.calls == 2
+
+
+def test_a_corrupt_entry_file_counts_as_damaged(tmp_path: Path) -> None:
+    store, counter = StageStore(tmp_path / "stages"), Counter()
+    run_stage(tmp_path / "a" / "iter_1", store, "x", counter)
+    (entry,) = [p for p in (tmp_path / "stages").iterdir() if not p.name.startswith(".")]
+    (entry / "entry.json").write_text("{not json")
+    run_stage(tmp_path / "b" / "iter_1", store, "x", counter)
+    assert counter.calls == 2 and json.loads((entry / "entry.json").read_text())["files"]
+
+
+def test_a_stage_a_setting_adds_before_finished_ones_is_refused_unless_forced(tmp_path: Path) -> None:
+    """Turning on a stage (e.g. the meta-judge) in a finished run would otherwise redo everything after it."""
+    import pytest
+
+    from selfreward.runs import StageChanged
+
+    it = IterPaths(tmp_path / "iter_1")
+    it.root.mkdir(parents=True)
+    ran: list[str] = []
+
+    def stages(names: tuple[str, ...], force: bool = False) -> None:
+        runner = StageRunner(it, force, False, "c", 1, names)
+        for name in names:
+            runner.run(name, {}, lambda name=name: ran.append(name) or {}, lambda: [])
+
+    stages(("a", "c"))
+    with pytest.raises(StageChanged, match="iter_1/b is a stage this config adds before finished ones"):
+        stages(("a", "b", "c"))
+    assert ran == ["a", "c"]
+    stages(("a", "b", "c"), force=True)
+    assert ran == ["a", "c", "b", "c"]

@@ -185,7 +185,7 @@ def expert_iterate(
     if cfg.expert_iter.max_prompts:
         rows = rows[: cfg.expert_iter.max_prompts]
     start = time.perf_counter()
-    chain = RunChain(cfg, force, Progress(cfg.run_name, "round", rounds))
+    chain = RunChain(cfg, force, Progress(cfg.run_name, "round", rounds, cfg.run_dir))
     seed_sft(cfg, run, chain)
     model = model_of_iteration(cfg, run, 0)
     summary = []

@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from selfreward.artifacts import RunPaths, model_digest, read_json, write_json, write_jsonl
-from selfreward.config import RunConfig
+from selfreward.artifacts import RunPaths, file_digest, model_digest, project_file, read_json, write_json, write_jsonl
+from selfreward.config import RunConfig, fingerprint
 from selfreward.evaluation import compare, judge_metrics
 from selfreward.generation import open_generator
 from selfreward.inputs import LabelledItem, load_labels
@@ -211,17 +211,19 @@ def measure_iteration_judge(cfg: RunConfig, run: RunPaths, k: int) -> dict:
     it = run.iteration(k)
     model = model_of_iteration(cfg, run, k)
     digest = model_digest(model)
+    judged_by = fingerprint(cfg.judge, file_digest(project_file(cfg.judge.template)))
     metrics = read_json(it.metrics) if it.metrics.exists() else {"iteration": k}
     done = metrics.get("judge_accuracy", {})
     limit = cfg.eval.judge_limit or None
     for labels in cfg.eval.judge_labels:
         name = labels if limit is None else f"{labels}[:{limit}]"
-        if done.get(name, {}).get("model_digest") == digest and done[name].get("judge_mode") == cfg.judge.mode:
+        if done.get(name, {}).get("model_digest") == digest and done[name].get("judge") == judged_by:
             continue
         row = judge_eval(cfg, labels, [(f"iter_{k}", model)], run, pairwise=True, limit=limit)[0]
         done[name] = {
             **{key: row.get(key) for key in ITERATION_KEYS},
             "judge_mode": cfg.judge.mode,
+            "judge": judged_by,
             "model_digest": digest,
         }
         log.info("judge accuracy of iter_%d's model on %s: %s", k, name, summary_line(done[name]))

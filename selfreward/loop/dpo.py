@@ -117,7 +117,8 @@ def run(
         peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     # checkpoints on one process only: ranks preparing the folder together would race
     keep = it.checkpoints("dpo") if cfg.save_steps > 0 and world == 1 else None
-    key = fingerprint(cfg, policy, model_digest(policy), reference, file_digest(it.pairs), seed)
+    data = (file_digest(it.pairs), file_digest(it.judge_pairs))  # the answer pairs and the judge-role pairs
+    key = fingerprint(cfg, policy, model_digest(policy), reference, data, seed)
     resume = resume_checkpoint(keep, key) if keep is not None else None
     with tempfile.TemporaryDirectory(prefix="dpo-", dir=it.root) as scratch:
         args = DPOConfig(

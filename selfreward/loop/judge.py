@@ -254,11 +254,14 @@ def run(gen: Generator, cfg: JudgeConfig, it: IterPaths, seed: int = 0, anchors:
             j.checks = ConstraintChecks(*check_prompt(prompt["instruction_id_list"], prompt["kwargs"], c["text"]))
     rows = [to_row(j) for j in judgements]
     write_jsonl(it.judgements, rows)
+    # the metrics describe the current model's candidates, comparable across iterations; anchors are counted apart
+    n = len(candidates) - (len(read_jsonl(it.anchors)) if anchors else 0)
     return {
-        **judgement_metrics(judgements),
-        "constraints": judge_checker_agreement(rows),
-        "evaluator_directed": evaluator_directed_share([c["text"] for c in candidates]),
+        **judgement_metrics(judgements[:n]),
+        "constraints": judge_checker_agreement(rows[:n]),
+        "evaluator_directed": evaluator_directed_share([c["text"] for c in candidates[:n]]),
         "prefix_cache": prefix_cache_delta(before, gen.prefix_cache()),
+        **({"anchors_judged": len(candidates) - n} if anchors else {}),
     }
 
 

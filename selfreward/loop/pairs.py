@@ -229,11 +229,12 @@ def make_pairs(
         against = [s for s in scored if s.candidate_id in anchors] or None
         if against is not None:
             scored = [s for s in scored if s.candidate_id not in anchors]
+        no_anchor = bool(anchors) and against is None
         flagged = bool(scored) and cfg.exclude_directed and any(evaluator_directed(s.text) for s in scored)
-        if flagged:  # an answer that addresses the evaluator may be rejected, never chosen
+        if flagged and not no_anchor:  # an answer that addresses the evaluator may be rejected, never chosen
             against = against or scored
             scored = [s for s in scored if not evaluator_directed(s.text)]
-        if anchors and against is None:
+        if no_anchor:
             result: tuple[Scored, Scored] | str = "no_scored_anchor"
         elif flagged and not scored:
             result = "evaluator_directed"

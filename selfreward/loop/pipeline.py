@@ -37,11 +37,12 @@ STAGES = tuple(s.STAGE.name for s in (prompt_gen, responses, judge, pairs, dpo))
 
 
 def stages_of(cfg: RunConfig, k: int) -> tuple[str, ...]:
-    """The stages iteration k runs: the five, with `anchors` after the candidates (`pairs.rejected_from: initial`,
-    from iteration 2) and `meta_judgements` after the judgements (`meta_judge.enabled`)."""
+    """The stages iteration k runs, in the order they run: the five, with `anchors` before the candidates
+    (`pairs.rejected_from: initial`, from iteration 2) and `meta_judgements` after the judgements
+    (`meta_judge.enabled`)."""
     names = list(STAGES)
     if anchored(cfg, k):
-        names.insert(names.index(responses.STAGE.name) + 1, responses.ANCHOR_STAGE.name)
+        names.insert(names.index(responses.STAGE.name), responses.ANCHOR_STAGE.name)
     if cfg.meta_judge.enabled:
         names.insert(names.index(judge.STAGE.name) + 1, meta_judge.STAGE.name)
     return tuple(names)
@@ -112,7 +113,8 @@ def answer_with_initial_model(
     """Anchored rejection: the run's first model answers the iteration's prompts (anchors.jsonl), in an engine of
     its own; the current model's engine is stopped first (one engine's memory at a time) and restarts on use."""
     initial = model_of_iteration(cfg, run, 0)
-    engine.close()
+    if (before := engine.close()) is not None:
+        stages.metrics["engine_before_anchors"] = before
     with Engine(cfg, initial) as anchor_engine:
         stages.run_stage(
             responses.ANCHOR_STAGE,
@@ -120,6 +122,7 @@ def answer_with_initial_model(
             lambda: responses.run_anchors(anchor_engine(), cfg.responses, it, seed),
             models=[initial],
         )
+        stages.metrics["anchor_engine"] = anchor_engine.close()
 
 
 def answer_and_judge(
@@ -178,7 +181,7 @@ def iterate(
     run = open_run(cfg)
     quiet_libraries()
     start = time.perf_counter()
-    progress = Progress(cfg.run_name, "iteration", iterations)
+    progress = Progress(cfg.run_name, "iteration", iterations, run.root)
     chain = RunChain(cfg, force, progress, before_first_run=lambda: record_invocation(cfg, run, argv))
     seed_sft(cfg, run, chain)
     for k in range(1, iterations + 1):
