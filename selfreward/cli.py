@@ -1,11 +1,12 @@
 """The `selfreward` command (also `python -m selfreward`).
 
-selfreward iterate --config configs/default.yaml --iterations 3 [key.sub=value ...]
+selfreward iterate --config configs/default.yaml --iterations 3 [--force] [--no-reuse] [key.sub=value ...]
 selfreward config --config configs/tiny.yaml judge.samples=2      # print the resolved config
 selfreward convert-model                                          # embedded GGUF -> safetensors, once
 selfreward inspect iterations/default [--iter 2 --show 5 --sort margin --where 'margin>=2']
 selfreward report iterations/default                              # -> iterations/default/report.html
 selfreward judge-eval --model smollm2-135m-instruct --labels FILE # judge vs human labels (or --run DIR)
+selfreward judge-robustness --run iterations/default --iteration 1 # does flattery raise the judge's score?
 selfreward compare --run iterations/default                       # M_t vs M0 win rates (or --model/--model-b)
 selfreward evaluate iterations/default [--prompts input_data.jsonl] # every model on checkable instructions
 selfreward compare-methods --run iterations/default               # DPO loop vs PPO vs expert iteration
