@@ -135,12 +135,15 @@ def bar_class(unit: str = "requests", per_call: bool = True) -> Any:
             kwargs["disable"] = False  # enabled, so that callers may read its numbers (vLLM reads `elapsed`)
             kwargs["mininterval"], kwargs["miniters"] = 0, 1  # an iterable's every item reaches `update`
             super().__init__(*args, **kwargs)
-            self.start_count = begin(self.total)
+            # vLLM also wraps its prompt rendering in the same class: only the work itself is counted
+            self.counts = not str(kwargs.get("desc", "")).startswith("Rendering")
+            self.start_count = begin(self.total) if self.counts else 0
             self.finished = 0
 
         def update(self, n: float | None = 1) -> bool | None:
-            self.finished += 1 if per_call else int(n or 0)
-            report(self.start_count + self.finished, current_total(), unit)
+            if self.counts:
+                self.finished += 1 if per_call else int(n or 0)
+                report(self.start_count + self.finished, current_total(), unit)
             return super().update(n)
 
     return ReportingBar
