@@ -20,10 +20,13 @@ INST = (
     "{% elif m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
     "{% else %} {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
 )
+# Llama 3 writes "\n\n" after each header; its tokenizer splits "\n\n" off the text that follows, SmolLM2's (the
+# tiny model's) merges it differently with and without the reply, which would shift the prompt/reply boundary. One
+# "\n" keeps the test about the template's structure, not that tokenizer pairing.
 LLAMA3 = (
-    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n"
     "{{ m['content'] }}<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n{% endif %}"
 )
 TEMPLATES = {"inst": (INST, "[INST] "), "llama3": (LLAMA3, "<|start_header_id|>user<|end_header_id|>")}
 
@@ -67,7 +70,7 @@ def test_the_loop_runs_end_to_end_with_another_chat_template(tmp_path: Path, tin
     assert tok.chat_template == template  # the trained models keep the template
     row = {k: pairs[0][k] for k in ("prompt", "chosen", "rejected")}
     rendered = maybe_apply_chat_template(row, tok)
-    assert marker in rendered["prompt"] and "<|im_start|>" not in rendered["prompt"]
+    assert marker in rendered["prompt"] and "<|im_start|>user" not in rendered["prompt"]  # no ChatML turns
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))

@@ -149,13 +149,12 @@ def items_from_labels(labels: str, limit: int | None) -> Items:
 
 
 def items_from_iteration(run: RunPaths, k: int, limit: int) -> Items:
-    """The `limit` lowest-scored candidates of iteration k (ended answers, scored by the loop's judge), and for
-    each the best-scored candidate of its prompt as its better partner (when it scored higher)."""
+    """The `limit` lowest-scored candidates of iteration k (scored by the loop's judge; anchors are not candidates),
+    and for each the best-scored candidate of its prompt as its better partner (when it scored higher)."""
     it = run.iteration(k)
     prompts = {p["prompt_id"]: p["text"] for p in read_jsonl(it.prompts)}
     texts = {c["candidate_id"]: c for c in read_jsonl(it.candidates)}
     scored = [j for j in read_jsonl(it.judgements) if j.get("score") is not None and j["candidate_id"] in texts]
-    scored = [j for j in scored if texts[j["candidate_id"]].get("finish_reason") != "length"]
     best: dict[str, dict] = {}
     for j in scored:
         if j["prompt_id"] not in best or j["score"] > best[j["prompt_id"]]["score"]:
