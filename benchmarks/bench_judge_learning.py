@@ -164,7 +164,7 @@ def main() -> None:
         "runs": {},
     }
     start = time.time()
-    for k in [0, *base.iterations()]:  # the default loop's judges: M1 (seed SFT), M2, ...
+    for k in [k for k in range(args.iterations + 1) if k == 0 or k in base.iterations()]:  # M1 (seed SFT), M2, ...
         measure_judge(base.root, labels, args.judge_limit, k)
     result["runs"]["default"] = {"run": str(base.root.relative_to(ROOT)), "iterations": rows_of(base)}
     write_json(OUT, {**result, "wall_s": round(time.time() - start)})

@@ -337,6 +337,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not found (make install adds it where it can: apt-get)")
 def test_report_renders_in_chromium(tmp_path: Path) -> None:
     run = make_run(tmp_path, [NORMAL_1, NORMAL_2])
+    level = {"value": 0.2, "ci_low": 0.1, "ci_high": 0.3}
+    rows = [
+        {"model": m, "prompt_file": "prompts/eval/constraints.jsonl", "prompt_strict": level, "prompt_loose": level}
+        for m in ("M0", "M1", "M2")
+    ]
+    write_json(run.evaluate, {"rows": rows})
     report = write_report(run.root)
     shot = tmp_path / "shot.png"
     out = chromium(f"--screenshot={shot}", "--window-size=1280,2000", report.as_uri(), user_data=tmp_path / "p1")
@@ -351,7 +357,11 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
 
     dom = chromium("--dump-dom", report.as_uri(), user_data=tmp_path / "p2").stdout
     assert "</html>" in dom and "<h2>Pairs</h2>" in dom
-    assert check_images(dom) == 3
+    assert check_images(dom) == 4
+    # the first screen answers "did it improve?": its curves are the page's first image, before the details
+    first_image = dom.index("<img")
+    assert dom.index('id="improved"') < first_image < dom.index("<h2>Overview</h2>")
+    assert "did it improve" in dom[first_image : dom.index(">", first_image)]
     assert dom.count("<details>") == count_lines(run.iteration(1).pairs) + count_lines(run.iteration(2).pairs)
 
 
