@@ -263,8 +263,65 @@ def pair_yield(data: dict) -> list[str]:
     return lines + [""]
 
 
+def judge_learning(data: dict) -> list[str]:
+    labels = ", ".join(f"`{Path(x).name}`" for x in data["labels"])
+    lines = [
+        "## Does the judge learn? The default loop beside its judge-training variants",
+        "",
+        f"From `benchmarks/results/judge_learning.json`, made by `{data['command']}` (`make bench-judge-learning`) on "
+        f"{data['date']}, {cpu_line(data['cpu'])}. Every run starts from the same seed SFT; the variants share the "
+        "default loop's iteration-1 prompts and candidates (and judgements, where the variant does not change the "
+        f"judge). Judge accuracy: each model judges the first {data['judge_limit']} items of {labels} (the loop's "
+        "judge settings; rubric scores of each response alone, and the two responses compared in both orders), 95% "
+        "bootstrap intervals over items. Model quality: prompt-level strict accuracy on the first "
+        f"{data['eval_limit']} prompts of our held-out checkable instructions, gains paired by prompt.",
+        "",
+        "| run | model | judge, rubric | judge, both orders | judge vs checkers | prompt strict | gain over M1 "
+        "| pairs (judge-role) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, run in data["runs"].items():
+        for row in run["iterations"]:
+            acc = next(iter((row.get("judge_accuracy") or {}).values()), {})
+            rubric = direct = "—"
+            if acc.get("accuracy") is not None:
+                rubric = f"{acc['accuracy']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}] (n={acc['n_pairs']})"
+            if acc.get("direct_accuracy") is not None:
+                direct = (
+                    f"{acc['direct_accuracy']:.3f} [{acc['direct_ci_low']:.3f}, {acc['direct_ci_high']:.3f}] "
+                    f"(n={acc['direct_pairs']})"
+                )
+            agree = row.get("judge_checker") or {}
+            checkers = "—"
+            if agree.get("judge_checker_agreement") is not None:
+                low, high = agree["judge_checker_ci"]
+                checkers = f"{agree['judge_checker_agreement']:.3f} [{low:.3f}, {high:.3f}]"
+            pairs = "—" if row.get("pairs") is None else str(row["pairs"])
+            if row.get("judge_pairs") is not None:
+                pairs += f" ({row['judge_pairs']})"
+            lines.append(
+                f"| {name} | {row['model']} | {rubric} | {direct} | {checkers} | {interval(row.get('prompt_strict'))} "
+                f"| {interval(row.get('gain_vs_M1'), signed=True)} | {pairs} |"
+            )
+    lines += [
+        "",
+        "The judge vs checkers column is the agreement of the model that judged that iteration's candidates (M_k "
+        "judges iteration k); the judge columns are the row's model M_{k+1}.",
+    ]
+    for name, run in data["runs"].items():
+        for row in run["iterations"]:
+            if row.get("meta_outcomes"):
+                outcomes = ", ".join(f"{k} {v}" for k, v in sorted(row["meta_outcomes"].items()))
+                lines.append(
+                    f"Meta-judge in `{name}`, iteration {row['iteration']}: candidates by outcome: {outcomes} "
+                    f"(preferred: the verdict held in both orders; only those give judge-role pairs)."
+                )
+    return lines + [""]
+
+
 SECTIONS = {
     "pair_sources.json": pair_sources,
+    "judge_learning.json": judge_learning,
     "plan_vs_measured.json": plan_vs_measured,
     "train.json": train,
     "train_profile.json": train_profile,
