@@ -173,6 +173,14 @@ def trainer_callback() -> Any:
     return TrainerProgress()
 
 
+def quiet_trainer(trainer: Any) -> None:
+    """No log dicts printed to the console (transformers' PrinterCallback, which takes the bar's place with
+    `disable_tqdm`): the trainer's logs go to the stage's log file and the tracker, its steps to the progress view."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
 def quiet_libraries() -> None:
     """The libraries' own progress bars off in this process (datasets' map bars); vLLM and the trainers get
     `ReportingBar` and `disable_tqdm` where the loop calls them."""

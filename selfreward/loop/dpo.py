@@ -157,6 +157,7 @@ def run(
                 peft_config=peft_config,
                 callbacks=[progress.trainer_callback()],
             )
+        progress.quiet_trainer(trainer)
         if resume is not None:
             log.info("dpo: resuming from %s", resume)
         with tracker.trainer_env(f"{it.root.name}/dpo"):  # wandb/MLflow read their project when training starts

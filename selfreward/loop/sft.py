@@ -204,6 +204,7 @@ def build_trainer(
             peft_config=peft_config,
             callbacks=[progress.trainer_callback()],
         )
+    progress.quiet_trainer(trainer)
     trainer.dropped_too_long = len(rows) - len(fitting)
     return trainer
 
