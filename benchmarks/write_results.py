@@ -265,10 +265,13 @@ def pair_yield(data: dict) -> list[str]:
 
 def judge_learning(data: dict) -> list[str]:
     labels = ", ".join(f"`{Path(x).name}`" for x in data["labels"])
+    command = data["command"]
+    for path in data["labels"]:  # the label files are the user's: named, wherever they lie
+        command = command.replace(path, Path(path).name)
     lines = [
         "## Does the judge learn? The default loop beside its judge-training variants",
         "",
-        f"From `benchmarks/results/judge_learning.json`, made by `{data['command']}` (`make bench-judge-learning`) on "
+        f"From `benchmarks/results/judge_learning.json`, made by `{command}` (`make bench-judge-learning`) on "
         f"{data['date']}, {cpu_line(data['cpu'])}. Every run starts from the same seed SFT; the variants share the "
         "default loop's iteration-1 prompts and candidates (and judgements, where the variant does not change the "
         f"judge). Judge accuracy: each model judges the first {data['judge_limit']} items of {labels} (the loop's "
