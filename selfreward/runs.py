@@ -237,7 +237,6 @@ class Progress:
         """`folder`: where progress.json goes (the run folder; default the working folder's `iterations/<run>`)."""
         self.run_name, self.unit, self.total = run_name, unit, total
         self.folder = Path(folder) if folder is not None else Path("iterations") / run_name
-        self.start = time.perf_counter()
         self.started_at = time.time()
 
     def state(self, it: IterPaths, k: int, names: tuple[str, ...], name: str) -> dict[str, Any]:
@@ -256,12 +255,7 @@ class Progress:
         }
 
     def line(self, it: IterPaths, k: int, names: tuple[str, ...], name: str) -> str:
-        i = names.index(name)
-        where = "seed SFT" if k == 0 else f"{self.unit} {k}/{self.total}"
-        head = f"[{self.run_name}] {where} · stage {i + 1}/{len(names)} {name}"
-        elapsed = f"elapsed {_clock(time.perf_counter() - self.start)}"
-        eta = eta_s(previous_stage_times(it, k), names, i, self.total - k)
-        return f"{head} · {elapsed} · " + (f"ETA {_clock(eta)}" if eta is not None else "ETA unknown")
+        return progress.line(self.state(it, k, names, name))
 
 
 def previous_stage_times(it: IterPaths, k: int) -> dict[str, float]:
@@ -278,11 +272,6 @@ def eta_s(previous: dict[str, float], names: tuple[str, ...], index: int, iterat
     if not all(n in previous for n in names):
         return None
     return sum(previous[n] for n in names[index:]) + iterations_after * sum(previous[n] for n in names)
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m // 60}h{m % 60:02d}m{s:02d}s" if m >= 60 else f"{m}m{s:02d}s"
 
 
 class RunChain:

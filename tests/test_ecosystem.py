@@ -170,7 +170,8 @@ def test_status_of_a_half_finished_run(run: RunPaths, capsys) -> None:
 
 def test_progress_line_and_eta(run: RunPaths) -> None:
     """Where iteration 2 of 2 would be at its judging stage: ETA = iteration 1's judging, pairs and DPO times."""
-    from selfreward.runs import Progress, _clock
+    from selfreward.progress import clock as _clock
+    from selfreward.runs import Progress
 
     times = {n: s["wall_s"] for n, s in json.loads(run.iteration(1).metrics.read_text())["stages"].items()}
     line = Progress("eco", "iteration", 2).line(run.iteration(2), 2, STAGES, "judgements")

@@ -13,7 +13,7 @@ from selfreward.config import DPOStageConfig, MetaJudgeConfig, PairsConfig
 from selfreward.loop import meta_judge
 from selfreward.loop.pairs import Scored, dataset_rows, judge_pairs, make_pairs, select_pair
 from selfreward.records import JudgePair
-from tests.test_judge import Parrot
+from tests.test_pairwise_judge import LetterJudge
 
 # P(" A"), P(" B") the fake meta-judge gives for (judgement shown as A, judgement shown as B)
 RAW = {
@@ -24,19 +24,13 @@ RAW = {
 }
 
 
-class MetaJudge(Parrot):
-    def encode(self, text: str) -> list[int]:  # " A" and " B" are one token each, as in real tokenizers
-        return [ord(c) for c in text.replace(" A", "A").replace(" B", "B")]
+class MetaJudge(LetterJudge):
+    TAG = "judgement"
+    RAW = RAW
 
     def token_probs(self, prompts: list[str], token_ids: list[int]) -> list[list[float]]:
-        assert token_ids == [ord("A"), ord("B")]
-        out = []
-        for p in prompts:
-            assert p.endswith("Better judgement:")
-            a = p.split("<judgement A>\n", 1)[1].split("\n</judgement A>", 1)[0]
-            b = p.split("<judgement B>\n", 1)[1].split("\n</judgement B>", 1)[0]
-            out.append(RAW[(a, b)])
-        return out
+        assert all(p.endswith("Better judgement:") for p in prompts)
+        return super().token_probs(prompts, token_ids)
 
 
 def sample(text: str, score: float | None) -> dict:

@@ -25,6 +25,11 @@ RAW = {
 
 
 class LetterJudge(Parrot):
+    """P(" A"), P(" B") from `RAW` by the two texts shown in the prompt's `<TAG A>` and `<TAG B>` sections."""
+
+    TAG = "response"
+    RAW = RAW
+
     def encode(self, text: str) -> list[int]:  # " A" and " B" are one token each, as in real tokenizers
         return [ord(c) for c in text.replace(" A", "A").replace(" B", "B")]
 
@@ -32,9 +37,9 @@ class LetterJudge(Parrot):
         assert token_ids == [ord("A"), ord("B")]
         out = []
         for p in prompts:
-            a = p.split("<response A>\n", 1)[1].split("\n</response A>", 1)[0]
-            b = p.split("<response B>\n", 1)[1].split("\n</response B>", 1)[0]
-            out.append(RAW[(a, b)])
+            a = p.split(f"<{self.TAG} A>\n", 1)[1].split(f"\n</{self.TAG} A>", 1)[0]
+            b = p.split(f"<{self.TAG} B>\n", 1)[1].split(f"\n</{self.TAG} B>", 1)[0]
+            out.append(self.RAW[(a, b)])
         return out
 
 

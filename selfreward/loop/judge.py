@@ -231,6 +231,7 @@ def run(gen: Generator, cfg: JudgeConfig, it: IterPaths, seed: int = 0, anchors:
     answers (anchors.jsonl) are judged with them, into the same file."""
     prompts = {r["prompt_id"]: r for r in read_jsonl(it.prompts, required_fields(Prompt))}
     candidates = read_jsonl(it.candidates, required_fields(Candidate))
+    n = len(candidates)  # the current model's; the metrics describe these, comparable across iterations
     if anchors:
         candidates += read_jsonl(it.anchors, required_fields(Candidate))
     items = []
@@ -254,8 +255,6 @@ def run(gen: Generator, cfg: JudgeConfig, it: IterPaths, seed: int = 0, anchors:
             j.checks = ConstraintChecks(*check_prompt(prompt["instruction_id_list"], prompt["kwargs"], c["text"]))
     rows = [to_row(j) for j in judgements]
     write_jsonl(it.judgements, rows)
-    # the metrics describe the current model's candidates, comparable across iterations; anchors are counted apart
-    n = len(candidates) - (len(read_jsonl(it.anchors)) if anchors else 0)
     return {
         **judgement_metrics(judgements[:n]),
         "constraints": judge_checker_agreement(rows[:n]),
