@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import psutil
-from bench_judge_modes import cpu_flags  # same folder: `python benchmarks/bench_engines.py`
+from machine import cpu_flags  # same folder: `python benchmarks/bench_engines.py`
 
 from selfreward.artifacts import write_json
 from selfreward.config import RunConfig, resolve_dtype

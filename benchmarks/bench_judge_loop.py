@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_judge_modes import cpu_flags
+from machine import cpu_flags
 
 from selfreward.artifacts import RunPaths, read_jsonl, write_json, write_jsonl
 from selfreward.config import RunConfig, load_config

@@ -18,6 +18,8 @@ import json
 import time
 from pathlib import Path
 
+from machine import cpu_flags  # same folder: `python benchmarks/bench_judge_modes.py`
+
 from selfreward.artifacts import write_json
 from selfreward.config import RunConfig
 from selfreward.evaluation.judge_metrics import pairwise_accuracy
@@ -32,15 +34,6 @@ LABELS = [
     "../shared/data/human_pairs/oasst_en100_best_vs_worst.jsonl",
 ]
 MODES = {"direct": {}, "probabilities": {"max_tokens": 64}, "sampled": {"max_tokens": 128}}
-
-
-def cpu_flags() -> dict:
-    """CPU model and the flags that decide training and inference speed here (AVX2/AVX-512/bf16/AMX)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
-    return {"model": model, "flags": [f for f in wanted if f in flags]}
 
 
 def one_mode(gen, cfg: RunConfig, mode: str, items: list) -> dict:  # noqa: ANN001 - a Generator

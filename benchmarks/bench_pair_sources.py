@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_judge_modes import cpu_flags
+from machine import cpu_flags
 
 from selfreward.artifacts import RunPaths, read_json, read_jsonl, write_json
 from selfreward.constraints.agreement import judge_checker_agreement

@@ -27,7 +27,7 @@ import json
 import time
 from pathlib import Path
 
-from bench_judge_modes import cpu_flags
+from machine import cpu_flags
 
 from selfreward.artifacts import RunPaths, read_jsonl, write_json
 from selfreward.config import JudgeConfig, PairsConfig, load_config

@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from bench_judge_modes import cpu_flags
+from machine import cpu_flags
 
 from selfreward.artifacts import RunPaths, read_json, write_json
 from selfreward.config import load_config

@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_judge_modes import cpu_flags  # same folder: `python benchmarks/bench_train.py`
+from machine import cpu_flags  # same folder: `python benchmarks/bench_train.py`
 from transformers import TrainerCallback
 
 from selfreward.artifacts import IterPaths, write_json
