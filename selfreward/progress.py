@@ -108,7 +108,8 @@ def stop() -> None:
 
 
 def line(state: dict[str, Any], now: float | None = None) -> str:
-    """`[default] iteration 2/3 · stage 3/5 judgements 412/768 candidates judged · elapsed 14m02s · ETA 17m10s`"""
+    """`[default] iteration 2/3 · stage 3/5 judgements 412/768 candidates judged · elapsed 14m02s · ETA 17m10s`;
+    before an iteration has been timed (the seed SFT, iteration 1) the stage's own: `... · stage ETA 3m05s`."""
     now = time.time() if now is None else now
     k = state.get("k")
     where = "seed SFT" if k == 0 else f"{state.get('unit_name', 'iteration')} {k}/{state.get('total_iterations')}"
@@ -120,7 +121,12 @@ def line(state: dict[str, Any], now: float | None = None) -> str:
     eta = state.get("eta_s")
     if eta is not None:
         eta = max(0.0, eta - (now - state.get("stage_started", now)))
-    return f"{head} · {elapsed} · " + (f"ETA {clock(eta)}" if eta is not None else "ETA unknown")
+        return f"{head} · {elapsed} · ETA {clock(eta)}"
+    done, total = state.get("done"), state.get("total")
+    if done and total:  # no earlier iteration to time the run by (the first one): the stage's own rate
+        left = (now - state.get("stage_started", now)) * (total - done) / done
+        return f"{head} · {elapsed} · stage ETA {clock(max(0.0, left))}"
+    return f"{head} · {elapsed} · ETA unknown"
 
 
 def bar_class(unit: str = "requests", per_call: bool = True) -> Any:
@@ -182,11 +188,10 @@ def quiet_trainer(trainer: Any) -> None:
 
 
 def quiet_libraries() -> None:
-    """The libraries' own progress bars off in this process (datasets' map bars); vLLM and the trainers get
-    `ReportingBar` and `disable_tqdm` where the loop calls them."""
-    try:
-        import datasets
+    """The libraries' own progress bars off in this process (datasets' map bars, transformers' loading and
+    saving bars); vLLM and the trainers get `ReportingBar` and `disable_tqdm` where the loop calls them."""
+    import datasets
+    import transformers
 
-        datasets.disable_progress_bars()
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        pass
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()

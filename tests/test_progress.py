@@ -33,6 +33,9 @@ def test_the_line_by_hand() -> None:
     assert line == "[default] iteration 2/3 · stage 3/5 judgements 412/768 requests · elapsed 13m20s · ETA 15m00s"
     assert progress.line({**STATE, "k": 0, "eta_s": None}, now=1000.0).startswith("[default] seed SFT · stage 3/5")
     assert progress.line({**STATE, "eta_s": None}, now=1000.0).endswith("ETA unknown")
+    # no run ETA yet (iteration 1): 412 of 768 done in the 300 s since the stage started -> 356 left at that rate
+    first = progress.line({**STATE, "eta_s": None, "done": 412, "total": 768, "unit": "requests"}, now=1800.0)
+    assert first.endswith("elapsed 13m20s · stage ETA 4m19s")
 
 
 def test_a_stage_writes_its_counts_and_logs_each_tenth(tmp_path: Path, caplog) -> None:
