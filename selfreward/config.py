@@ -575,7 +575,8 @@ class TrackingConfig:
 
     report_to: Literal["none", "tensorboard", "wandb", "trackio", "mlflow"] = "none"
     """`tensorboard` writes event files under iterations/<run>/tracking/ (offline; `tensorboard --logdir
-    iterations/<run>/tracking`); `wandb`, `trackio` and `mlflow` need their package installed and set up."""
+    iterations/<run>/tracking`); `wandb`, `trackio` and `mlflow` need their package (`make install-trackers`) and
+    go where it is set up to log (e.g. WANDB_MODE=offline, MLFLOW_TRACKING_URI=sqlite:///mlflow.db, TRACKIO_DIR)."""
 
 
 @dataclass
