@@ -323,9 +323,76 @@ def judge_learning(data: dict) -> list[str]:
     return lines + [""]
 
 
+def ci3(value: float | None, low: float | None, high: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    f = "{:+.2f}" if signed else "{:.3f}"
+    return f"{f.format(value)} [{f.format(low)}, {f.format(high)}]"
+
+
+def persuasion(data: dict) -> list[str]:
+    lines = [
+        "## Can a sentence addressed to the grader buy points? Defences measured",
+        "",
+        f"From `benchmarks/results/persuasion.json`, made by `{data['command']}` (`make bench-persuasion`) on "
+        f"{data['date']}, {cpu_line(data['cpu'])}, on `{data['run']}` (the default config): its M1 judges the "
+        f"{data['probed']} lowest-scored candidates of iteration 1 as they are and with one sentence of ours in each "
+        "style at the end (mean score shift out of 5, paired 95% bootstrap interval, n answers scored both times; "
+        f"flips: of the {data['probed_pairs']} answers with a better-scored partner, how often the both-order "
+        "comparison stopped preferring the partner), then judges the first "
+        f"{data['label_items']} items of `{data['labels']}` (rubric accuracy against the human labels) and every "
+        "checked candidate of iteration 1 (agreement with the checkers), each with the defence's settings.",
+        "",
+    ]
+    styles = list(dict.fromkeys(r["style"] for d in data["defences"].values() for r in d["probe"]))
+    lines += [
+        "| defence | " + " | ".join(f"{s}: shift (n)" for s in styles) + " | accuracy vs humans (n) | "
+        "agreement with checkers (n) | s |",
+        "|---|" + "---|" * (len(styles) + 3),
+    ]
+    for name, d in data["defences"].items():
+        by = {r["style"]: r for r in d["probe"]}
+        cells = [
+            f"{ci3(by[s]['shift'], by[s]['ci_low'], by[s]['ci_high'], signed=True)} ({by[s]['n']})" if s in by else ""
+            for s in styles
+        ]
+        h, c = d["humans"], d["checkers"]
+        ci = c.get("judge_checker_ci") or [None, None]
+        overrides = " ".join(f"`{o}`" for o in d["overrides"]) or "the run's judge"
+        lines.append(
+            f"| {name} ({overrides}) | " + " | ".join(cells) + f" | {ci3(h['accuracy'], h['ci_low'], h['ci_high'])} "
+            f"({h['n_pairs']}) | {ci3(c['judge_checker_agreement'], *ci)} ({c['judge_checker_pairs']}) | "
+            f"{d['seconds']:.0f} |"
+        )
+    lines += ["", "Flips of the both-order comparison (the answer with the sentence against its better partner):", ""]
+    for name, d in data["defences"].items():
+        flips = ", ".join(
+            f"{r['style']} {r['flipped']}/{r['pairs_won']}" for r in d["probe"] if r.get("pairs_won") is not None
+        )
+        lines.append(f"- {name}: {flips or '—'}")
+    rows = data.get("directed_by_iteration") or []
+    if rows:
+        lines += [
+            "",
+            f"Evaluator-directed text in `{data['run']}` itself (the detector `judge_text.evaluator_directed` on each "
+            "candidate; chosen and rejected answers of the iteration's pairs):",
+            "",
+            "| iteration | candidates flagged | share [95% Wilson] | in chosen / rejected answers (pairs) |",
+            "|---|---|---|---|",
+        ]
+        for r in rows:
+            low, high = r.get("share_ci") or [None, None]
+            lines.append(
+                f"| {r['iteration']} | {r['flagged']} of {r['of']} | {ci3(r['share'], low, high)} | "
+                f"{r.get('chosen')} / {r.get('rejected')} ({r.get('pairs')}) |"
+            )
+    return lines + [""]
+
+
 SECTIONS = {
     "pair_sources.json": pair_sources,
     "judge_learning.json": judge_learning,
+    "persuasion.json": persuasion,
     "plan_vs_measured.json": plan_vs_measured,
     "train.json": train,
     "train_profile.json": train_profile,
