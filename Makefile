@@ -35,7 +35,9 @@ CONFIG ?= configs/default.yaml
 N      ?= 3
 ARGS   ?=
 RUN    ?= iterations/default
-LABELS ?= ../shared/data/human_pairs/pandalm_testset_v1_majority.jsonl
+# A human-label file of yours (the formats `judge-eval` reads): make judge-eval and bench-persuasion need it; make
+# bench and baselines measure the judge against it when given.
+LABELS ?=
 # make baselines: judge accuracy of each method's final model on the first JUDGE_LIMIT items of LABELS
 # (when that file exists; JUDGE_LIMIT= for all of it).
 JUDGE_LIMIT ?= 50
@@ -113,8 +115,8 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_engines.py
 	@if [ -f $(RUN)/iter_1/candidates.jsonl ]; then HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_judge_loop.py --run $(RUN); \
 		else echo "bench: no $(RUN)/iter_1/candidates.jsonl: judging at the loop's shapes skipped (make iterate first)"; fi
-	@if [ -f $(LABELS) ]; then HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_judge_modes.py $(if $(wildcard $(RUN)/iter_0/model),--model $(RUN)/iter_0/model); \
-		else echo "bench: no $(LABELS): judge accuracy vs human labels skipped"; fi
+	@if [ -n "$(LABELS)" ] && [ -f "$(LABELS)" ]; then HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_judge_modes.py --labels $(LABELS) $(if $(wildcard $(RUN)/iter_0/model),--model $(RUN)/iter_0/model); \
+		else echo "bench: no LABELS file given: judge accuracy vs human labels skipped"; fi
 	@if [ -f $(RUN)/iter_1/pairs.jsonl ]; then HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_pair_yield.py --run $(RUN); \
 		else echo "bench: no $(RUN)/iter_1/pairs.jsonl: pair yield with fewer candidates or judge samples skipped"; fi
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_train.py
@@ -149,6 +151,7 @@ bench-first-run:
 # Flattery against the judge: each defence's score shift per style, judge accuracy on LABELS and agreement with the
 # checkers, on $(RUN)'s M1 and iteration 1 -> benchmarks/results/persuasion.json
 bench-persuasion: $(STAMP)
+	@test -n "$(LABELS)" || { echo "make bench-persuasion: give LABELS=<a human-label file>"; exit 2; }
 	HF_HUB_OFFLINE=1 $(RUN_ENV) $(PY) benchmarks/bench_persuasion.py --run $(RUN) --labels $(LABELS) $(BENCH_ARGS)
 
 # The planner's memory per stage beside the peaks a finished run measured -> benchmarks/results/plan_vs_measured.json
@@ -167,6 +170,7 @@ report: $(STAMP)
 	$(PY) -m selfreward report $(RUN)
 
 judge-eval: $(STAMP)
+	@test -n "$(LABELS)" || { echo "make judge-eval: give LABELS=<a human-label file>"; exit 2; }
 	$(RUN_ENV) $(PY) -m selfreward judge-eval --run $(RUN) --labels $(LABELS) $(ARGS)
 
 compare: $(STAMP)

@@ -29,10 +29,6 @@ from selfreward.loop.judge import judge_texts
 from selfreward.models import resolve_model
 
 OUT = Path(__file__).resolve().parent / "results" / "judge_modes.json"
-LABELS = [
-    "../shared/data/human_pairs/pandalm_testset_v1_majority.jsonl",
-    "../shared/data/human_pairs/oasst_en100_best_vs_worst.jsonl",
-]
 MODES = {"direct": {}, "probabilities": {"max_tokens": 64}, "sampled": {"max_tokens": 128}}
 
 
@@ -74,12 +70,12 @@ def main() -> None:
     parser.add_argument("--no-base", action="store_true", help="skip M0 (the embedded model), e.g. already measured")
     parser.add_argument("--limit", type=int, default=60, help="first N items of each label file")
     parser.add_argument("--modes", default="direct,probabilities,sampled")
-    parser.add_argument("--labels", action="append", default=None, help="label files (default: both shared ones)")
+    parser.add_argument("--labels", action="append", required=True, help="a human-label file (again for more)")
     args = parser.parse_args()
     cfg = RunConfig()
     models = [] if args.no_base else [("M0", resolve_model(cfg.model, cfg.cache_dir))]
     models += [(m, resolve_model(m, cfg.cache_dir)) for m in args.model]
-    label_files = [p for p in (args.labels or LABELS) if Path(p).exists()]
+    label_files = [p for p in args.labels if Path(p).exists()]
     rows = json.loads(OUT.read_text()).get("rows", []) if OUT.exists() else []
     for name, path in models:
         start = time.perf_counter()
