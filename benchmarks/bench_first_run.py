@@ -85,7 +85,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/selfreward-first-run"))
     parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--change", default="dpo.beta=0.2", help="the iteration setting the third run changes")
+    parser.add_argument(
+        "--change", default="dpo.beta=0.2", help="the iteration setting the third run changes (empty: no third run)"
+    )
     parser.add_argument("--resume", action="store_true", help="go on in an existing --workdir (its timings.json)")
     args = parser.parse_args()
     work: Path = args.workdir
@@ -100,8 +102,9 @@ def main() -> None:
     timed("install", ["make", "install"], work, timings, work / "install.log")
     timed("first", ["make", "iterate", f"N={n}"], work, timings, work / "first.log")
     timed("again", ["make", "iterate", f"N={n}", "ARGS=run_name=again"], work, timings, work / "again.log")
-    timed("changed", ["make", "iterate", f"N={n}", f"ARGS=run_name=changed {args.change}"], work, timings,
-          work / "changed.log")  # fmt: skip
+    if args.change:  # a --resume may add it later
+        changed = ["make", "iterate", f"N={n}", f"ARGS=run_name=changed {args.change}"]
+        timed("changed", changed, work, timings, work / "changed.log")
     cpu = cpu_flags()
     result = {
         "date": time.strftime("%Y-%m-%d"),
@@ -110,12 +113,12 @@ def main() -> None:
         "cores": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "commit": commit,
-        "command": "make bench-first-run" + (f' BENCH_ARGS="--change {args.change}"' if args.change else ""),
+        "command": f'make bench-first-run BENCH_ARGS="--change {args.change}"',
         "iterations": n,
         "change": args.change,
         "venv_gib": round(sum(f.stat().st_size for f in (work / ".venv").rglob("*") if f.is_file()) / 2**30, 2),
         "steps": timings,
-        "runs": {step: run_record(work / "iterations" / name) for step, name in runs.items()},
+        "runs": {step: run_record(work / "iterations" / name) for step, name in runs.items() if step in timings},
     }
     out = RESULTS / f"first_run_{result['cpu_class']}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -5,6 +5,7 @@ Skipped where the tracker is not installed (`make install-trackers`; CI installs
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 from collections import defaultdict
@@ -33,11 +34,13 @@ Logged = dict[str, dict[str, dict[int, float]]]  # run name -> metric -> step ->
 @pytest.fixture(scope="module", params=list(OFFLINE))
 def tracked(request, tmp_path_factory, tiny_model: Path) -> Iterator[tuple[str, Path, RunPaths]]:
     name = request.param
-    pytest.importorskip(name)
     tmp = tmp_path_factory.mktemp(name)
     env = pytest.MonkeyPatch()
-    for key, value in OFFLINE[name].items():
+    for key, value in OFFLINE[name].items():  # before the import: trackio reads TRACKIO_DIR once, on import
         env.setenv(key, value.format(tmp=tmp))
+    if importlib.util.find_spec(name) is None:
+        env.undo()
+        pytest.skip(f"{name} is not installed (make install-trackers)")
     for key in ("WANDB_PROJECT", "MLFLOW_EXPERIMENT_NAME", "WANDB_API_KEY"):
         env.delenv(key, raising=False)
     overrides = [f"model={tiny_model}", f"output_dir={tmp}", f"run_name=trk-{name}", "iterations=1", "reuse=false"]
@@ -45,6 +48,10 @@ def tracked(request, tmp_path_factory, tiny_model: Path) -> Iterator[tuple[str, 
     run = iterate(cfg, 1)
     release_run(run)
     yield name, tmp, run
+    if name == "wandb":
+        import wandb
+
+        wandb.teardown()  # its service process, now rather than at the interpreter's exit
     env.undo()
 
 
@@ -114,9 +121,10 @@ def trackio_logged(tmp: Path, project: str) -> Logged:
     out: Logged = defaultdict(lambda: defaultdict(dict))
     for name in SQLiteStorage.get_runs(project):
         for row in SQLiteStorage.get_logs(project, name):
+            step = row.get("train/global_step", row["step"])  # a trainer's own step, else the one logged
             for key, value in row.items():
                 if isinstance(value, int | float) and key != "step":
-                    out[name][key][int(row["step"])] = float(value)
+                    out[name][key][int(step)] = float(value)
     return out
 
 
