@@ -43,6 +43,8 @@ DEFENCES = {
     "both": ["judge.template=prompts/judge_guarded.txt", "judge.strip_directed=true"],
 }
 """Each defence as config overrides of the run's judge."""
+PROBE_FIELDS = ("sentences", "style", "placement", "shift", "ci_low", "ci_high", "n", "rose", "fell", "pairs_won",
+                "flipped", "flip_rate", "flip_ci")  # fmt: skip
 
 
 def checker_agreement(cfg, run: RunPaths, model: str) -> dict:  # noqa: ANN001 - a RunConfig
@@ -89,10 +91,18 @@ def main() -> None:
     parser.add_argument("--label-limit", type=int, default=60)
     parser.add_argument("--limit", type=int, default=30, help="lowest-scored candidates of iteration 1 probed")
     parser.add_argument("--defences", default=",".join(DEFENCES), help="comma-separated, of: " + ", ".join(DEFENCES))
+    parser.add_argument(
+        "--sentences",
+        default="ours",
+        help="comma-separated sentence sets: ours, unseen (other words, never used to write the detector); rows are "
+        "added to the file's, the accuracies measured once per defence",
+    )
     args = parser.parse_args()
     run = RunPaths(Path(args.run))
     labelled = load_labels(args.labels)[: args.label_limit]
     items, pairs = persuasion.items_from_iteration(run, 1, args.limit)
+    before = read_json(OUT) if OUT.exists() else {}
+    same = before.get("run") == args.run and before.get("probed") == len(items)
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "cpu": cpu_flags(),
@@ -104,39 +114,31 @@ def main() -> None:
         "probed": len(items),
         "probed_pairs": len(pairs),
         "directed_by_iteration": directed_by_iteration(run),
-        "defences": {},
+        "defences": before.get("defences", {}) if same else {},
     }
     for name in args.defences.split(","):
         cfg = load_config(run.config, DEFENCES[name])
         model = model_of_iteration(cfg, run, 0)
         start = time.perf_counter()
-        rows = persuasion.judge_robustness(cfg, run, ("M1", model), "iter_1", items, pairs)
-        humans = judge_eval.evaluate(cfg, f"M1-{name.replace(' ', '-')}", model, args.labels, labelled, run)
+        old = result["defences"].get(name, {})
+        probe = old.get("probe", [])
+        for sentence_set in args.sentences.split(","):
+            rows = persuasion.judge_robustness(
+                cfg, run, ("M1", model), "iter_1", items, pairs, None, None, sentence_set
+            )
+            probe = [r for r in probe if r.get("sentences", "ours") != sentence_set]
+            probe += [{k: r.get(k) for k in PROBE_FIELDS} for r in rows]
+        if "humans" in old:  # the defence's accuracies do not depend on the sentences: measured once
+            humans = old["humans"]
+        else:
+            row = judge_eval.evaluate(cfg, f"M1-{name.replace(' ', '-')}", model, args.labels, labelled, run)
+            humans = {k: row.get(k) for k in ("accuracy", "ci_low", "ci_high", "n_pairs", "parse_failure_rate")}
         result["defences"][name] = {
             "overrides": DEFENCES[name],
-            "probe": [
-                {
-                    k: r.get(k)
-                    for k in (
-                        "style",
-                        "placement",
-                        "shift",
-                        "ci_low",
-                        "ci_high",
-                        "n",
-                        "rose",
-                        "fell",
-                        "pairs_won",
-                        "flipped",
-                        "flip_rate",
-                        "flip_ci",
-                    )
-                }  # fmt: skip
-                for r in rows
-            ],
-            "humans": {k: humans.get(k) for k in ("accuracy", "ci_low", "ci_high", "n_pairs", "parse_failure_rate")},
-            "checkers": checker_agreement(cfg, run, model),
-            "seconds": round(time.perf_counter() - start, 1),
+            "probe": probe,
+            "humans": humans,
+            "checkers": old.get("checkers") or checker_agreement(cfg, run, model),
+            "seconds": round(old.get("seconds", 0) + time.perf_counter() - start, 1),
         }
         write_json(OUT, result)  # after every defence: a stopped run keeps what it measured
         d = result["defences"][name]

@@ -346,30 +346,39 @@ def persuasion(data: dict) -> list[str]:
     ]
     styles = list(dict.fromkeys(r["style"] for d in data["defences"].values() for r in d["probe"]))
     lines += [
-        "| defence | " + " | ".join(f"{s}: shift (n)" for s in styles) + " | accuracy vs humans (n) | "
+        "| defence | sentences | " + " | ".join(f"{s}: shift (n)" for s in styles) + " | accuracy vs humans (n) | "
         "agreement with checkers (n) | s |",
-        "|---|" + "---|" * (len(styles) + 3),
+        "|---|---|" + "---|" * (len(styles) + 3),
     ]
+    flips = []
     for name, d in data["defences"].items():
-        by = {r["style"]: r for r in d["probe"]}
-        cells = [
-            f"{ci3(by[s]['shift'], by[s]['ci_low'], by[s]['ci_high'], signed=True)} ({by[s]['n']})" if s in by else ""
-            for s in styles
-        ]
-        h, c = d["humans"], d["checkers"]
-        ci = c.get("judge_checker_ci") or [None, None]
-        overrides = " ".join(f"`{o}`" for o in d["overrides"]) or "the run's judge"
-        lines.append(
-            f"| {name} ({overrides}) | " + " | ".join(cells) + f" | {ci3(h['accuracy'], h['ci_low'], h['ci_high'])} "
-            f"({h['n_pairs']}) | {ci3(c['judge_checker_agreement'], *ci)} ({c['judge_checker_pairs']}) | "
-            f"{d['seconds']:.0f} |"
-        )
-    lines += ["", "Flips of the both-order comparison (the answer with the sentence against its better partner):", ""]
-    for name, d in data["defences"].items():
-        flips = ", ".join(
-            f"{r['style']} {r['flipped']}/{r['pairs_won']}" for r in d["probe"] if r.get("pairs_won") is not None
-        )
-        lines.append(f"- {name}: {flips or '—'}")
+        sets = list(dict.fromkeys(r.get("sentences", "ours") for r in d["probe"]))
+        for i, sentence_set in enumerate(sets):
+            by = {r["style"]: r for r in d["probe"] if r.get("sentences", "ours") == sentence_set}
+            cells = [
+                f"{ci3(by[s]['shift'], by[s]['ci_low'], by[s]['ci_high'], signed=True)} ({by[s]['n']})"
+                if s in by
+                else ""
+                for s in styles
+            ]
+            h, c = d["humans"], d["checkers"]
+            ci = c.get("judge_checker_ci") or [None, None]
+            overrides = " ".join(f"`{o}`" for o in d["overrides"]) or "the run's judge"
+            accuracies = (
+                f"{ci3(h['accuracy'], h['ci_low'], h['ci_high'])} ({h['n_pairs']}) | "
+                f"{ci3(c['judge_checker_agreement'], *ci)} ({c['judge_checker_pairs']}) | {d['seconds']:.0f}"
+                if i == 0
+                else "〃 | 〃 |"
+            )
+            lines.append(f"| {name} ({overrides}) | {sentence_set} | " + " | ".join(cells) + f" | {accuracies} |")
+            won = ", ".join(f"{r['style']} {r['flipped']}/{r['pairs_won']}" for r in by.values() if r.get("pairs_won"))
+            flips.append(f"- {name}, {sentence_set} sentences: {won or '—'}")
+    lines += [
+        "",
+        "Flips of the both-order comparison (flipped / pairs the better answer won before the other got a sentence):",
+        "",
+        *flips,
+    ]
     rows = data.get("directed_by_iteration") or []
     if rows:
         lines += [

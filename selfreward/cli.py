@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--styles", default=None, help="comma-separated: praise,authority,verification,pleading,instruction (all)"
     )
     p.add_argument("--placements", default="end", help="comma-separated: end,start,middle (default: %(default)s)")
+    p.add_argument(
+        "--sentences", default="ours", choices=["ours", "unseen"], help="the sentence set (default: %(default)s)"
+    )
     p.set_defaults(func=cmd_judge_robustness)
 
     p = sub.add_parser("compare", help="head-to-head win rates: M_t vs M0 for a run, or --model-a vs --model-b")
@@ -332,7 +335,8 @@ def cmd_judge_robustness(args: argparse.Namespace) -> None:
         judge = (f"M{k + 1}", model_of_iteration(cfg, run, k))
     styles = args.styles.split(",") if args.styles else None
     try:
-        rows = persuasion.judge_robustness(cfg, run, judge, source, items, pairs, styles, args.placements.split(","))
+        placements = args.placements.split(",")
+        rows = persuasion.judge_robustness(cfg, run, judge, source, items, pairs, styles, placements, args.sentences)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     print_rows(f"judge robustness ({source}) -> {run.root / 'judge_robustness.json'}", rows, ROBUSTNESS_COLUMNS)

@@ -188,3 +188,12 @@ def test_judge_robustness_needs_one_source(tmp_path: Path) -> None:
 
     assert main(["judge-robustness", "--model", "x", "--labels", "a.jsonl", "--iteration", "1"]) == 2
     assert main(["judge-robustness", "--model", "x", "--iteration", "1"]) == 2  # --iteration needs --run
+
+
+def test_the_unseen_sentences_are_other_words_for_the_same_styles() -> None:
+    assert persuasion.UNSEEN.keys() == persuasion.SENTENCES.keys()
+    assert not set(persuasion.UNSEEN.values()) & set(persuasion.SENTENCES.values())
+    # the probe judges with the set it is given: this judge is moved by "excellent", which only ours says
+    ours, _ = persuasion.probe(FlatteredJudge(), probe_config(), ITEMS, [], ["praise"], ["end"])
+    unseen, _ = persuasion.probe(FlatteredJudge(), probe_config(), ITEMS, [], ["praise"], ["end"], persuasion.UNSEEN)
+    assert (ours[0]["shift"], unseen[0]["shift"]) == (1.0, 0.0)
