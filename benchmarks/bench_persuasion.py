@@ -20,6 +20,7 @@ Writes benchmarks/results/persuasion.json (with the CPU's flags, the date and th
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -106,8 +107,8 @@ def main() -> None:
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "cpu": cpu_flags(),
-        "command": f"python benchmarks/bench_persuasion.py --run {args.run} --labels {Path(args.labels).name} "
-        f"--label-limit {args.label_limit} --limit {args.limit}",
+        "commands": ((before.get("commands") or ([before["command"]] if "command" in before else [])) if same else [])
+        + [" ".join(["python benchmarks/bench_persuasion.py", *(f"'{a}'" if " " in a else a for a in sys.argv[1:])])],
         "run": args.run,
         "labels": Path(args.labels).name,
         "label_items": len(labelled),

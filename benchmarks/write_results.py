@@ -334,7 +334,9 @@ def persuasion(data: dict) -> list[str]:
     lines = [
         "## Can a sentence addressed to the grader buy points? Defences measured",
         "",
-        f"From `benchmarks/results/persuasion.json`, made by `{data['command']}` (`make bench-persuasion`) on "
+        "From `benchmarks/results/persuasion.json`, made by "
+        + " then ".join(f"`{c}`" for c in data.get("commands") or [data["command"]])
+        + f" (`make bench-persuasion`) on "
         f"{data['date']}, {cpu_line(data['cpu'])}, on `{data['run']}` (the default config): its M1 judges the "
         f"{data['probed']} lowest-scored candidates of iteration 1 as they are and with one sentence of ours in each "
         "style at the end (mean score shift out of 5, paired 95% bootstrap interval, n answers scored both times; "
