@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -330,14 +331,21 @@ def ci3(value: float | None, low: float | None, high: float | None, signed: bool
     return f"{f.format(value)} [{f.format(low)}, {f.format(high)}]"
 
 
+def shown(text: str) -> str:
+    """Paths in a recorded command as a reader of the docs knows them: label files by name, runs from `iterations/`
+    (a benchmark may run on a clone elsewhere)."""
+    text = re.sub(r"[^\s']*/([^/\s']+\.jsonl)", r"\1", text)
+    return re.sub(r"[^\s']*/(iterations/)", r"\1", text)
+
+
 def persuasion(data: dict) -> list[str]:
     lines = [
         "## Can a sentence addressed to the grader buy points? Defences measured",
         "",
         "From `benchmarks/results/persuasion.json`, made by "
-        + " then ".join(f"`{c}`" for c in data.get("commands") or [data["command"]])
+        + " then ".join(f"`{shown(c)}`" for c in data.get("commands") or [data["command"]])
         + f" (`make bench-persuasion`) on "
-        f"{data['date']}, {cpu_line(data['cpu'])}, on `{data['run']}` (the default config): its M1 judges the "
+        f"{data['date']}, {cpu_line(data['cpu'])}, on `{shown(data['run'])}` (the default config): its M1 judges the "
         f"{data['probed']} lowest-scored candidates of iteration 1 as they are and with one sentence of ours in each "
         "style at the end (mean score shift out of 5, paired 95% bootstrap interval, n answers scored both times; "
         f"flips: of the {data['probed_pairs']} answers with a better-scored partner, how often the both-order "
@@ -385,8 +393,8 @@ def persuasion(data: dict) -> list[str]:
     if rows:
         lines += [
             "",
-            f"Evaluator-directed text in `{data['run']}` itself (the detector `judge_text.evaluator_directed` on each "
-            "candidate; chosen and rejected answers of the iteration's pairs):",
+            f"Evaluator-directed text in `{shown(data['run'])}` itself (the detector `judge_text.evaluator_directed` "
+            "on each candidate; chosen and rejected answers of the iteration's pairs):",
             "",
             "| iteration | candidates flagged | share [95% Wilson] | in chosen / rejected answers (pairs) |",
             "|---|---|---|---|",
