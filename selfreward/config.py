@@ -201,10 +201,11 @@ class JudgeConfig:
     min_digit_mass: Probability = 0.5
     """Probabilities and direct modes: a sample whose digit tokens 0-5 had less probability than this
     (softmax over the whole vocabulary, before renormalising) is unscored (`low_digit_mass`)."""
-    strip_directed: bool = field(default=False, metadata=late(before=False))
+    strip_directed: bool = field(default=True, metadata=late(before=False))
     """Judge each answer with its sentences addressed to the evaluator removed (`judge_text.evaluator_directed`:
     praise of itself, claimed authority or verification, pleading, instructions to the grader); the answer is
-    kept as written for pairs and DPO. A defence against a judge that can be flattered (`judge-robustness`)."""
+    kept as written for pairs and DPO. A defence against a judge that can be flattered (`judge-robustness`); why
+    it is on: docs/judge.md#defences."""
 
 
 @dataclass

@@ -121,8 +121,9 @@ ITEMS = [("Name a colour.", "Blue."), ("Name a fruit.", "Apple. It is red."), ("
 PAIRS = [("Name a colour.", "Good: blue.", "Maybe blue."), ("Name a city.", "Good: Paris.", "Lyon?")]
 
 
-def probe_config(**judge: object) -> RunConfig:
-    return RunConfig(judge=JudgeConfig(mode="sampled", samples=1, **judge))
+def probe_config(strip_directed: bool = False, **judge: object) -> RunConfig:
+    """A judge that reads the answers as written unless `strip_directed` (the defence, on by default in the loop)."""
+    return RunConfig(judge=JudgeConfig(mode="sampled", samples=1, strip_directed=strip_directed, **judge))
 
 
 def test_the_probe_shift_and_flips_by_hand() -> None:
