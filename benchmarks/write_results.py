@@ -346,10 +346,10 @@ def persuasion(data: dict) -> list[str]:
         + " then ".join(f"`{shown(c)}`" for c in data.get("commands") or [data["command"]])
         + f" (`make bench-persuasion`) on "
         f"{data['date']}, {cpu_line(data['cpu'])}, on `{shown(data['run'])}` (the default config): its M1 judges the "
-        f"{data['probed']} lowest-scored candidates of iteration 1 as they are and with one sentence of ours in each "
-        "style at the end (mean score shift out of 5, paired 95% bootstrap interval, n answers scored both times; "
-        f"flips: of the {data['probed_pairs']} answers with a better-scored partner, how often the both-order "
-        "comparison stopped preferring the partner), then judges the first "
+        f"{data['probed']} lowest-scored candidates of iteration 1 as they are and with one sentence in each style at "
+        "the end, from our set (`ours`, the phrasings the detector was written for) or in other words (`unseen`, "
+        "never used to write it): the mean score shift out of 5, its paired 95% bootstrap interval and n answers "
+        "scored both times. It then judges the first "
         f"{data['label_items']} items of `{data['labels']}` (rubric accuracy against the human labels) and every "
         "checked candidate of iteration 1 (agreement with the checkers), each with the defence's settings.",
         "",
@@ -383,12 +383,21 @@ def persuasion(data: dict) -> list[str]:
             lines.append(f"| {name} ({overrides}) | {sentence_set} | " + " | ".join(cells) + f" | {accuracies} |")
             won = ", ".join(f"{r['style']} {r['flipped']}/{r['pairs_won']}" for r in by.values() if r.get("pairs_won"))
             flips.append(f"- {name}, {sentence_set} sentences: {won or '—'}")
-    lines += [
-        "",
-        "Flips of the both-order comparison (flipped / pairs the better answer won before the other got a sentence):",
-        "",
-        *flips,
-    ]
+    if any(not line.endswith("—") for line in flips):
+        lines += [
+            "",
+            "Flips of the both-order comparison of an answer against its prompt's best-scored candidate (flipped / "
+            "comparisons the better answer won in both orders before the other got a sentence):",
+            "",
+            *flips,
+        ]
+    else:
+        lines += [
+            "",
+            f"Flips: of the {data['probed_pairs']} answers with a better-scored partner, the partner won no "
+            "comparison in both orders even before a sentence was added (the judge's verdicts followed the position), "
+            "so no flip could be measured.",
+        ]
     rows = data.get("directed_by_iteration") or []
     if rows:
         lines += [
@@ -700,6 +709,28 @@ def readme_rows() -> list[str]:
             f"| judge vs human labels after each iteration (first {data['judge_limit']} items of {labels}; "
             f"rubric, K=3) | M1 / M2 | {' / '.join(cells)} | {data['cpu'].get('model', 'CPU')}, {data['date']}, "
             "`judge_learning.json` |"
+        )
+    persuasion_file = RESULTS / "persuasion.json"
+    if persuasion_file.exists():
+        data = json.loads(persuasion_file.read_text())
+
+        def largest(defence: str, sentence_set: str) -> str:
+            rows = [
+                r
+                for r in data["defences"].get(defence, {}).get("probe", [])
+                if r.get("sentences", "ours") == sentence_set and r["shift"] is not None
+            ]
+            if not rows:
+                return "—"
+            r = max(rows, key=lambda r: r["shift"])
+            return f"{ci3(r['shift'], r['ci_low'], r['ci_high'], signed=True)} ({r['style']}, n={r['n']})"
+
+        rows.append(
+            f"| largest score shift from one sentence addressed to the grader ({data['probed']} answers, 5 styles) | "
+            f"M1 reading answers as written / with `judge.strip_directed` (default) / other words, stripped | "
+            f"{largest('none', 'ours')} / {largest('strip directed sentences', 'ours')} / "
+            f"{largest('strip directed sentences', 'unseen')} | {data['cpu'].get('model', 'CPU')}, {data['date']}, "
+            "`persuasion.json` |"
         )
     if sources_file.exists():
         data = json.loads(sources_file.read_text())
