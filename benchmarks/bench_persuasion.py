@@ -98,6 +98,12 @@ def main() -> None:
         help="comma-separated sentence sets: ours, unseen (other words, never used to write the detector); rows are "
         "added to the file's, the accuracies measured once per defence",
     )
+    parser.add_argument(
+        "--by-iteration",
+        action="store_true",
+        help="also each later model of the run (M2, M3, ...) as the judge, reading the answers as written: is the "
+        "judge easier to flatter after DPO on its own pairs?",
+    )
     args = parser.parse_args()
     run = RunPaths(Path(args.run))
     labelled = load_labels(args.labels)[: args.label_limit]
@@ -117,7 +123,8 @@ def main() -> None:
         "directed_by_iteration": directed_by_iteration(run),
         "defences": before.get("defences", {}) if same else {},
     }
-    for name in args.defences.split(","):
+    result["by_model"] = before.get("by_model", {}) if same else {}
+    for name in [d for d in args.defences.split(",") if d]:  # empty: none (e.g. only --by-iteration)
         cfg = load_config(run.config, DEFENCES[name])
         model = model_of_iteration(cfg, run, 0)
         start = time.perf_counter()
@@ -144,6 +151,18 @@ def main() -> None:
         write_json(OUT, result)  # after every defence: a stopped run keeps what it measured
         d = result["defences"][name]
         print(name, [f"{r['style']} {r['shift']}" for r in d["probe"]], d["humans"], d["checkers"], flush=True)
+    if args.by_iteration:
+        cfg = load_config(run.config, ["judge.strip_directed=false"])  # as written: what the judge itself does
+        for k in run.iterations():
+            if not run.iteration(k).model.exists():
+                continue
+            label = f"M{k + 1}"
+            rows = persuasion.judge_robustness(
+                cfg, run, (label, model_of_iteration(cfg, run, k)), "iter_1", items, pairs
+            )
+            result["by_model"][label] = [{f: r.get(f) for f in PROBE_FIELDS} for r in rows]
+            write_json(OUT, result)
+            print(label, [f"{r['style']} {r['shift']}" for r in rows], flush=True)
     print(f"wrote {OUT}")
 
 

@@ -398,6 +398,27 @@ def persuasion(data: dict) -> list[str]:
             "comparison in both orders even before a sentence was added (the judge's verdicts followed the position), "
             "so no flip could be measured.",
         ]
+    by_model = data.get("by_model") or {}
+    if by_model:
+        base = [r for r in data["defences"].get("none", {}).get("probe", []) if r.get("sentences", "ours") == "ours"]
+        models = {"M1": base, **by_model} if base else by_model
+        lines += [
+            "",
+            "Each later model of the run as the judge (`--by-iteration`; answers as written, our sentences): is the "
+            "judge easier to flatter after DPO on its own pairs?",
+            "",
+            "| judge | " + " | ".join(f"{s}: shift (n)" for s in styles) + " |",
+            "|---|" + "---|" * len(styles),
+        ]
+        for label, probe in models.items():
+            by = {r["style"]: r for r in probe}
+            cells = [
+                f"{ci3(by[s]['shift'], by[s]['ci_low'], by[s]['ci_high'], signed=True)} ({by[s]['n']})"
+                if s in by
+                else ""
+                for s in styles
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     rows = data.get("directed_by_iteration") or []
     if rows:
         lines += [
