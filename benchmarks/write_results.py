@@ -331,6 +331,11 @@ def ci3(value: float | None, low: float | None, high: float | None, signed: bool
     return f"{f.format(value)} [{f.format(low)}, {f.format(high)}]"
 
 
+def shift_cell(r: dict | None) -> str:
+    """A probe row's score shift with its interval and n."""
+    return "" if r is None else f"{ci3(r['shift'], r['ci_low'], r['ci_high'], signed=True)} ({r['n']})"
+
+
 def shown(text: str) -> str:
     """Paths in a recorded command as a reader of the docs knows them: label files by name, runs from `iterations/`
     (a benchmark may run on a clone elsewhere)."""
@@ -365,12 +370,7 @@ def persuasion(data: dict) -> list[str]:
         sets = list(dict.fromkeys(r.get("sentences", "ours") for r in d["probe"]))
         for i, sentence_set in enumerate(sets):
             by = {r["style"]: r for r in d["probe"] if r.get("sentences", "ours") == sentence_set}
-            cells = [
-                f"{ci3(by[s]['shift'], by[s]['ci_low'], by[s]['ci_high'], signed=True)} ({by[s]['n']})"
-                if s in by
-                else ""
-                for s in styles
-            ]
+            cells = [shift_cell(by.get(s)) for s in styles]
             h, c = d["humans"], d["checkers"]
             ci = c.get("judge_checker_ci") or [None, None]
             overrides = " ".join(f"`{o}`" for o in d["overrides"]) or "the run's judge"
@@ -412,12 +412,7 @@ def persuasion(data: dict) -> list[str]:
         ]
         for label, probe in models.items():
             by = {r["style"]: r for r in probe}
-            cells = [
-                f"{ci3(by[s]['shift'], by[s]['ci_low'], by[s]['ci_high'], signed=True)} ({by[s]['n']})"
-                if s in by
-                else ""
-                for s in styles
-            ]
+            cells = [shift_cell(by.get(s)) for s in styles]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     rows = data.get("directed_by_iteration") or []
     if rows:
