@@ -38,20 +38,30 @@ def cpu_class(flags: list[str]) -> str:
 
 
 def timed(step: str, cmd: list[str], workdir: Path, timings: dict, log: Path) -> None:
-    """Run `cmd` in `workdir` (its output to `log`) unless `step` is in `timings`; record its seconds."""
-    if step in timings:
-        print(f"{step}: done before ({timings[step]['seconds']:.0f} s)")
+    """Run `cmd` in `workdir` (its output to `log`) unless `step` finished before with the same command; record its
+    seconds. A step that had started and not finished is run again and marked `resumed` (its time is then only
+    what was left: the run resumes and the stage store holds what it had finished)."""
+    command = " ".join(cmd)
+    done = timings.get(step, {})
+    if done.get("seconds") is not None:
+        if done["command"] != command:
+            sys.exit(f"{step} was timed as `{done['command']}`, not `{command}`: use another --workdir")
+        print(f"{step}: done before ({done['seconds']:.0f} s)")
         return
-    print(f"{step}: {' '.join(cmd)} (output in {log})", flush=True)
+    resumed = "started" in done
+    timings[step] = {"command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (workdir / "timings.json").write_text(json.dumps(timings, indent=1))
+    print(f"{step}: {command} (output in {log})", flush=True)
     start = time.perf_counter()
-    with open(log, "w") as out:
+    with open(log, "a" if resumed else "w") as out:
         env = os.environ | {"HF_HUB_OFFLINE": "1"}
         rc = subprocess.run(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, env=env)
     seconds = time.perf_counter() - start
     if rc.returncode != 0:
         sys.exit(f"{step} failed (exit {rc.returncode}): see {log}")
-    ended = time.strftime("%Y-%m-%dT%H:%M:%S")
-    timings[step] = {"command": " ".join(cmd), "seconds": round(seconds, 1), "ended": ended}
+    timings[step].update(seconds=round(seconds, 1), ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if resumed:
+        timings[step]["resumed"] = True
     (workdir / "timings.json").write_text(json.dumps(timings, indent=1))
     print(f"{step}: {seconds:.0f} s", flush=True)
 
@@ -113,7 +123,7 @@ def main() -> None:
         "cores": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "commit": commit,
-        "command": f'make bench-first-run BENCH_ARGS="--change {args.change}"',
+        "command": f'make bench-first-run BENCH_ARGS="--iterations {n} --change {args.change or chr(39) * 2}"',
         "iterations": n,
         "change": args.change,
         "venv_gib": round(sum(f.stat().st_size for f in (work / ".venv").rglob("*") if f.is_file()) / 2**30, 2),

@@ -14,7 +14,7 @@ Reads  a finished run (`--run`, e.g. iterations/default after `make iterate N=3`
 Writes benchmarks/results/persuasion.json (with the CPU's flags, the date and the command); the probe's rows also go
        to the run's judge_robustness.json
 
-    make bench-persuasion RUN=iterations/default BENCH_ARGS="--labels LABELS.jsonl"
+    make bench-persuasion RUN=iterations/default LABELS=FILE [BENCH_ARGS="--sentences ours,unseen --by-iteration"]
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from selfreward.models import model_of_iteration
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "persuasion.json"
 DEFENCES = {
-    "none": [],
-    "guarded template": ["judge.template=prompts/judge_guarded.txt"],
+    "none": ["judge.strip_directed=false"],
+    "guarded template": ["judge.template=prompts/judge_guarded.txt", "judge.strip_directed=false"],
     "strip directed sentences": ["judge.strip_directed=true"],
     "both": ["judge.template=prompts/judge_guarded.txt", "judge.strip_directed=true"],
 }
@@ -110,6 +110,7 @@ def main() -> None:
     items, pairs = persuasion.items_from_iteration(run, 1, args.limit)
     before = read_json(OUT) if OUT.exists() else {}
     same = before.get("run") == args.run and before.get("probed") == len(items)
+    same_labels = same and (before.get("labels"), before.get("label_items")) == (Path(args.labels).name, len(labelled))
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "cpu": cpu_flags(),
@@ -136,7 +137,7 @@ def main() -> None:
             )
             probe = [r for r in probe if r.get("sentences", "ours") != sentence_set]
             probe += [{k: r.get(k) for k in PROBE_FIELDS} for r in rows]
-        if "humans" in old:  # the defence's accuracies do not depend on the sentences: measured once
+        if "humans" in old and same_labels:  # the accuracies do not depend on the sentences: measured once
             humans = old["humans"]
         else:
             row = judge_eval.evaluate(cfg, f"M1-{name.replace(' ', '-')}", model, args.labels, labelled, run)

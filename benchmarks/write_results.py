@@ -40,7 +40,8 @@ def pair_sources(data: dict) -> list[str]:
     lines = [
         "## Which pairs improve the model? `pairs.source` on checkable instructions",
         "",
-        f"From `benchmarks/results/pair_sources.json`, made by `{data['command']}` (`make bench-pair-sources`) on "
+        f"From `benchmarks/results/pair_sources.json`, made by `{shown(data['command'])}` (`make bench-pair-sources`) "
+        "on "
         f"{data['date']}, {cpu_line(data['cpu'])}. The default config (`{data['config']}`), "
         f"{data['iterations']} iteration(s) per run from one seed SFT; models evaluated greedily on "
         f"{'the first ' + str(data['eval_limit']) + ' prompts' if data['eval_limit'] else 'all prompts'} of our "
@@ -105,7 +106,7 @@ def plan_vs_measured(data: dict) -> list[str]:
     lines = [
         "## The planner against a run's measured peaks",
         "",
-        f"From `benchmarks/results/plan_vs_measured.json`, made by `{data['command']}` (`make bench-plan`) on "
+        f"From `benchmarks/results/plan_vs_measured.json`, made by `{shown(data['command'])}` (`make bench-plan`) on "
         f"{data['date']}, {cpu_line(data['cpu'])}: `selfreward plan`'s memory per stage for the run's own config "
         f"(model shape from `{data['config']['shape_from']}`) beside the peak the run measured (the process tree's "
         "proportional set size, sampled every 2 s).",
@@ -362,7 +363,7 @@ def persuasion(data: dict) -> list[str]:
     styles = list(dict.fromkeys(r["style"] for d in data["defences"].values() for r in d["probe"]))
     lines += [
         "| defence | sentences | " + " | ".join(f"{s}: shift (n)" for s in styles) + " | accuracy vs humans (n) | "
-        "agreement with checkers (n) | s |",
+        "agreement with checkers (n) | s (all sets) |",
         "|---|---|" + "---|" * (len(styles) + 3),
     ]
     flips = []
@@ -635,9 +636,9 @@ def first_run_rows() -> list[str]:
         rows.append(
             f"| {label} | {cpu_line(data['cpu'])}, {data['cores']} cores, {data['memory_gib']} GiB | {data['date']} | "
             f"{minutes(steps['install']['seconds'])} | **{minutes(first)}** | "
-            + (f"{minutes(again)} ({again / first:.0%}; {reused_share(runs['again'])}) | " if again else "— | ")
+            + (f"{minutes(again)} ({again / first:.1%}; {reused_share(runs['again'])}) | " if again else "— | ")
             + (
-                f"`{data['change']}`: {minutes(changed)} ({changed / first:.0%}; {reused_share(runs['changed'])}) | "
+                f"`{data['change']}`: {minutes(changed)} ({changed / first:.1%}; {reused_share(runs['changed'])}) | "
                 if changed
                 else "— | "
             )
@@ -687,6 +688,12 @@ def performance_section() -> list[str]:
         "",
     ]
     for cls, data in first_runs().items():
+        steps = data["steps"]
+        for name, step in steps.items():
+            if step.get("timed_by"):
+                lines += [f"{CPU_CLASSES[cls]}, `{name}` ({step['command']}): {step['timed_by']}.", ""]
+            if step.get("resumed"):
+                lines += [f"{CPU_CLASSES[cls]}, `{name}` resumed after an interruption: its time is only a part.", ""]
         lines += first_run_stages(cls, data)
     return lines
 

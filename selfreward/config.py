@@ -485,8 +485,9 @@ class EvalConfig:
     """Items of each label file judged after every iteration (the first N); 0: all."""
     persuasion_items: NonNegativeInt = 0
     """After every iteration, the new model judges this many of iteration 1's lowest-scored candidates as they are
-    and with one sentence addressed to the evaluator per style (`selfreward judge-robustness`); the score shift per
-    style goes into the iteration's metrics.json (`persuasion`) and the run's judge_robustness.json. 0: off."""
+    and with one sentence addressed to the evaluator per style (`selfreward judge-robustness`), reading them as
+    written (`judge.strip_directed` would remove the sentences first); the score shift per style goes into the
+    iteration's metrics.json (`persuasion`) and the run's judge_robustness.json. 0: off."""
 
 
 @dataclass

@@ -41,7 +41,17 @@ def tracked(request, tmp_path_factory, tiny_model: Path) -> Iterator[tuple[str, 
     if importlib.util.find_spec(name) is None:
         env.undo()
         pytest.skip(f"{name} is not installed (make install-trackers)")
-    for key in ("WANDB_PROJECT", "MLFLOW_EXPERIMENT_NAME", "WANDB_API_KEY"):
+    for key in (
+        "WANDB_PROJECT",
+        "WANDB_API_KEY",
+        "WANDB_RUN_ID",
+        "WANDB_RESUME",
+        "WANDB_DISABLED",
+        "TRACKIO_SPACE_ID",
+        "MLFLOW_EXPERIMENT_NAME",
+        "MLFLOW_RUN_ID",
+        "MLFLOW_NESTED_RUN",
+    ):  # fmt: skip  (a shell's own setup)
         env.delenv(key, raising=False)
     overrides = [f"model={tiny_model}", f"output_dir={tmp}", f"run_name=trk-{name}", "iterations=1", "reuse=false"]
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [*overrides, f"tracking.report_to={name}"])

@@ -21,6 +21,7 @@ the other gets the sentence: a flip is a verdict that no longer prefers the firs
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -229,7 +230,13 @@ def judge_robustness(
             }
         )
     key = ("judge", "source", "judge_mode", "judge_template", "strip_directed", "sentences", "style", "placement")
-    compare.save_rows(run.root / "judge_robustness.json", rows, key)
+    path = run.root / "judge_robustness.json"
+    if path.exists():  # rows written before there were sentence sets are of ours
+        earlier = read_json(path)
+        for row in earlier.get("rows", []):
+            row.setdefault("sentences", "ours")
+        write_json(path, earlier)
+    compare.save_rows(path, rows, key)
     for row in rows:
         log.info(
             "judge-robustness %s %s/%s: shift %s over %d answers",
@@ -253,7 +260,10 @@ def after_iteration(cfg: RunConfig) -> Callable[[RunPaths, int], bool]:
         if (read_json(it.metrics) if it.metrics.exists() else {}).get("persuasion"):
             return False  # measured when this iteration first finished (a re-run that skipped it)
         items, pairs = items_from_iteration(run, 1, cfg.eval.persuasion_items)
-        rows = judge_robustness(cfg, run, (f"M{k + 1}", model_of_iteration(cfg, run, k)), "iter_1", items, pairs)
+        # the judge reading the answers as written: with `judge.strip_directed` our sentences are removed before it
+        # reads them, so only the unguarded judge says whether the new model is easier to flatter
+        raw = dataclasses.replace(cfg, judge=dataclasses.replace(cfg.judge, strip_directed=False))
+        rows = judge_robustness(raw, run, (f"M{k + 1}", model_of_iteration(cfg, run, k)), "iter_1", items, pairs)
         metrics = read_json(it.metrics) if it.metrics.exists() else {"iteration": k}
         keep = ("shift", "ci_low", "ci_high", "n", "rose", "fell", "flip_rate")
         metrics["persuasion"] = {r["style"]: {key: r.get(key) for key in keep} for r in rows}
