@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import struct
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +18,6 @@ from pathlib import Path
 import pytest
 
 from selfreward.artifacts import RunPaths
-from selfreward.config import load_config
-from selfreward.loop.pipeline import iterate
-from selfreward.runs import release_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,38 +31,32 @@ OFFLINE = {
 Logged = dict[str, dict[str, dict[int, float]]]  # run name -> metric -> step -> value
 
 
-@pytest.fixture(scope="module", params=list(OFFLINE))
-def tracked(request, tmp_path_factory, tiny_model: Path) -> Iterator[tuple[str, Path, RunPaths]]:
-    name = request.param
-    tmp = tmp_path_factory.mktemp(name)
-    env = pytest.MonkeyPatch()
-    for key, value in OFFLINE[name].items():  # before the import: trackio reads TRACKIO_DIR once, on import
-        env.setenv(key, value.format(tmp=tmp))
-    if importlib.util.find_spec(name) is None:
-        env.undo()
-        pytest.skip(f"{name} is not installed (make install-trackers)")
-    for key in (
-        "WANDB_PROJECT",
-        "WANDB_API_KEY",
-        "WANDB_RUN_ID",
-        "WANDB_RESUME",
-        "WANDB_DISABLED",
-        "TRACKIO_SPACE_ID",
-        "MLFLOW_EXPERIMENT_NAME",
-        "MLFLOW_RUN_ID",
-        "MLFLOW_NESTED_RUN",
-    ):  # fmt: skip  (a shell's own setup)
-        env.delenv(key, raising=False)
-    overrides = [f"model={tiny_model}", f"output_dir={tmp}", f"run_name=trk-{name}", "iterations=1", "reuse=false"]
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", [*overrides, f"tracking.report_to={name}"])
-    run = iterate(cfg, 1)
-    release_run(run)
-    yield name, tmp, run
-    if name == "wandb":
-        import wandb
+# A shell's own tracker settings that would send the runs elsewhere or break them.
+CLEARED = ("WANDB_PROJECT", "WANDB_API_KEY", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_DISABLED", "TRACKIO_SPACE_ID",
+           "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_NESTED_RUN")  # fmt: skip
 
-        wandb.teardown()  # its service process, now rather than at the interpreter's exit
-    env.undo()
+
+def offline_env(name: str, tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    return env | {k: v.format(tmp=tmp) for k, v in OFFLINE[name].items()} | {"HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module", params=list(OFFLINE))
+def tracked(request, tmp_path_factory, tiny_model: Path) -> tuple[str, Path, RunPaths]:
+    """One tiny iteration with `tracking.report_to=<tracker>`, run as a user runs it: `selfreward iterate` in its
+    own process with the tracker's offline settings in its environment (trackio reads TRACKIO_DIR once, when it is
+    first imported, and trl imports it with itself)."""
+    name = request.param
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} is not installed (make install-trackers)")
+    tmp = tmp_path_factory.mktemp(name)
+    overrides = [f"model={tiny_model}", f"output_dir={tmp}", f"run_name=trk-{name}", "iterations=1", "reuse=false"]
+    cmd = [sys.executable, "-m", "selfreward", "iterate", "--config", str(ROOT / "configs" / "tiny.yaml"), *overrides]
+    with open(tmp / "iterate.log", "w") as out:
+        done = subprocess.run([*cmd, f"tracking.report_to={name}"], cwd=ROOT, env=offline_env(name, tmp), stdout=out,
+                              stderr=subprocess.STDOUT)  # fmt: skip
+    assert done.returncode == 0, (tmp / "iterate.log").read_text()[-3000:]
+    return name, tmp, RunPaths(tmp / f"trk-{name}")
 
 
 def logged(tracker: str, tmp: Path, project: str) -> Logged:
@@ -114,7 +108,7 @@ def wandb_logged(tmp: Path, project: str) -> Logged:
 def mlflow_logged(tmp: Path, project: str) -> Logged:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=OFFLINE["mlflow"]["MLFLOW_TRACKING_URI"].format(tmp=tmp))
     experiment = client.get_experiment_by_name(project)
     assert experiment is not None, f"no MLflow experiment {project}"
     out: Logged = defaultdict(lambda: defaultdict(dict))
@@ -126,11 +120,16 @@ def mlflow_logged(tmp: Path, project: str) -> Logged:
 
 
 def trackio_logged(tmp: Path, project: str) -> Logged:
-    from trackio.sqlite_storage import SQLiteStorage
-
+    read = (
+        "import json, sys\n"
+        "from trackio.sqlite_storage import SQLiteStorage as S\n"
+        "print(json.dumps({r: S.get_logs(sys.argv[1], r) for r in S.get_runs(sys.argv[1])}, default=str))"
+    )
+    done = subprocess.run([sys.executable, "-c", read, project], env=offline_env("trackio", tmp), capture_output=True,
+                          text=True, check=True)  # fmt: skip
     out: Logged = defaultdict(lambda: defaultdict(dict))
-    for name in SQLiteStorage.get_runs(project):
-        for row in SQLiteStorage.get_logs(project, name):
+    for name, rows in json.loads(done.stdout.strip().splitlines()[-1]).items():
+        for row in rows:
             step = row.get("train/global_step", row["step"])  # a trainer's own step, else the one logged
             for key, value in row.items():
                 if isinstance(value, int | float) and key != "step":
